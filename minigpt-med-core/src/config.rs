@@ -1,0 +1,289 @@
+//! Model dimensions: the optional `minigpt_med.json` (vision, connector, LoRA) and the HF LLaMA
+//! `config.json`. Defaults are the real MiniGPT-Med; every value is cross-checked against the
+//! weights at load time, so a config can only add what the weights cannot tell (the ViT head count).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// EVA ViT-g dimensions (`"vision"` in `minigpt_med.json`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VisionConfig {
+    /// Input side in pixels (448 for MiniGPT-Med).
+    pub image_size: usize,
+    /// Patch side in pixels (14).
+    pub patch_size: usize,
+    /// Token width D (1408).
+    pub width: usize,
+    /// Blocks used (39 of the 40 stored in `eva_vit_g.pth`).
+    pub depth: usize,
+    /// Attention heads (16); not derivable from the weights.
+    pub heads: usize,
+    /// MLP hidden width (6144 = int(1408 * 4.3637)).
+    pub mlp_hidden: usize,
+    /// LayerNorm epsilon inside the blocks (1e-6).
+    pub layer_norm_eps: f64,
+    /// Epsilon of the weightless `ln_vision` after the ViT (1e-5).
+    pub ln_vision_eps: f64,
+}
+
+impl Default for VisionConfig {
+    fn default() -> Self {
+        Self {
+            image_size: 448,
+            patch_size: 14,
+            width: 1408,
+            depth: 39,
+            heads: 16,
+            mlp_hidden: 6144,
+            layer_norm_eps: 1e-6,
+            ln_vision_eps: 1e-5,
+        }
+    }
+}
+
+impl VisionConfig {
+    /// Patches per side (32 at 448 px).
+    pub fn grid(&self) -> usize {
+        self.image_size / self.patch_size
+    }
+}
+
+/// How patch tokens become LLM tokens (`"connector"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Consecutive (raster-order) patch tokens concatenated into one LLM token (4).
+    pub tokens_per_group: usize,
+}
+
+impl Default for ConnectorConfig {
+    fn default() -> Self {
+        Self { tokens_per_group: 4 }
+    }
+}
+
+/// LoRA adapter settings (`"lora"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoraConfig {
+    /// Rank (64).
+    pub r: usize,
+    /// Alpha (16); the merged update is `B @ A * alpha / r`.
+    pub alpha: f64,
+    /// Projection names carrying adapters (`q_proj`, `v_proj`).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        Self { r: 64, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()] }
+    }
+}
+
+impl LoraConfig {
+    /// `alpha / r`, the factor applied to `B @ A`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.r as f64
+    }
+}
+
+/// The MiniGPT-Med model config (`minigpt_med.json`); every field optional.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MiniGptMedConfig {
+    /// Vision encoder dimensions.
+    pub vision: VisionConfig,
+    /// Patch-token grouping.
+    pub connector: ConnectorConfig,
+    /// LoRA settings.
+    pub lora: LoraConfig,
+}
+
+impl MiniGptMedConfig {
+    /// Reads a `minigpt_med.json`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(path, e, "expected a minigpt_med.json model config"))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.to_owned(),
+            reason: format!("{e} (fields: vision, connector, lora; see the README)"),
+        })
+    }
+
+    pub(crate) fn validate(&self, path: &Path) -> Result<()> {
+        let v = &self.vision;
+        let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
+        if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
+            return bad(format!(
+                "vision.image_size {} must be a positive multiple of vision.patch_size {}",
+                v.image_size, v.patch_size
+            ));
+        }
+        if v.heads == 0 || v.width % v.heads != 0 {
+            return bad(format!("vision.width {} is not divisible by vision.heads {}", v.width, v.heads));
+        }
+        let tokens = v.grid() * v.grid();
+        let g = self.connector.tokens_per_group;
+        if g == 0 || tokens % g != 0 || v.grid() % g != 0 {
+            return bad(format!(
+                "connector.tokens_per_group {g} must divide the {} patches of a grid row",
+                v.grid()
+            ));
+        }
+        if self.lora.r == 0 {
+            return bad("lora.r must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The LLaMA dimensions read from an HF `config.json`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct LlamaConfig {
+    /// Model width (4096 for 7B).
+    pub hidden_size: usize,
+    /// MLP width (11008 for 7B).
+    pub intermediate_size: usize,
+    /// Decoder layers (32 for 7B).
+    pub num_hidden_layers: usize,
+    /// Query heads (32 for 7B).
+    pub num_attention_heads: usize,
+    /// Key/value heads (equal to query heads for LLaMA-2-7B).
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    /// Vocabulary size (32000).
+    pub vocab_size: usize,
+    /// RMSNorm epsilon (1e-5 for LLaMA-2; older files say 1e-6).
+    #[serde(default = "default_rms_eps")]
+    pub rms_norm_eps: f64,
+    /// RoPE base (10000).
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    /// Context length (4096).
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: usize,
+    /// Beginning-of-sequence id (1).
+    #[serde(default = "default_bos")]
+    pub bos_token_id: u32,
+    /// End-of-sequence id (2).
+    #[serde(default = "default_eos")]
+    pub eos_token_id: u32,
+    /// Whether `lm_head` shares the embedding matrix (false for LLaMA-2).
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+}
+
+fn default_rms_eps() -> f64 {
+    1e-5
+}
+fn default_rope_theta() -> f64 {
+    10000.0
+}
+fn default_max_pos() -> usize {
+    4096
+}
+fn default_bos() -> u32 {
+    1
+}
+fn default_eos() -> u32 {
+    2
+}
+
+impl LlamaConfig {
+    /// Reads `config.json` from an HF LLaMA directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            Error::io(&path, e, "--llama must be a Hugging Face LLaMA-2-7b-chat-hf directory")
+        })?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
+        cfg.validate(&path)?;
+        Ok(cfg)
+    }
+
+    /// Key/value heads (defaults to the query heads).
+    pub fn kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    /// Width of one attention head.
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
+        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+            return bad(format!(
+                "hidden_size {} is not divisible by num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if self.head_dim() % 2 != 0 {
+            return bad("the attention head width must be even for RoPE".into());
+        }
+        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+            return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
+        }
+        Ok(())
+    }
+
+    /// A human name for the size, used in error messages ("7B", "13B", ...).
+    pub fn size_name(hidden: usize) -> &'static str {
+        match hidden {
+            4096 => "7B",
+            5120 => "13B",
+            6656 => "30B",
+            8192 => "70B",
+            _ => "non-standard",
+        }
+    }
+}
+
+/// Where the three files of a MiniGPT-Med model live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelFiles {
+    /// HF LLaMA-2-7b-chat directory (config.json, tokenizer.json, safetensors or .bin shards).
+    pub llama_dir: PathBuf,
+    /// `eva_vit_g.pth` (LAVIS key names).
+    pub vit: PathBuf,
+    /// MiniGPT-Med checkpoint `.pth` (state dict under `model`).
+    pub checkpoint: PathBuf,
+    /// Optional `minigpt_med.json`; defaults are the real model's.
+    pub config: Option<PathBuf>,
+}
+
+impl ModelFiles {
+    /// The files as the original project distributes them.
+    pub fn original(
+        llama_dir: impl Into<PathBuf>,
+        vit: impl Into<PathBuf>,
+        checkpoint: impl Into<PathBuf>,
+    ) -> Self {
+        Self { llama_dir: llama_dir.into(), vit: vit.into(), checkpoint: checkpoint.into(), config: None }
+    }
+
+    /// Adds a `minigpt_med.json` model config.
+    pub fn with_config(mut self, config: impl Into<PathBuf>) -> Self {
+        self.config = Some(config.into());
+        self
+    }
+
+    /// A directory laid out like the bundled tiny model: `llama-2-7b-chat-hf/`, `eva_vit_g.pth`,
+    /// `minigpt_med.pth` and, if present, `minigpt_med.json`.
+    pub fn from_dir(dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        let config = dir.join("minigpt_med.json");
+        Self {
+            llama_dir: dir.join("llama-2-7b-chat-hf"),
+            vit: dir.join("eva_vit_g.pth"),
+            checkpoint: dir.join("minigpt_med.pth"),
+            config: config.exists().then_some(config),
+        }
+    }
+}

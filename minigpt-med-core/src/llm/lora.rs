@@ -1,0 +1,131 @@
+//! The MiniGPT-Med LoRA adapters, read from the checkpoint and merged into the base weights at
+//! load: `W += (B @ A) * alpha / r`.
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::config::{LlamaConfig, LoraConfig};
+use crate::error::{Error, Result};
+use crate::weights::TensorSource;
+
+/// Key names of the adapters of one projection.
+struct Pair {
+    a: String,
+    b: String,
+}
+
+/// The adapters found in a checkpoint, keyed by (layer, module path such as `self_attn.q_proj`).
+pub(crate) struct LoraDeltas<'a> {
+    src: &'a dyn TensorSource,
+    pairs: HashMap<(usize, String), Pair>,
+    scale: f64,
+    device: Device,
+}
+
+impl<'a> LoraDeltas<'a> {
+    /// Finds every `...layers.{i}.{module}.lora_{A,B}[.default].weight` pair in `src` and checks
+    /// them against the LLaMA dimensions.
+    pub(crate) fn find(src: &'a dyn TensorSource, lora: &LoraConfig, llama: &LlamaConfig, device: &Device) -> Result<Self> {
+        let mut a_keys = HashMap::new();
+        let mut b_keys = HashMap::new();
+        for name in src.shapes().keys() {
+            let Some((layer, module, which)) = parse_key(name) else { continue };
+            let slot = if which == 'A' { &mut a_keys } else { &mut b_keys };
+            slot.insert((layer, module), name.clone());
+        }
+        let mut pairs = HashMap::new();
+        for (key, a) in a_keys {
+            let b = b_keys.remove(&key).ok_or_else(|| Error::MissingTensor {
+                name: a.replace("lora_A", "lora_B"),
+                path: src.origin().to_owned(),
+                hint: "the checkpoint has a LoRA A matrix without its B partner; the file is incomplete".into(),
+            })?;
+            pairs.insert(key, Pair { a, b });
+        }
+        if pairs.is_empty() {
+            return Err(Error::WeightsFormat {
+                path: src.origin().to_owned(),
+                expected: "MiniGPT-Med checkpoint".into(),
+                reason: "it holds no LoRA weights (…layers.N.self_attn.q_proj.lora_A.weight); \
+                         --checkpoint must be the MiniGPT-Med .pth, not a base model"
+                    .into(),
+            });
+        }
+        let h = llama.hidden_size;
+        for ((layer, module), pair) in &pairs {
+            let a = src.shape_of(&pair.a, "")?;
+            let b = src.shape_of(&pair.b, "")?;
+            let in_dim = a.get(1).copied().unwrap_or(0);
+            if a.len() != 2 || b.len() != 2 || a[0] != lora.r || b[1] != lora.r {
+                return Err(Error::ShapeMismatch {
+                    name: pair.a.clone(),
+                    expected: vec![lora.r, h],
+                    found: a.to_vec(),
+                    hint: format!("lora.r is {} in the model config; B is {:?}", lora.r, b),
+                });
+            }
+            if (module.starts_with("self_attn.") && in_dim != h) || *layer >= llama.num_hidden_layers {
+                return Err(Error::ShapeMismatch {
+                    name: pair.a.clone(),
+                    expected: vec![lora.r, h],
+                    found: a.to_vec(),
+                    hint: format!(
+                        "the checkpoint was trained for a {} LLaMA (width {in_dim}, layer {layer}) but --llama holds a \
+                         {} model (width {h}, {} layers); use the matching Llama-2-chat weights",
+                        LlamaConfig::size_name(in_dim),
+                        LlamaConfig::size_name(h),
+                        llama.num_hidden_layers
+                    ),
+                });
+            }
+        }
+        for target in &lora.targets {
+            if !pairs.keys().any(|(_, m)| m.ends_with(&format!(".{target}")) || m == target) {
+                return Err(Error::Config {
+                    path: src.origin().to_owned(),
+                    reason: format!("lora.targets lists {target} but the checkpoint has no adapter for it"),
+                });
+            }
+        }
+        Ok(Self { src, pairs, scale: lora.scale(), device: device.clone() })
+    }
+
+    /// `(B @ A) * alpha / r` for `module` of `layer` (f32), or `None` without an adapter there.
+    pub(crate) fn delta(&self, layer: usize, module: &str) -> Result<Option<Tensor>> {
+        let Some(pair) = self.pairs.get(&(layer, module.to_owned())) else { return Ok(None) };
+        let a = self.src.read(&pair.a, &self.device)?.to_dtype(DType::F32)?;
+        let b = self.src.read(&pair.b, &self.device)?.to_dtype(DType::F32)?;
+        Ok(Some((b.matmul(&a)? * self.scale)?))
+    }
+}
+
+/// `…layers.{i}.{module}.lora_{A|B}[.default].weight` -> (i, module, 'A' | 'B').
+fn parse_key(name: &str) -> Option<(usize, String, char)> {
+    let rest = &name[name.find("layers.")? + "layers.".len()..];
+    let (idx, rest) = rest.split_once('.')?;
+    let layer = idx.parse().ok()?;
+    let rest = rest.strip_suffix(".weight")?;
+    let rest = rest.strip_suffix(".default").unwrap_or(rest);
+    let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A") {
+        (m, 'A')
+    } else {
+        (rest.strip_suffix(".lora_B")?, 'B')
+    };
+    Some((layer, module.to_owned(), which))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_key;
+
+    #[test]
+    fn parses_old_and_new_peft_keys() {
+        let old = "llama_model.base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight";
+        let new = "llama_model.base_model.model.model.layers.31.self_attn.v_proj.lora_B.default.weight";
+        assert_eq!(parse_key(old), Some((3, "self_attn.q_proj".into(), 'A')));
+        assert_eq!(parse_key(new), Some((31, "self_attn.v_proj".into(), 'B')));
+        assert_eq!(parse_key("llama_proj.weight"), None);
+        assert_eq!(parse_key("model.layers.0.self_attn.q_proj.weight"), None);
+    }
+}

@@ -1,0 +1,244 @@
+//! LLaMA-2 (HF layout) with the MiniGPT-Med LoRA merged in, taking input embeddings so image
+//! tokens can be spliced into the prompt.
+
+mod cache;
+mod lora;
+
+use candle_core::{DType, Device, Tensor};
+
+pub use cache::KvCache;
+pub(crate) use lora::LoraDeltas;
+
+use crate::config::LlamaConfig;
+use crate::error::{Error, Result};
+use crate::nn::{Linear, WeightDType};
+use crate::weights::TensorSource;
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// The language model: embeddings, decoder layers, final norm and `lm_head`.
+pub(crate) struct Llama {
+    cfg: LlamaConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+const LLAMA_HINT: &str = "--llama must be the Hugging Face Llama-2-7b-chat-hf directory";
+
+impl Llama {
+    /// Loads the weights, merging `lora` into its target projections, one layer at a time.
+    pub(crate) fn load(
+        src: &dyn TensorSource,
+        cfg: &LlamaConfig,
+        lora: &LoraDeltas,
+        dtype: WeightDType,
+        device: &Device,
+        mut progress: impl FnMut(),
+    ) -> Result<Self> {
+        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let hd = cfg.head_dim();
+        let kv = cfg.kv_heads() * hd;
+        let embed_shape = src.shape_of("model.embed_tokens.weight", LLAMA_HINT)?;
+        if embed_shape != [v, h] {
+            return Err(Error::ShapeMismatch {
+                name: "model.embed_tokens.weight".into(),
+                expected: vec![v, h],
+                found: embed_shape.to_vec(),
+                hint: format!(
+                    "config.json and the weights in {} disagree; re-download the directory",
+                    src.origin().display()
+                ),
+            });
+        }
+        let get = |name: &str, shape: &[usize]| src.get(name, shape, DType::F32, device, LLAMA_HINT);
+        let float = dtype.float();
+        let embed = src.get("model.embed_tokens.weight", &[v, h], float, device, LLAMA_HINT)?;
+        progress();
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
+                let mut w = get(&format!("model.layers.{l}.{module}.weight"), &shape)?;
+                if let Some(delta) = lora.delta(l, module)? {
+                    w = (w + delta)?;
+                }
+                Linear::new(w, None, dtype)
+            };
+            layers.push(Layer {
+                input_norm: get(&format!("model.layers.{l}.input_layernorm.weight"), &[h])?,
+                q: lin("self_attn.q_proj", [h, h])?,
+                k: lin("self_attn.k_proj", [kv, h])?,
+                v: lin("self_attn.v_proj", [kv, h])?,
+                o: lin("self_attn.o_proj", [h, h])?,
+                post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
+                gate: lin("mlp.gate_proj", [i, h])?,
+                up: lin("mlp.up_proj", [i, h])?,
+                down: lin("mlp.down_proj", [h, i])?,
+            });
+            progress();
+        }
+        let norm = get("model.norm.weight", &[h])?;
+        let head_name = if cfg.tie_word_embeddings && !src.shapes().contains_key("lm_head.weight") {
+            "model.embed_tokens.weight"
+        } else {
+            "lm_head.weight"
+        };
+        let lm_head = Linear::new(get(head_name, &[v, h])?, None, dtype)?;
+        let (cos, sin) = rope_tables(cfg, device)?;
+        progress();
+        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+    }
+
+    pub(crate) fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// A cache with room for `capacity` positions.
+    pub(crate) fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        KvCache::new(self.cfg.num_hidden_layers, self.cfg.kv_heads(), self.cfg.head_dim(), capacity, &self.device)
+    }
+
+    /// Token embeddings `[ids.len(), hidden]` f32.
+    pub(crate) fn embed(&self, ids: &[u32]) -> Result<Tensor> {
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidOption(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+        }
+        let ids = Tensor::new(ids, &self.device)?;
+        Ok(self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?)
+    }
+
+    /// Bytes of weights held in memory.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| x.bytes()).sum::<usize>()
+                    + t(&l.input_norm)
+                    + t(&l.post_norm)
+            })
+            .sum();
+        layers + t(&self.embed) + t(&self.norm) + self.lm_head.bytes()
+    }
+
+    /// Runs `x: [n, hidden]` at positions `cache.len()..cache.len() + n` and returns the logits
+    /// `[vocab]` (f32) of the last position. On error the cache is left as it was.
+    pub(crate) fn forward(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let pos = cache.len();
+        if pos + n > self.cfg.max_position_embeddings {
+            return Err(Error::ContextOverflow {
+                needed: pos + n,
+                available: self.cfg.max_position_embeddings,
+                hint: "shorten the prompt or lower max_new_tokens".into(),
+            });
+        }
+        cache.reserve(n)?;
+        let cos = self.cos.narrow(0, pos, n)?;
+        let sin = self.sin.narrow(0, pos, n)?;
+        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = x.clone();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let att = self.attention(li, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
+            x = (x + att)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
+            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        cache.advance(n);
+        let last = x.narrow(0, n - 1, 1)?;
+        let last = candle_nn::ops::rms_norm(&last, &self.norm, eps)?;
+        Ok(self.lm_head.forward(&last)?.squeeze(0)?)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        li: usize,
+        layer: &Layer,
+        h: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let n = h.dim(0)?;
+        let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
+        let shape = |t: Tensor, nh: usize| -> Result<Tensor> {
+            Ok(t.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = candle_nn::rotary_emb::rope(&shape(layer.q.forward(h)?, heads)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?.squeeze(0)?;
+        let v = shape(layer.v.forward(h)?, kv_heads)?.squeeze(0)?;
+        let (k, v) = cache.append(li, &k, &v)?;
+        let (k, v) = if heads != kv_heads {
+            let rep = heads / kv_heads;
+            let expand = |t: Tensor| -> Result<Tensor> {
+                let (_, l, d) = t.dims3()?;
+                Ok(t.unsqueeze(1)?.expand((kv_heads, rep, l, d))?.reshape((heads, l, d))?)
+            };
+            (expand(k)?, expand(v)?)
+        } else {
+            (k, v)
+        };
+        let scores = (q.matmul(&k.t()?)? * (1.0 / (hd as f64).sqrt()))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((n, heads * hd))?;
+        layer.o.forward(&out)
+    }
+}
+
+/// `[n, pos + n]` additive mask: query `i` (at position `pos + i`) sees keys `0..=pos + i`.
+fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
+    let total = pos + n;
+    let data: Vec<f32> = (0..n)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Tensor::from_vec(data, (n, total), device)?)
+}
+
+/// RoPE cos/sin `[max_positions, head_dim / 2]`, computed in f32 as HF does.
+fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let hd = cfg.head_dim();
+    let inv_freq: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
+    let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((cfg.max_position_embeddings, 1))?;
+    let freqs = t.broadcast_mul(&inv_freq)?;
+    Ok((freqs.cos()?, freqs.sin()?))
+}
+
+/// Index of the largest logit, the lowest id on ties (as torch's argmax).
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+

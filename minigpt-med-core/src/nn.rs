@@ -1,0 +1,158 @@
+//! The few layers both encoders share. Activations are always f32; weights may be stored in a
+//! narrower dtype (f16, bf16) or quantized (Q8_0, Q4_0, Q4_K) and are widened inside the matmul.
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Module, Tensor};
+
+use crate::error::{Error, Result};
+
+/// How a weight matrix is held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WeightDType {
+    /// 32-bit float: exact parity with the fp32 reference.
+    #[default]
+    F32,
+    /// 16-bit float: half the memory, fp16 rounding of the weights.
+    F16,
+    /// bfloat16: for GPUs; slow on CPUs (no bf16 kernels).
+    BF16,
+    /// 8-bit blocks (llama.cpp Q8_0), quantized at load.
+    Q8_0,
+    /// 4-bit blocks (llama.cpp Q4_0), quantized at load.
+    Q4_0,
+    /// 4-bit k-quants (llama.cpp Q4_K), quantized at load.
+    Q4K,
+}
+
+impl WeightDType {
+    /// The dense dtype weights are stored in, or `None` for quantized formats.
+    pub fn dense(self) -> Option<DType> {
+        match self {
+            Self::F32 => Some(DType::F32),
+            Self::F16 => Some(DType::F16),
+            Self::BF16 => Some(DType::BF16),
+            _ => None,
+        }
+    }
+
+    fn ggml(self) -> Option<GgmlDType> {
+        match self {
+            Self::Q8_0 => Some(GgmlDType::Q8_0),
+            Self::Q4_0 => Some(GgmlDType::Q4_0),
+            Self::Q4K => Some(GgmlDType::Q4K),
+            _ => None,
+        }
+    }
+
+    /// The dense dtype used for tensors that are never quantized (embeddings, norms, biases).
+    pub fn float(self) -> DType {
+        self.dense().unwrap_or(DType::F16)
+    }
+}
+
+impl std::str::FromStr for WeightDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Self::F32,
+            "f16" | "float16" | "half" => Self::F16,
+            "bf16" | "bfloat16" => Self::BF16,
+            "q8_0" | "q8" => Self::Q8_0,
+            "q4_0" => Self::Q4_0,
+            "q4k" | "q4_k" | "q4_k_m" => Self::Q4K,
+            other => {
+                return Err(Error::InvalidOption(format!(
+                    "dtype {other:?}: use f32, f16, bf16, q8_0, q4_0 or q4k"
+                )))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for WeightDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::BF16 => "bf16",
+            Self::Q8_0 => "q8_0",
+            Self::Q4_0 => "q4_0",
+            Self::Q4K => "q4k",
+        })
+    }
+}
+
+/// A weight matrix `[out, in]`, dense or quantized.
+#[derive(Debug, Clone)]
+enum Weight {
+    Dense(Tensor),
+    Quantized(QMatMul),
+}
+
+/// `y = x W^T (+ b)` for `x: [n, in]` f32, returning `[n, out]` f32.
+#[derive(Debug, Clone)]
+pub(crate) struct Linear {
+    weight: Weight,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    /// Builds the layer from an f32 (or f16) `[out, in]` weight, converting it to `dtype`.
+    /// Quantized formats need `in` to be a multiple of their block size; other layers fall
+    /// back to f16 rather than failing.
+    pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, dtype: WeightDType) -> Result<Self> {
+        let (_, in_features) = weight.dims2()?;
+        let weight = match dtype.ggml() {
+            Some(q) if in_features % q.block_size() == 0 => {
+                let w = weight.to_dtype(DType::F32)?;
+                Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?)
+            }
+            Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
+            None => Weight::Dense(weight.to_dtype(dtype.float())?),
+        };
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        Ok(Self { weight, bias })
+    }
+
+    /// Bytes held by the weight and bias.
+    pub(crate) fn bytes(&self) -> usize {
+        let w = match &self.weight {
+            Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
+                t.elem_count() * t.dtype().size_in_bytes()
+            }
+        };
+        w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.weight {
+            Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
+            Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+            Weight::Quantized(q) => q.forward(x)?,
+        };
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+/// LayerNorm over the last axis, f32, with optional affine parameters.
+#[derive(Debug, Clone)]
+pub(crate) struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+}
+
+impl LayerNorm {
+    pub(crate) fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
+        Ok(Self { weight: weight.to_dtype(DType::F32)?, bias: bias.to_dtype(DType::F32)?, eps: eps as f32 })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
+    }
+}

@@ -1,0 +1,116 @@
+//! The MiniGPT-Med prompt and its tokenization, reproduced to the token: the template
+//! `<s>[INST] <Img><ImageHere></Img> {instruction} [/INST]`, split at `<ImageHere>`, the first
+//! piece tokenized with a BOS (so the ids start `[1, 1, ...]`: the literal `<s>` is the BOS
+//! token too), later pieces without, every text run with LLaMA's legacy dummy `▁` prefix.
+
+use std::path::Path;
+
+use tokenizers::Tokenizer;
+
+use crate::error::{Error, Result};
+
+/// The single-turn template used by MiniGPT-Med's demo and evaluation alike.
+pub const PROMPT_TEMPLATE: &str = "<s>[INST] <Img><ImageHere></Img> {} [/INST]";
+
+/// Where the image embeddings go in the prompt.
+pub const IMAGE_PLACEHOLDER: &str = "<ImageHere>";
+
+/// A tokenized single-turn prompt: ids before the image (with the double BOS) and after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prompt {
+    /// The full prompt string.
+    pub text: String,
+    /// Token ids before `<ImageHere>`, e.g. `[1, 1, ▁[, INST, ], ▁<, Img, >]`.
+    pub before_image: Vec<u32>,
+    /// Token ids after `<ImageHere>`, starting with `▁<`, `/`, `Img`, `>`.
+    pub after_image: Vec<u32>,
+}
+
+/// The LLaMA tokenizer (`tokenizer.json`).
+pub struct TextCodec {
+    tokenizer: Tokenizer,
+}
+
+impl TextCodec {
+    /// Loads `tokenizer.json` from an HF LLaMA directory.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        if !path.exists() {
+            return Err(Error::io(
+                &path,
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+                "the LLaMA directory needs the tokenizer.json of Llama-2-7b-chat-hf",
+            ));
+        }
+        let tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::WeightsFormat {
+            path: path.clone(),
+            expected: "Hugging Face tokenizer.json".into(),
+            reason: e.to_string(),
+        })?;
+        Ok(Self { tokenizer })
+    }
+
+    /// Token ids of `text`; `bos` adds the tokenizer's BOS as `add_special_tokens=True` does.
+    /// Special tokens written in the text (`<s>`, `</s>`) become their ids.
+    pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
+        let enc = self.tokenizer.encode(text, bos).map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Text of `ids` with special tokens skipped; invalid UTF-8 byte runs become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
+    }
+
+    /// The token string of `id` (e.g. `▁pneum`, `<0x0A>`), if it is in the vocabulary.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.tokenizer.id_to_token(id)
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Builds and tokenizes the single-turn prompt for `instruction`.
+    pub fn prompt(&self, instruction: &str) -> Result<Prompt> {
+        let text = PROMPT_TEMPLATE.replace("{}", instruction);
+        let (before, after) = text.split_once(IMAGE_PLACEHOLDER).expect("the template holds the placeholder");
+        if after.contains(IMAGE_PLACEHOLDER) {
+            return Err(Error::InvalidOption(format!(
+                "the instruction may not contain {IMAGE_PLACEHOLDER}: MiniGPT-Med takes one image"
+            )));
+        }
+        Ok(Prompt { before_image: self.encode(before, true)?, after_image: self.encode(after, false)?, text })
+    }
+}
+
+/// MiniGPT-Med's answer clean-up: cut at the first `</s>`, drop `<s>`, keep what follows the last
+/// `[/INST]`, strip whitespace as Python's `str.strip()` does.
+pub fn postprocess_answer(decoded: &str) -> String {
+    let text = decoded.split("</s>").next().unwrap_or("");
+    let text = text.replace("<s>", "");
+    let text = text.rsplit("[/INST]").next().unwrap_or("");
+    py_strip(text).to_owned()
+}
+
+/// Python's `str.isspace()`: Rust's `char::is_whitespace` plus the separators U+001C..U+001F.
+pub(crate) fn py_is_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+fn py_strip(s: &str) -> &str {
+    s.trim_matches(py_is_space)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postprocess_follows_the_original() {
+        assert_eq!(postprocess_answer("  yes </s> junk"), "yes");
+        assert_eq!(postprocess_answer("<s>a [/INST] b\u{1f}"), "b");
+        assert_eq!(postprocess_answer("\u{1e}x\u{5}"), "x\u{5}");
+    }
+}

@@ -1,0 +1,198 @@
+//! EVA ViT-g/14 (EVA01-CLIP-g as used by BLIP-2 and MiniGPT-v2/Med) and the connector that
+//! turns its patch tokens into LLaMA input embeddings.
+
+mod pos_embed;
+
+use candle_core::{DType, Device, Tensor, D};
+
+pub use pos_embed::interpolate_pos_embed;
+
+use crate::config::{ConnectorConfig, VisionConfig};
+use crate::error::{Error, Result};
+use crate::nn::{LayerNorm, Linear, WeightDType};
+use crate::weights::TensorSource;
+
+struct Block {
+    norm1: LayerNorm,
+    qkv: Linear,
+    proj: Linear,
+    norm2: LayerNorm,
+    fc1: Linear,
+    fc2: Linear,
+}
+
+/// The vision encoder: patch embedding, cls token, interpolated positions, `depth` pre-norm
+/// blocks, no final norm.
+pub(crate) struct EvaVit {
+    cfg: VisionConfig,
+    patch: Linear,
+    cls: Tensor,
+    pos: Tensor,
+    blocks: Vec<Block>,
+}
+
+const VIT_HINT: &str = "--vit must be BLIP-2's eva_vit_g.pth (LAVIS key names)";
+
+impl EvaVit {
+    /// Loads the encoder from an `eva_vit_g.pth` state dict, checking every dimension against
+    /// `cfg`. `blocks.{depth..}` present in the file are ignored, as the original does.
+    pub(crate) fn load(
+        src: &dyn TensorSource,
+        cfg: &VisionConfig,
+        dtype: WeightDType,
+        device: &Device,
+        mut progress: impl FnMut(),
+    ) -> Result<Self> {
+        let prefix = if src.shapes().contains_key("cls_token") { "" } else { "visual_encoder." };
+        let key = |k: &str| format!("{prefix}{k}");
+        let d = cfg.width;
+        let p = cfg.patch_size;
+        let pe_shape = src.shape_of(&key("patch_embed.proj.weight"), VIT_HINT)?.to_vec();
+        if pe_shape.len() != 4 || pe_shape[1] != 3 || pe_shape[0] != d || pe_shape[2] != p || pe_shape[3] != p {
+            return Err(Error::ShapeMismatch {
+                name: key("patch_embed.proj.weight"),
+                expected: vec![d, 3, p, p],
+                found: pe_shape,
+                hint: "vision.width / vision.patch_size in the model config do not match the ViT file".into(),
+            });
+        }
+        let in_file = (0..)
+            .take_while(|i| src.shapes().contains_key(&key(&format!("blocks.{i}.norm1.weight"))))
+            .count();
+        if in_file < cfg.depth {
+            return Err(Error::Config {
+                path: src.origin().to_owned(),
+                reason: format!(
+                    "the ViT file holds {in_file} blocks but vision.depth is {}; MiniGPT-Med uses 39 of 40",
+                    cfg.depth
+                ),
+            });
+        }
+        let f32_get = |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
+
+        let patch_w = f32_get("patch_embed.proj.weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?;
+        let patch_b = f32_get("patch_embed.proj.bias", &[d])?;
+        let patch = Linear::new(patch_w, Some(patch_b), dtype)?;
+        let cls = f32_get("cls_token", &[1, 1, d])?.reshape((1, d))?;
+
+        let pos_shape = src.shape_of(&key("pos_embed"), VIT_HINT)?.to_vec();
+        let g_in = match pos_shape.as_slice() {
+            [1, n, dd] if *dd == d && *n >= 2 && is_square(n - 1) => isqrt(n - 1),
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    name: key("pos_embed"),
+                    expected: vec![1, 1 + cfg.grid() * cfg.grid(), d],
+                    found: pos_shape,
+                    hint: "expected a cls row plus a square grid".into(),
+                })
+            }
+        };
+        let pos_raw = f32_get("pos_embed", &pos_shape)?.flatten_all()?.to_vec1::<f32>()?;
+        let g = cfg.grid();
+        let pos = interpolate_pos_embed(&pos_raw, d, g_in, g);
+        let pos = Tensor::from_vec(pos, (1 + g * g, d), device)?;
+        progress();
+
+        let mlp = cfg.mlp_hidden;
+        let mut blocks = Vec::with_capacity(cfg.depth);
+        for i in 0..cfg.depth {
+            let b = |n: &str, shape: &[usize]| f32_get(&format!("blocks.{i}.{n}"), shape);
+            let ln = |n: &str| -> Result<LayerNorm> {
+                LayerNorm::new(b(&format!("{n}.weight"), &[d])?, b(&format!("{n}.bias"), &[d])?, cfg.layer_norm_eps)
+            };
+            let fc1_shape = src.shape_of(&key(&format!("blocks.{i}.mlp.fc1.weight")), VIT_HINT)?;
+            if fc1_shape != [mlp, d] {
+                return Err(Error::ShapeMismatch {
+                    name: key(&format!("blocks.{i}.mlp.fc1.weight")),
+                    expected: vec![mlp, d],
+                    found: fc1_shape.to_vec(),
+                    hint: "vision.mlp_hidden in the model config does not match the ViT file".into(),
+                });
+            }
+            // The key bias is fixed at zero: qkv bias = cat(q_bias, 0, v_bias).
+            let qkv_bias = Tensor::cat(&[b("attn.q_bias", &[d])?, Tensor::zeros(d, DType::F32, device)?, b("attn.v_bias", &[d])?], 0)?;
+            blocks.push(Block {
+                norm1: ln("norm1")?,
+                qkv: Linear::new(b("attn.qkv.weight", &[3 * d, d])?, Some(qkv_bias), dtype)?,
+                proj: Linear::new(b("attn.proj.weight", &[d, d])?, Some(b("attn.proj.bias", &[d])?), dtype)?,
+                norm2: ln("norm2")?,
+                fc1: Linear::new(b("mlp.fc1.weight", &[mlp, d])?, Some(b("mlp.fc1.bias", &[mlp])?), dtype)?,
+                fc2: Linear::new(b("mlp.fc2.weight", &[d, mlp])?, Some(b("mlp.fc2.bias", &[d])?), dtype)?,
+            });
+            progress();
+        }
+        Ok(Self { cfg: cfg.clone(), patch, cls, pos, blocks })
+    }
+
+    /// The interpolated position table `[1 + grid^2, width]` (row 0 = cls).
+    pub(crate) fn pos_embed(&self) -> &Tensor {
+        &self.pos
+    }
+
+    /// `pixels: [3, size, size]` normalised f32 -> `[1 + grid^2, width]` tokens (cls first),
+    /// before `ln_vision`.
+    pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (g, p, d) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
+        // The stride-p conv is a matmul over flattened (c, ky, kx) patches in raster order.
+        let patches = pixels
+            .reshape((3, g, p, g, p))?
+            .permute((1, 3, 0, 2, 4))?
+            .contiguous()?
+            .reshape((g * g, 3 * p * p))?;
+        let x = self.patch.forward(&patches)?;
+        let mut x = Tensor::cat(&[&self.cls, &x], 0)?.add(&self.pos)?;
+        let heads = self.cfg.heads;
+        let hd = d / heads;
+        let scale = (hd as f64).powf(-0.5);
+        let n = x.dim(0)?;
+        for blk in &self.blocks {
+            let h = blk.norm1.forward(&x)?;
+            let qkv = blk.qkv.forward(&h)?.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
+            let q = (qkv.get(0)? * scale)?.contiguous()?;
+            let k = qkv.get(1)?.contiguous()?;
+            let v = qkv.get(2)?.contiguous()?;
+            let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+            let o = att.matmul(&v)?.transpose(0, 1)?.reshape((n, d))?;
+            x = (x + blk.proj.forward(&o)?)?;
+            let h = blk.norm2.forward(&x)?;
+            let h = blk.fc2.forward(&blk.fc1.forward(&h)?.gelu_erf()?)?;
+            x = (x + h)?;
+        }
+        Ok(x)
+    }
+}
+
+/// `ln_vision` + cls drop + grouping + `llama_proj`: ViT tokens to LLaMA input embeddings.
+pub(crate) struct Connector {
+    ln_vision: LayerNorm,
+    group: usize,
+    proj: Linear,
+}
+
+impl Connector {
+    pub(crate) fn new(ln_vision: LayerNorm, cfg: &ConnectorConfig, proj: Linear) -> Self {
+        Self { ln_vision, group: cfg.tokens_per_group, proj }
+    }
+
+    /// `ln_vision(vit_tokens)` `[1 + n, width]` (the features the reference calls `vit_features`).
+    pub(crate) fn normalize(&self, vit_tokens: &Tensor) -> Result<Tensor> {
+        self.ln_vision.forward(vit_tokens)
+    }
+
+    /// Normalised features `[1 + n, width]` -> image embeddings `[n / group, hidden]`.
+    pub(crate) fn project(&self, features: &Tensor) -> Result<Tensor> {
+        let (n1, d) = features.dims2()?;
+        let n = n1 - 1;
+        let grouped = features.narrow(D::Minus2, 1, n)?.contiguous()?.reshape((n / self.group, self.group * d))?;
+        self.proj.forward(&grouped)
+    }
+}
+
+fn isqrt(n: usize) -> usize {
+    (n as f64).sqrt().round() as usize
+}
+
+fn is_square(n: usize) -> bool {
+    let r = isqrt(n);
+    r * r == n
+}

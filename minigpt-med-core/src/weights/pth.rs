@@ -1,0 +1,77 @@
+//! PyTorch zip checkpoints (`torch.save` since 1.6): `.pth` files and `pytorch_model*.bin`.
+//!
+//! The pickle is interpreted by candle's restricted reader: it only builds a description of the
+//! objects (classes are recorded by name, never imported or called), so a malicious file cannot
+//! run code. Only the tensors that are asked for are read, so optimizer state and other entries
+//! in a training checkpoint cost nothing.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::pickle::PthTensors;
+use candle_core::{Device, Tensor};
+
+use super::TensorSource;
+use crate::error::{Error, Result};
+
+/// One PyTorch zip checkpoint, optionally with its state dict under a top-level key.
+pub(crate) struct PthFile {
+    path: PathBuf,
+    expected: String,
+    inner: PthTensors,
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+impl PthFile {
+    /// Reads the tensor index of `path`; `key` selects a nested state dict (e.g. `model`).
+    pub(crate) fn open(path: &Path, key: Option<&str>, expected: &str) -> Result<Self> {
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, format!("expected {expected}")))?;
+        drop(file);
+        let format_err = |reason: String| Error::WeightsFormat {
+            path: path.to_owned(),
+            expected: expected.to_owned(),
+            reason,
+        };
+        // The pickle reader is third-party code fed with untrusted bytes: contain any panic.
+        let inner = std::panic::catch_unwind(|| PthTensors::new(path, key))
+            .map_err(|_| format_err("the pickle is malformed".into()))?
+            .map_err(|e| {
+                format_err(format!(
+                    "{e} (it must be a zip-format torch.save file; a truncated download also looks like this)"
+                ))
+            })?;
+        let shapes: HashMap<String, Vec<usize>> = inner
+            .tensor_infos()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.layout.shape().dims().to_vec()))
+            .collect();
+        if shapes.is_empty() {
+            return Err(format_err(match key {
+                Some(k) => format!("no tensors under the `{k}` entry"),
+                None => "no tensors found".into(),
+            }));
+        }
+        Ok(Self { path: path.to_owned(), expected: expected.to_owned(), inner, shapes })
+    }
+}
+
+impl TensorSource for PthFile {
+    fn origin(&self) -> &Path {
+        &self.path
+    }
+    fn shapes(&self) -> &HashMap<String, Vec<usize>> {
+        &self.shapes
+    }
+    fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
+        let format_err = |reason: String| Error::WeightsFormat {
+            path: self.path.clone(),
+            expected: self.expected.clone(),
+            reason,
+        };
+        let t = std::panic::catch_unwind(|| self.inner.get(name))
+            .map_err(|_| format_err(format!("tensor `{name}` is malformed")))?
+            .map_err(|e| format_err(format!("tensor `{name}`: {e} (truncated or corrupt file?)")))?
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone(), hint: String::new() })?;
+        Ok(t.to_device(device)?)
+    }
+}

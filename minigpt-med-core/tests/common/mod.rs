@@ -1,0 +1,47 @@
+//! Shared by the core crate's integration tests: the bundled tiny model and its goldens.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use minigpt_med::candle::{Device, Tensor};
+use minigpt_med::{LoadOptions, Model};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
+}
+
+pub fn golden_json() -> &'static serde_json::Value {
+    static G: OnceLock<serde_json::Value> = OnceLock::new();
+    G.get_or_init(|| {
+        let text = std::fs::read_to_string(fixtures().join("golden.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+pub fn golden() -> &'static HashMap<String, Tensor> {
+    static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
+    G.get_or_init(|| minigpt_med::candle::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap())
+}
+
+pub fn tensor(name: &str) -> &'static Tensor {
+    golden().get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
+}
+
+pub fn model() -> &'static Model {
+    static M: OnceLock<Model> = OnceLock::new();
+    M.get_or_init(|| Model::load_dir(fixtures(), &LoadOptions::default()).expect("tiny model loads"))
+}
+
+/// Largest absolute difference between two tensors of equal shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(minigpt_med::candle::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(minigpt_med::candle::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+pub fn ids(name: &str) -> Vec<u32> {
+    tensor(name).to_dtype(minigpt_med::candle::DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+}
