@@ -54,6 +54,12 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// This answer's boxes drawn over `image` (the input it answers about), as interleaved RGB
+    /// bytes `[height, width, 3]`.
+    pub fn draw(&self, image: &crate::image::Image) -> Vec<u8> {
+        crate::draw::draw_boxes(image, &self.boxes)
+    }
+
     /// Parses the boxes of `text` for an input image of `width x height` pixels.
     ///
     /// Accepted forms: `<p>label</p> {<x1><y1><x2><y2>}`, several boxes of a label joined by

@@ -24,6 +24,7 @@
 
 mod answer;
 mod config;
+mod draw;
 mod error;
 mod generate;
 pub mod image;
@@ -37,6 +38,7 @@ mod weights;
 
 pub use answer::{Answer, BoundingBox, StopReason, Timings};
 pub use config::{ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, ModelFiles, VisionConfig};
+pub use draw::{draw_boxes, PALETTE};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Sampling};
 pub use image::{ColorMode, Image, ModelView, Pixels, Window};

@@ -1,6 +1,7 @@
 //! The engine: [`Model::load`] reads the three original files once, [`Model::generate`] answers a
 //! [`Task`] about an [`Image`], [`Model::chat`] keeps a conversation about one image.
 
+use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -277,9 +278,18 @@ impl Model {
 
     /// Logits `[vocab]` of the last prompt position.
     pub fn prompt_logits(&self, image: &ImageEmbeddings, prompt: &Prompt) -> Result<Tensor> {
-        let x = self.input_embeds(image, prompt)?;
+        self.logits_for_embeds(&self.input_embeds(image, prompt)?)
+    }
+
+    /// Token embeddings `[ids.len(), hidden]` f32.
+    pub fn embed_ids(&self, ids: &[u32]) -> Result<Tensor> {
+        self.llama.embed(ids)
+    }
+
+    /// Logits `[vocab]` after a fresh forward pass over input embeddings `x: [L, hidden]`.
+    pub fn logits_for_embeds(&self, x: &Tensor) -> Result<Tensor> {
         let mut cache = self.llama.new_cache(x.dim(0)?)?;
-        self.llama.forward(&x, &mut cache)
+        self.llama.forward(x, &mut cache)
     }
 
     /// Answers `task` about `image`.
@@ -340,13 +350,9 @@ impl Model {
     }
 
     /// Starts a conversation about `image` (encoded once; the KV cache is kept between turns).
-    pub fn chat(&self, image: &Image) -> Result<Chat<'_>> {
+    /// For a chat that owns its model (e.g. in a binding), use `Chat::new(Arc<Model>, ..)`.
+    pub fn chat(&self, image: &Image) -> Result<Chat<&Model>> {
         Ok(Chat::new(self, self.encode_image(image)?))
-    }
-
-    /// Starts a conversation about already-encoded image embeddings.
-    pub fn chat_from_embeddings(&self, image: ImageEmbeddings) -> Chat<'_> {
-        Chat::new(self, image)
     }
 }
 
@@ -401,11 +407,21 @@ struct Turn<'m> {
     sampler: Sampler,
     ids: Vec<u32>,
     emitted: String,
+    prefill_logits: Option<Tensor>,
 }
 
 impl<'m> Turn<'m> {
     fn new(model: &'m Model, opts: &'m GenerateOptions, width: usize, height: usize) -> Self {
-        Self { model, opts, width, height, sampler: Sampler::new(opts), ids: Vec::new(), emitted: String::new() }
+        Self {
+            model,
+            opts,
+            width,
+            height,
+            sampler: Sampler::new(opts),
+            ids: Vec::new(),
+            emitted: String::new(),
+            prefill_logits: None,
+        }
     }
 
     /// Feeds `x` (the prompt or a follow-up turn), then decodes. On error the cache is rolled
@@ -424,6 +440,7 @@ impl<'m> Turn<'m> {
         let eos = llama.config().eos_token_id;
         let t0 = Instant::now();
         let mut logits = llama.forward(x, cache)?;
+        self.prefill_logits = Some(logits.clone());
         let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t1 = Instant::now();
         let mut stop_reason = StopReason::MaxTokens;
@@ -447,8 +464,13 @@ impl<'m> Turn<'m> {
                 stop_reason = StopReason::StopString;
                 break;
             }
-            let last_is_byte = self.model.codec.token(next).is_some_and(|t| t.starts_with("<0x"));
-            if !self.emit(&text, last_is_byte, on_text) {
+            // A run of byte-fallback tokens is decoded as a whole: valid UTF-8 or one U+FFFD per
+            // byte, so text produced by a trailing run can still change. Hold it back.
+            let codec = &self.model.codec;
+            let run = self.ids.iter().rev().take_while(|&&id| codec.token(id).is_some_and(|t| t.starts_with("<0x"))).count();
+            let stable =
+                if run == 0 { text.clone() } else { postprocess_answer(&codec.decode(&self.ids[..self.ids.len() - run])?) };
+            if !self.emit(&stable, on_text) {
                 stop_reason = StopReason::Cancelled;
                 break;
             }
@@ -481,14 +503,10 @@ impl<'m> Turn<'m> {
         })
     }
 
-    /// Sends the stable new part of `text`: trailing whitespace (which the final strip may
-    /// remove), a possibly incomplete byte-fallback character, and a possible stop-string
-    /// prefix are held back until they are settled.
-    fn emit(&mut self, text: &str, last_is_byte: bool, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
+    /// Sends the new part of `text`, holding back trailing whitespace (which the final strip may
+    /// remove) and a possible stop-string prefix until they are settled.
+    fn emit(&mut self, text: &str, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
         let mut stable = text.trim_end_matches(crate::prompt::py_is_space);
-        if last_is_byte {
-            stable = stable.trim_end_matches('\u{FFFD}');
-        }
         for s in &self.opts.stop_strings {
             for k in (1..s.len()).rev() {
                 if s.is_char_boundary(k) && stable.ends_with(&s[..k]) {
@@ -520,8 +538,8 @@ pub enum ChatHistory {
 
 /// A conversation about one image. The image and every earlier turn stay in the KV cache, so a
 /// follow-up question costs only its own tokens. One thread at a time.
-pub struct Chat<'m> {
-    model: &'m Model,
+pub struct Chat<M: Deref<Target = Model> = Arc<Model>> {
+    model: M,
     image: ImageEmbeddings,
     cache: Option<KvCache>,
     /// Generated ids not yet fed to the model (the last token of the previous answer).
@@ -530,11 +548,22 @@ pub struct Chat<'m> {
     before_answer: usize,
     history: ChatHistory,
     turns: usize,
+    last_prompt_logits: Option<Tensor>,
 }
 
-impl<'m> Chat<'m> {
-    fn new(model: &'m Model, image: ImageEmbeddings) -> Self {
-        Self { model, image, cache: None, unfed: Vec::new(), before_answer: 0, history: ChatHistory::default(), turns: 0 }
+impl<M: Deref<Target = Model>> Chat<M> {
+    /// A conversation about already-encoded `image` on `model` (a `&Model` or an `Arc<Model>`).
+    pub fn new(model: M, image: ImageEmbeddings) -> Self {
+        Self {
+            model,
+            image,
+            cache: None,
+            unfed: Vec::new(),
+            before_answer: 0,
+            history: ChatHistory::default(),
+            turns: 0,
+            last_prompt_logits: None,
+        }
     }
 
     /// Chooses how earlier answers are kept (before the first question).
@@ -546,6 +575,11 @@ impl<'m> Chat<'m> {
     /// Questions answered so far.
     pub fn turns(&self) -> usize {
         self.turns
+    }
+
+    /// Logits `[vocab]` at the end of the latest question (before its answer), for inspection.
+    pub fn last_prompt_logits(&self) -> Option<&Tensor> {
+        self.last_prompt_logits.as_ref()
     }
 
     /// Positions held in the KV cache.
@@ -571,7 +605,7 @@ impl<'m> Chat<'m> {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
         opts.validate()?;
-        let model = self.model;
+        let model: &Model = &self.model;
         let x = if self.turns == 0 {
             model.input_embeds(&self.image, &model.prompt(instruction)?)?
         } else {
@@ -614,6 +648,7 @@ impl<'m> Chat<'m> {
                 _ => answer.token_ids.last().copied().into_iter().collect(),
             };
             self.turns += 1;
+            self.last_prompt_logits = turn.prefill_logits.take();
         }
         result
     }

@@ -223,6 +223,15 @@ impl Image {
         }
     }
 
+    /// The image at its own size as interleaved RGB bytes (`[height, width, 3]`), 16-bit inputs
+    /// windowed; what [`crate::draw_boxes`] draws on.
+    pub fn to_rgb8(&self) -> Vec<u8> {
+        match &self.pixels {
+            Pixels::Rgb8(v) => v.clone(),
+            _ => self.luma8().iter().flat_map(|&v| [v, v, v]).collect(),
+        }
+    }
+
     /// The `size x size` RGB image the model sees, as three planes (`[3, size, size]`, CHW).
     pub fn model_view(&self, size: usize) -> ModelView {
         let (w, h) = (self.width, self.height);

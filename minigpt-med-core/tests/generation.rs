@@ -1,0 +1,161 @@
+//! Streaming, cancellation, sampling reproducibility and chat caching on the tiny model.
+
+mod common;
+
+use common::*;
+use minigpt_med::candle::Tensor;
+use minigpt_med::{ChatHistory, GenerateOptions, Image, Sampling, StopReason, Task};
+
+fn ct() -> Image {
+    Image::open(fixtures().join("images/ct_nlst.png")).unwrap()
+}
+
+fn sampled(seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        sampling: Sampling::Sample { temperature: 0.9, top_p: 0.95, top_k: 50, seed },
+        repetition_penalty: 1.05,
+        ..GenerateOptions::greedy(24)
+    }
+}
+
+#[test]
+fn streamed_pieces_concatenate_to_the_answer() {
+    let model = model();
+    let image = ct();
+    for (task, opts) in [
+        (Task::Refer("give me the location of tumor ".into()), GenerateOptions::greedy(20)),
+        (Task::Report(None), GenerateOptions::greedy(40)),
+        (Task::Vqa("what is shown?".into()), sampled(3)),
+    ] {
+        let mut pieces = Vec::new();
+        let streamed = model
+            .generate_stream(&image, &task, &opts, &mut |p| {
+                pieces.push(p.to_owned());
+                true
+            })
+            .unwrap();
+        let plain = model.generate(&image, &task, &opts).unwrap();
+        assert_eq!(streamed.token_ids, plain.token_ids);
+        assert_eq!(pieces.concat(), plain.text, "{task:?}");
+        assert!(pieces.iter().all(|p| !p.is_empty()));
+        assert!(pieces.len() > 1, "streaming sent everything at once");
+    }
+}
+
+#[test]
+fn returning_false_cancels_and_keeps_the_partial_answer() {
+    let model = model();
+    let mut calls = 0;
+    let answer = model
+        .generate_stream(&ct(), &Task::Report(None), &GenerateOptions::greedy(40), &mut |_| {
+            calls += 1;
+            calls < 3
+        })
+        .unwrap();
+    assert_eq!(answer.stop_reason, StopReason::Cancelled);
+    assert_eq!(calls, 3);
+    assert!(answer.token_ids.len() < 40);
+    let full = model.generate(&ct(), &Task::Report(None), &GenerateOptions::greedy(40)).unwrap();
+    assert_eq!(answer.token_ids[..], full.token_ids[..answer.token_ids.len()]);
+}
+
+#[test]
+fn same_seed_same_tokens() {
+    let model = model();
+    let task = Task::Vqa("is there a nodule?".into());
+    let a = model.generate(&ct(), &task, &sampled(42)).unwrap();
+    let b = model.generate(&ct(), &task, &sampled(42)).unwrap();
+    let c = model.generate(&ct(), &task, &sampled(43)).unwrap();
+    assert_eq!(a.token_ids, b.token_ids);
+    assert_ne!(a.token_ids, c.token_ids, "another seed should sample another answer");
+    let greedy = model.generate(&ct(), &task, &GenerateOptions::greedy(24)).unwrap();
+    assert_ne!(a.token_ids, greedy.token_ids, "sampling at T=0.9 should leave the greedy path");
+}
+
+#[test]
+fn stop_strings_cut_the_answer() {
+    let model = model();
+    let full = model.generate(&ct(), &Task::Report(None), &GenerateOptions::greedy(40)).unwrap();
+    // Stop at the third character of the full answer (a piece the model certainly writes).
+    let stop: String = full.text.chars().skip(2).take(2).collect();
+    let mut opts = GenerateOptions::greedy(40);
+    opts.stop_strings = vec![stop.clone()];
+    let cut = model.generate(&ct(), &Task::Report(None), &opts).unwrap();
+    assert_eq!(cut.stop_reason, StopReason::StopString);
+    assert!(!cut.text.contains(&stop));
+    assert!(full.text.starts_with(&cut.text));
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    max_abs_diff(a, b)
+}
+
+#[test]
+fn chat_turns_equal_a_fresh_run_of_the_whole_conversation() {
+    let model = model();
+    let image = ct();
+    let emb = model.encode_image(&image).unwrap();
+    let q1 = "[vqa] is there a nodule?";
+    let q2 = "[refer] the nodule";
+    for history in [ChatHistory::KeepAnswers, ChatHistory::Original] {
+        let mut chat = model.chat(&image).unwrap().with_history(history);
+        let a1 = chat.ask(q1, &GenerateOptions::greedy(6)).unwrap();
+        let a2 = chat.ask(q2, &GenerateOptions::greedy(6)).unwrap();
+        assert_eq!(chat.turns(), 2);
+
+        // The same conversation as one prompt, from scratch.
+        let p1 = model.prompt(q1).unwrap();
+        let mut after = p1.after_image.clone();
+        if history == ChatHistory::KeepAnswers {
+            after.extend(&a1.token_ids);
+            if a1.stop_reason == StopReason::Eos {
+                after.push(2);
+            }
+        }
+        after.extend(model.tokenizer().encode(&format!("</s><s>[INST] {q2} [/INST]"), false).unwrap());
+        let mut fresh = p1.clone();
+        fresh.after_image = after;
+        let fresh_logits = model.prompt_logits(&emb, &fresh).unwrap();
+        let d = max_diff(chat.last_prompt_logits().unwrap(), &fresh_logits);
+        assert!(d <= 1e-4, "{history:?}: turn-2 logits differ from a fresh run by {d}");
+
+        // And the original demo's prompt string, tokenized whole, for the Original mode.
+        if history == ChatHistory::Original {
+            let text = format!("</Img> {} [/INST]</s><s>[INST] {q2} [/INST]", q1);
+            assert_eq!(fresh.after_image, model.tokenizer().encode(&text, false).unwrap());
+        }
+        let fresh_answer = model
+            .generate_from_embeddings(&emb, q1, &GenerateOptions::greedy(1), &mut |_| true)
+            .unwrap();
+        assert_eq!(fresh_answer.token_ids[0], a1.token_ids[0]);
+        assert!(!a2.token_ids.is_empty());
+    }
+}
+
+#[test]
+fn a_failed_turn_leaves_the_chat_usable() {
+    let model = model();
+    let mut chat = model.chat(&ct()).unwrap();
+    chat.ask("[vqa] first?", &GenerateOptions::greedy(4)).unwrap();
+    let len = chat.context_len();
+    let mut too_long = GenerateOptions::greedy(5000);
+    too_long.context_limit = None;
+    assert!(chat.ask("[vqa] second?", &too_long).is_err());
+    assert_eq!(chat.context_len(), len);
+    let ok = chat.ask("[vqa] second?", &GenerateOptions::greedy(4)).unwrap();
+    assert_eq!(ok.token_ids.len(), 4);
+}
+
+#[test]
+fn demo_preset_left_truncates_to_the_context_limit() {
+    let model = model();
+    let mut opts = GenerateOptions::demo(1);
+    opts.max_new_tokens = 4;
+    opts.context_limit = Some(100); // keeps only the last 96 prompt positions
+    let a = model.generate(&ct(), &Task::Report(None), &opts).unwrap();
+    assert_eq!(a.token_ids.len(), 4);
+    let mut no_room = GenerateOptions::greedy(4096);
+    no_room.context_limit = None;
+    let err = model.generate(&ct(), &Task::Report(None), &no_room).unwrap_err();
+    assert!(err.to_string().contains("positions"), "{err}");
+}
