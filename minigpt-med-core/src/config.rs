@@ -198,7 +198,7 @@ impl LlamaConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::io(&path, e, "--llama must be a Hugging Face LLaMA-2-7b-chat-hf directory")
+            Error::io(&path, e, "--llama must be a Hugging Face Llama-2-7b-chat-hf directory")
         })?;
         let cfg: Self = serde_json::from_str(&text)
             .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;

@@ -199,6 +199,8 @@ impl Model {
             }
         };
 
+        // Every dimension is checked before any large read, so a wrong file fails fast.
+        EvaVit::validate(&vit_src, &cfg.vision)?;
         let connector = load_connector(&ckpt, &cfg, &llama_cfg, &device)?;
         let vit = EvaVit::load(&vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
         let lora = LoraDeltas::find(&ckpt, &cfg.lora, &llama_cfg, &device)?;

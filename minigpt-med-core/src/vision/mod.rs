@@ -34,16 +34,9 @@ pub(crate) struct EvaVit {
 const VIT_HINT: &str = "--vit must be BLIP-2's eva_vit_g.pth (LAVIS key names)";
 
 impl EvaVit {
-    /// Loads the encoder from an `eva_vit_g.pth` state dict, checking every dimension against
-    /// `cfg`. `blocks.{depth..}` present in the file are ignored, as the original does.
-    pub(crate) fn load(
-        src: &dyn TensorSource,
-        cfg: &VisionConfig,
-        dtype: WeightDType,
-        device: &Device,
-        mut progress: impl FnMut(),
-    ) -> Result<Self> {
-        let prefix = if src.shapes().contains_key("cls_token") { "" } else { "visual_encoder." };
+    /// Checks the file's dimensions against `cfg` without reading any tensor data.
+    pub(crate) fn validate(src: &dyn TensorSource, cfg: &VisionConfig) -> Result<()> {
+        let prefix = key_prefix(src);
         let key = |k: &str| format!("{prefix}{k}");
         let d = cfg.width;
         let p = cfg.patch_size;
@@ -68,6 +61,23 @@ impl EvaVit {
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Loads the encoder from an `eva_vit_g.pth` state dict, checking every dimension against
+    /// `cfg`. `blocks.{depth..}` present in the file are ignored, as the original does.
+    pub(crate) fn load(
+        src: &dyn TensorSource,
+        cfg: &VisionConfig,
+        dtype: WeightDType,
+        device: &Device,
+        mut progress: impl FnMut(),
+    ) -> Result<Self> {
+        Self::validate(src, cfg)?;
+        let prefix = key_prefix(src);
+        let key = |k: &str| format!("{prefix}{k}");
+        let d = cfg.width;
+        let p = cfg.patch_size;
         let f32_get = |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
 
         let patch_w = f32_get("patch_embed.proj.weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?;
@@ -185,6 +195,15 @@ impl Connector {
         let n = n1 - 1;
         let grouped = features.narrow(D::Minus2, 1, n)?.contiguous()?.reshape((n / self.group, self.group * d))?;
         self.proj.forward(&grouped)
+    }
+}
+
+/// LAVIS state dicts use bare names; a full BLIP-2/MiniGPT state dict nests them.
+fn key_prefix(src: &dyn TensorSource) -> &'static str {
+    if src.shapes().contains_key("cls_token") {
+        ""
+    } else {
+        "visual_encoder."
     }
 }
 

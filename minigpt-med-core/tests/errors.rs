@@ -1,0 +1,178 @@
+//! Every failure a user can cause is a typed error whose message names the file and the fix.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::*;
+use minigpt_med::candle::Device;
+use minigpt_med::{Error, Image, LoadOptions, Model, ModelFiles};
+
+/// A private copy of the tiny model directory that a test may damage.
+fn scratch() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("mgm-errors-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixtures(), &dir);
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+fn load(files: &ModelFiles) -> Error {
+    match Model::load(files, &LoadOptions::default()) {
+        Ok(_) => panic!("loading {files:?} should fail"),
+        Err(e) => e,
+    }
+}
+
+fn truncate(path: &Path, keep: f64) {
+    let bytes = std::fs::read(path).unwrap();
+    std::fs::write(path, &bytes[..(bytes.len() as f64 * keep) as usize]).unwrap();
+}
+
+#[test]
+fn missing_files_are_named() {
+    let dir = scratch();
+    let mut files = ModelFiles::from_dir(&dir);
+    files.vit = dir.join("nope.pth");
+    let e = load(&files);
+    assert!(matches!(e, Error::Io { .. }), "{e:?}");
+    assert!(e.to_string().contains("nope.pth") && e.to_string().contains("eva_vit_g"), "{e}");
+
+    let e = load(&ModelFiles::from_dir(dir.join("elsewhere")));
+    assert!(e.to_string().contains("config.json") && e.to_string().contains("Llama-2-7b-chat-hf"), "{e}");
+
+    std::fs::remove_file(dir.join("llama-2-7b-chat-hf/model.safetensors")).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(matches!(e, Error::WeightsFormat { .. }) && e.to_string().contains("model.safetensors"), "{e}");
+}
+
+#[test]
+fn truncated_weights_are_format_errors() {
+    for (file, keep) in [("eva_vit_g.pth", 0.5), ("minigpt_med.pth", 0.9), ("llama-2-7b-chat-hf/model.safetensors", 0.7)] {
+        let dir = scratch();
+        truncate(&dir.join(file), keep);
+        let e = load(&ModelFiles::from_dir(&dir));
+        assert!(matches!(e, Error::WeightsFormat { .. }), "{file}: {e:?}");
+        assert!(e.to_string().contains(file.rsplit('/').next().unwrap()), "{file}: {e}");
+    }
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = scratch();
+    let st = dir.join("llama-2-7b-chat-hf/model.safetensors");
+    let mut tensors = minigpt_med::candle::safetensors::load(&st, &Device::Cpu).unwrap();
+    tensors.remove("model.norm.weight").unwrap();
+    minigpt_med::candle::safetensors::save(&tensors, &st).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "model.norm.weight"), "{e:?}");
+}
+
+#[test]
+fn checkpoint_for_another_llama_size_says_so() {
+    let dir = scratch();
+    let mut files = ModelFiles::from_dir(&dir);
+    files.checkpoint = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile/wide_checkpoint.pth");
+    let e = load(&files);
+    let msg = e.to_string();
+    assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
+    assert!(msg.contains("width 80") && msg.contains("width 64"), "{msg}");
+}
+
+#[test]
+fn config_contradicting_the_weights_is_rejected() {
+    let dir = scratch();
+    let cfg = dir.join("minigpt_med.json");
+    std::fs::write(&cfg, r#"{"vision": {"width": 64, "heads": 4, "depth": 3, "mlp_hidden": 209}}"#).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(matches!(&e, Error::ShapeMismatch { name, .. } if name == "patch_embed.proj.weight"), "{e:?}");
+
+    std::fs::write(&cfg, r#"{"vision": {"width": 48, "heads": 4, "depth": 5, "mlp_hidden": 209}}"#).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(e.to_string().contains("holds 4 blocks"), "{e}");
+
+    std::fs::write(&cfg, r#"{"vision": {"width": 48, "heads": 5}}"#).unwrap();
+    assert!(load(&ModelFiles::from_dir(&dir)).to_string().contains("not divisible"));
+
+    std::fs::write(&cfg, r#"{"vision": {"widht": 48}}"#).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(matches!(e, Error::Config { .. }) && e.to_string().contains("widht"), "{e}");
+
+    // Without the config, the defaults are the real model's: 1408-wide ViT.
+    std::fs::remove_file(&cfg).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(e.to_string().contains("1408"), "{e}");
+}
+
+#[test]
+fn pickles_never_execute_code() {
+    let marker = Path::new("/tmp/minigpt_med_pickle_executed");
+    let _ = std::fs::remove_file(marker);
+    let dir = scratch();
+    let mut files = ModelFiles::from_dir(&dir);
+    files.checkpoint = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile/evil.pth");
+    let e = load(&files);
+    assert!(matches!(e, Error::WeightsFormat { .. }), "{e:?}");
+    assert!(!marker.exists(), "the pickle's os.system call ran");
+}
+
+#[test]
+fn a_base_model_is_not_a_checkpoint() {
+    let dir = scratch();
+    let mut files = ModelFiles::from_dir(&dir);
+    files.checkpoint = dir.join("eva_vit_g.pth");
+    let e = load(&files);
+    assert!(matches!(e, Error::WeightsFormat { .. }) && e.to_string().contains("eva_vit_g.pth"), "{e}");
+}
+
+#[test]
+fn undecodable_images_are_image_errors() {
+    let e = Image::from_bytes(b"definitely not an image").unwrap_err();
+    assert!(matches!(e, Error::Image { .. }), "{e:?}");
+    let png = std::fs::read(fixtures().join("images/ct_nlst.png")).unwrap();
+    let e = Image::from_bytes(&png[..png.len() / 3]).unwrap_err();
+    assert!(matches!(e, Error::Image { .. }), "{e:?}");
+    let e = Image::open("/nonexistent/chest.png").unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/chest.png"), "{e}");
+    assert!(Image::from_pixels(0, 5, minigpt_med::Pixels::Gray8(vec![])).is_err());
+    assert!(Image::from_pixels(3, 3, minigpt_med::Pixels::Rgb8(vec![0; 9])).is_err());
+}
+
+#[test]
+fn bad_generation_options_are_rejected_before_work() {
+    use minigpt_med::{GenerateOptions, Sampling, Task};
+    let image = Image::open(fixtures().join("images/ct_nlst.png")).unwrap();
+    let bad = [
+        GenerateOptions::greedy(0),
+        GenerateOptions { repetition_penalty: 0.0, ..GenerateOptions::greedy(4) },
+        GenerateOptions {
+            sampling: Sampling::Sample { temperature: -1.0, top_p: 0.9, top_k: 0, seed: 0 },
+            ..GenerateOptions::greedy(4)
+        },
+        GenerateOptions {
+            sampling: Sampling::Sample { temperature: 1.0, top_p: 1.5, top_k: 0, seed: 0 },
+            ..GenerateOptions::greedy(4)
+        },
+        GenerateOptions { stop_strings: vec![String::new()], ..GenerateOptions::greedy(4) },
+    ];
+    for opts in bad {
+        let e = model().generate(&image, &Task::Report(None), &opts).unwrap_err();
+        assert!(matches!(e, Error::InvalidOption(_)), "{opts:?}: {e:?}");
+    }
+    let e = model().generate(&image, &Task::Vqa("<ImageHere>".into()), &GenerateOptions::greedy(2)).unwrap_err();
+    assert!(matches!(e, Error::InvalidOption(_)), "{e:?}");
+}
