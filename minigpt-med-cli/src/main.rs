@@ -1,1 +1,360 @@
-fn main(){}
+//! `minigpt-med`: MiniGPT-Med inference from the command line.
+
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand};
+use minigpt_med::{
+    Answer, ColorMode, Device, GenerateOptions, Image, LoadOptions, LoadProgress, Model, ModelFiles, Region, Sampling,
+    Task, WeightDType,
+};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(
+    name = "minigpt-med",
+    version,
+    about = "MiniGPT-Med radiology vision-language model inference (not a medical device)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Answer a task about an image with the real (or any) MiniGPT-Med weights.
+    Generate(Box<GenerateArgs>),
+    /// Run the whole pipeline offline on the bundled tiny model (random weights).
+    Demo(DemoArgs),
+    /// Write the 448x448 RGB image the model receives.
+    Preprocess(PreprocessArgs),
+}
+
+#[derive(Args)]
+struct ModelArgs {
+    /// Hugging Face Llama-2-7b-chat-hf directory.
+    #[arg(long, required_unless_present = "model_dir")]
+    llama: Option<PathBuf>,
+    /// BLIP-2's eva_vit_g.pth.
+    #[arg(long, required_unless_present = "model_dir")]
+    vit: Option<PathBuf>,
+    /// The MiniGPT-Med checkpoint (.pth).
+    #[arg(long, required_unless_present = "model_dir")]
+    checkpoint: Option<PathBuf>,
+    /// Optional minigpt_med.json model config (defaults: the real model).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A directory laid out like the bundled tiny model, instead of the three paths.
+    #[arg(long, conflicts_with_all = ["llama", "vit", "checkpoint"])]
+    model_dir: Option<PathBuf>,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// LLM weights: f32 (exact), f16, bf16 (GPU), q8_0, q4_0, q4k.
+    #[arg(long, default_value = "f32")]
+    llm_dtype: WeightDType,
+    /// ViT weights: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    vit_dtype: WeightDType,
+}
+
+impl ModelArgs {
+    fn files(&self) -> ModelFiles {
+        let mut files = match &self.model_dir {
+            Some(dir) => ModelFiles::from_dir(dir),
+            None => ModelFiles::original(
+                self.llama.clone().unwrap_or_default(),
+                self.vit.clone().unwrap_or_default(),
+                self.checkpoint.clone().unwrap_or_default(),
+            ),
+        };
+        if let Some(c) = &self.config {
+            files.config = Some(c.clone());
+        }
+        files
+    }
+
+    fn options(&self, quiet: bool) -> LoadOptions {
+        let progress: Option<minigpt_med::ProgressFn> = if quiet {
+            None
+        } else {
+            Some(Arc::new(|p: LoadProgress| {
+                eprint!("\rloading {:>3}%", p.done * 100 / p.total.max(1));
+                if p.done == p.total {
+                    eprintln!();
+                }
+            }))
+        };
+        LoadOptions { device: self.device, llm_dtype: self.llm_dtype, vit_dtype: self.vit_dtype, progress }
+    }
+}
+
+#[derive(Args)]
+struct TaskArgs {
+    /// report (default), vqa, detection, refer, grounding or identify.
+    #[arg(long)]
+    task: Option<String>,
+    /// The task's text: the question, class, phrase, or a replacement instruction.
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A verbatim instruction, tags included (e.g. "[identify] this {<20><15><48><70>} is").
+    #[arg(long, conflicts_with_all = ["task", "prompt"])]
+    instruction: Option<String>,
+    /// Region for identify, in pixels of the input image: x1,y1,x2,y2.
+    #[arg(long = "box", value_name = "X1,Y1,X2,Y2", conflicts_with = "grid_box")]
+    pixel_box: Option<String>,
+    /// Region for identify on the model's 0-100 grid: x1,y1,x2,y2.
+    #[arg(long, value_name = "X1,Y1,X2,Y2")]
+    grid_box: Option<String>,
+}
+
+impl TaskArgs {
+    fn task(&self) -> Result<Task, minigpt_med::Error> {
+        if let Some(i) = &self.instruction {
+            return Ok(Task::Custom(i.clone()));
+        }
+        let region = match (&self.pixel_box, &self.grid_box) {
+            (Some(b), _) => Some(Region::Pixels(parse_box(b)?)),
+            (_, Some(b)) => Some(Region::Grid(parse_box(b)?.map(|v| v as u32))),
+            _ => None,
+        };
+        Task::from_name(self.task.as_deref().unwrap_or("report"), self.prompt.as_deref(), region)
+    }
+}
+
+fn parse_box(s: &str) -> Result<[f64; 4], minigpt_med::Error> {
+    let v: Vec<f64> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| minigpt_med::Error::InvalidOption(format!("box {s:?}: expected four numbers x1,y1,x2,y2")))?;
+    match v.as_slice() {
+        [a, b, c, d] if v.iter().all(|x| x.is_finite() && *x >= 0.0) => Ok([*a, *b, *c, *d]),
+        _ => {
+            Err(minigpt_med::Error::InvalidOption(format!("box {s:?}: expected four non-negative numbers x1,y1,x2,y2")))
+        }
+    }
+}
+
+#[derive(Args)]
+struct DecodeArgs {
+    /// Most new tokens.
+    #[arg(long, default_value_t = 300)]
+    max_new_tokens: usize,
+    /// eval (greedy, the paper's) or demo (the original demo's sampling, context capped at 2000).
+    #[arg(long, default_value = "eval")]
+    preset: String,
+    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// Nucleus sampling mass (with sampling).
+    #[arg(long, default_value_t = 0.9)]
+    top_p: f32,
+    /// Top-k (with sampling; 0 = off).
+    #[arg(long, default_value_t = 50)]
+    top_k: usize,
+    /// Sampling seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Repetition penalty (1.0 = off).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Stop when the answer contains this text (repeatable).
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+}
+
+impl DecodeArgs {
+    fn options(&self) -> Result<GenerateOptions, minigpt_med::Error> {
+        let mut o = match self.preset.as_str() {
+            "eval" => GenerateOptions::eval(),
+            "demo" => GenerateOptions::demo(self.seed),
+            other => return Err(minigpt_med::Error::InvalidOption(format!("preset {other:?}: use eval or demo"))),
+        };
+        o.max_new_tokens = self.max_new_tokens;
+        if let Some(t) = self.temperature {
+            o.sampling = Sampling::Sample { temperature: t, top_p: self.top_p, top_k: self.top_k, seed: self.seed };
+        }
+        if let Some(p) = self.repetition_penalty {
+            o.repetition_penalty = p;
+        }
+        o.stop_strings = self.stop.clone();
+        o.validate()?;
+        Ok(o)
+    }
+}
+
+#[derive(Args)]
+struct OutputArgs {
+    /// Print one JSON object (text, token_ids, boxes, timings) instead of the text.
+    #[arg(long)]
+    json: bool,
+    /// Print the answer as it is generated.
+    #[arg(long, conflicts_with = "json")]
+    stream: bool,
+    /// Write the boxes drawn over the input image to this PNG.
+    #[arg(long, value_name = "OUT.png")]
+    draw: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ImageArgs {
+    /// The input image (PNG, JPEG, TIFF, BMP).
+    #[arg(long)]
+    image: PathBuf,
+    /// gray (the original evaluation: luma replicated) or rgb (the original demo).
+    #[arg(long, default_value = "gray")]
+    color: ColorMode,
+}
+
+impl ImageArgs {
+    fn open(&self) -> Result<Image, minigpt_med::Error> {
+        Ok(Image::open(&self.image)?.with_color(self.color))
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    image: ImageArgs,
+    #[command(flatten)]
+    task: TaskArgs,
+    #[command(flatten)]
+    decode: DecodeArgs,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// An image to use instead of the bundled CT slice.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    task: TaskArgs,
+    /// Most new tokens.
+    #[arg(long, default_value_t = 20)]
+    max_new_tokens: usize,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+#[derive(Args)]
+struct PreprocessArgs {
+    #[command(flatten)]
+    image: ImageArgs,
+    /// Side of the square model input.
+    #[arg(long, default_value_t = 448)]
+    size: usize,
+    /// Output PNG.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => generate(*a),
+        Command::Demo(a) => demo(a),
+        Command::Preprocess(a) => preprocess(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<(), minigpt_med::Error> {
+    let image = a.image.open()?;
+    let task = a.task.task()?;
+    let opts = a.decode.options()?;
+    let model = Model::load(&a.model.files(), &a.model.options(a.output.json))?;
+    run(&model, &image, &task, &opts, &a.output)
+}
+
+fn demo(a: DemoArgs) -> Result<(), minigpt_med::Error> {
+    eprintln!(
+        "minigpt-med demo: the bundled TINY model has RANDOM weights; its answers are gibberish by design.\n\
+         It exercises the real pipeline (file formats, preprocessing, ViT, LoRA-merged LLaMA, decoding) offline.\n\
+         For real answers pass the real weights to `minigpt-med generate` (see the README)."
+    );
+    let dir = demo::unpack()?;
+    let image = match &a.image {
+        Some(p) => Image::open(p)?,
+        None => Image::from_bytes(demo::CT_IMAGE)?,
+    };
+    let task = if a.task.task.is_none() && a.task.instruction.is_none() {
+        Task::Refer("give me the location of tumor ".into())
+    } else {
+        a.task.task()?
+    };
+    let model = Model::load_dir(&dir, &LoadOptions::default())?;
+    run(&model, &image, &task, &GenerateOptions::greedy(a.max_new_tokens), &a.output)
+}
+
+fn run(
+    model: &Model,
+    image: &Image,
+    task: &Task,
+    opts: &GenerateOptions,
+    out: &OutputArgs,
+) -> Result<(), minigpt_med::Error> {
+    let t = Instant::now();
+    let answer = if out.stream {
+        use std::io::Write;
+        let a = model.generate_stream(image, task, opts, &mut |piece| {
+            print!("{piece}");
+            std::io::stdout().flush().is_ok()
+        })?;
+        println!();
+        a
+    } else {
+        model.generate(image, task, opts)?
+    };
+    let _ = t;
+    if let Some(path) = &out.draw {
+        save_png(path, image.width(), image.height(), &answer.draw(image))?;
+    }
+    if out.json {
+        println!("{}", answer_json(model, &answer));
+    } else if !out.stream {
+        println!("{}", answer.text);
+    }
+    Ok(())
+}
+
+fn answer_json(model: &Model, a: &Answer) -> serde_json::Value {
+    json!({
+        "text": a.text,
+        "token_ids": a.token_ids,
+        "stop_reason": format!("{:?}", a.stop_reason).to_lowercase(),
+        "boxes": a.boxes.iter().map(|b| json!({"label": b.label, "grid": b.grid, "pixels": b.pixels})).collect::<Vec<_>>(),
+        "timings": {
+            "load_ms": model.info().load_ms,
+            "encode_ms": a.timings.encode_ms,
+            "prefill_ms": a.timings.prefill_ms,
+            "decode_ms": a.timings.decode_ms,
+            "tokens_per_s": a.timings.tokens_per_s,
+        },
+    })
+}
+
+fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), minigpt_med::Error> {
+    minigpt_med::image::save_rgb_png(path, w, h, rgb)
+}
+
+fn preprocess(a: PreprocessArgs) -> Result<(), minigpt_med::Error> {
+    let image = a.image.open()?;
+    let view = image.model_view(a.size);
+    save_png(&a.out, a.size, a.size, &view.to_hwc())
+}

@@ -129,10 +129,7 @@ impl MiniGptMedConfig {
         let tokens = v.grid() * v.grid();
         let g = self.connector.tokens_per_group;
         if g == 0 || tokens % g != 0 || v.grid() % g != 0 {
-            return bad(format!(
-                "connector.tokens_per_group {g} must divide the {} patches of a grid row",
-                v.grid()
-            ));
+            return bad(format!("connector.tokens_per_group {g} must divide the {} patches of a grid row", v.grid()));
         }
         if self.lora.r == 0 {
             return bad("lora.r must be positive".into());
@@ -197,11 +194,10 @@ impl LlamaConfig {
     /// Reads `config.json` from an HF LLaMA directory.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::io(&path, e, "--llama must be a Hugging Face Llama-2-7b-chat-hf directory")
-        })?;
-        let cfg: Self = serde_json::from_str(&text)
-            .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| Error::io(&path, e, "--llama must be a Hugging Face Llama-2-7b-chat-hf directory"))?;
+        let cfg: Self =
+            serde_json::from_str(&text).map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
         cfg.validate(&path)?;
         Ok(cfg)
     }
@@ -260,11 +256,7 @@ pub struct ModelFiles {
 
 impl ModelFiles {
     /// The files as the original project distributes them.
-    pub fn original(
-        llama_dir: impl Into<PathBuf>,
-        vit: impl Into<PathBuf>,
-        checkpoint: impl Into<PathBuf>,
-    ) -> Self {
+    pub fn original(llama_dir: impl Into<PathBuf>, vit: impl Into<PathBuf>, checkpoint: impl Into<PathBuf>) -> Self {
         Self { llama_dir: llama_dir.into(), vit: vit.into(), checkpoint: checkpoint.into(), config: None }
     }
 

@@ -144,7 +144,11 @@ pub fn draw_boxes(image: &Image, boxes: &[BoundingBox]) -> Vec<u8> {
             let text_h = 7 * scale;
             let ty = if y0 - text_h >= 0 { y0 - text_h } else { y0 + thickness };
             canvas.fill(x0, ty, x0 + text_w, ty + text_h, color);
-            let ink = if u32::from(color[0]) + u32::from(color[1]) + u32::from(color[2]) > 400 { [0, 0, 0] } else { [255, 255, 255] };
+            let ink = if u32::from(color[0]) + u32::from(color[1]) + u32::from(color[2]) > 400 {
+                [0, 0, 0]
+            } else {
+                [255, 255, 255]
+            };
             canvas.text(x0 + scale, ty + scale, label, scale, ink);
         }
     }
@@ -175,7 +179,11 @@ mod tests {
     #[test]
     fn labels_get_distinct_colours_and_a_tag() {
         let image = Image::from_pixels(300, 300, Pixels::Gray8(vec![0; 300 * 300])).unwrap();
-        let b = crate::answer::Answer::parse_boxes("<p>lung</p> {<10><30><40><60>} <p>heart</p> {<50><30><90><60>}", 300, 300);
+        let b = crate::answer::Answer::parse_boxes(
+            "<p>lung</p> {<10><30><40><60>} <p>heart</p> {<50><30><90><60>}",
+            300,
+            300,
+        );
         let rgb = draw_boxes(&image, &b);
         let at = |x: usize, y: usize| [rgb[(y * 300 + x) * 3], rgb[(y * 300 + x) * 3 + 1], rgb[(y * 300 + x) * 3 + 2]];
         assert_eq!(at(30, 120), PALETTE[0]);

@@ -44,8 +44,7 @@ pub use generate::{GenerateOptions, Sampling};
 pub use image::{ColorMode, Image, ModelView, Pixels, Window};
 pub use llm::KvCache;
 pub use model::{
-    Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo,
-    ProgressFn,
+    Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn,
 };
 pub use nn::WeightDType;
 pub use prompt::{Prompt, TextCodec};

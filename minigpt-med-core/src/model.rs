@@ -186,7 +186,8 @@ impl Model {
                 ),
             });
         }
-        let ckpt = PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
+        let ckpt =
+            PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
         let vit_src = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
         let llama_src = open_llama_dir(&files.llama_dir)?;
 
@@ -383,7 +384,12 @@ fn load_connector(
                 cfg.connector.tokens_per_group
             )
         };
-        return Err(Error::ShapeMismatch { name: "llama_proj.weight".into(), expected: vec![h, in_dim], found: w_shape, hint });
+        return Err(Error::ShapeMismatch {
+            name: "llama_proj.weight".into(),
+            expected: vec![h, in_dim],
+            found: w_shape,
+            hint,
+        });
     }
     let w = ckpt.get("llama_proj.weight", &[h, in_dim], DType::F32, device, CKPT_HINT)?;
     let b = ckpt.get("llama_proj.bias", &[h], DType::F32, device, CKPT_HINT)?;
@@ -395,7 +401,11 @@ fn load_connector(
             cfg.vision.ln_vision_eps,
         )?
     } else {
-        LayerNorm::new(Tensor::ones(d, DType::F32, device)?, Tensor::zeros(d, DType::F32, device)?, cfg.vision.ln_vision_eps)?
+        LayerNorm::new(
+            Tensor::ones(d, DType::F32, device)?,
+            Tensor::zeros(d, DType::F32, device)?,
+            cfg.vision.ln_vision_eps,
+        )?
     };
     Ok(Connector::new(ln, &cfg.connector, Linear::new(w, Some(b), WeightDType::F32)?))
 }
@@ -469,9 +479,13 @@ impl<'m> Turn<'m> {
             // A run of byte-fallback tokens is decoded as a whole: valid UTF-8 or one U+FFFD per
             // byte, so text produced by a trailing run can still change. Hold it back.
             let codec = &self.model.codec;
-            let run = self.ids.iter().rev().take_while(|&&id| codec.token(id).is_some_and(|t| t.starts_with("<0x"))).count();
-            let stable =
-                if run == 0 { text.clone() } else { postprocess_answer(&codec.decode(&self.ids[..self.ids.len() - run])?) };
+            let run =
+                self.ids.iter().rev().take_while(|&&id| codec.token(id).is_some_and(|t| t.starts_with("<0x"))).count();
+            let stable = if run == 0 {
+                text.clone()
+            } else {
+                postprocess_answer(&codec.decode(&self.ids[..self.ids.len() - run])?)
+            };
             if !self.emit(&stable, on_text) {
                 stop_reason = StopReason::Cancelled;
                 break;

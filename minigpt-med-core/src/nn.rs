@@ -61,9 +61,7 @@ impl std::str::FromStr for WeightDType {
             "q4_0" => Self::Q4_0,
             "q4k" | "q4_k" | "q4_k_m" => Self::Q4K,
             other => {
-                return Err(Error::InvalidOption(format!(
-                    "dtype {other:?}: use f32, f16, bf16, q8_0, q4_0 or q4k"
-                )))
+                return Err(Error::InvalidOption(format!("dtype {other:?}: use f32, f16, bf16, q8_0, q4_0 or q4k")))
             }
         })
     }
@@ -119,9 +117,7 @@ impl Linear {
         let w = match &self.weight {
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
-            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => {
-                t.elem_count() * t.dtype().size_in_bytes()
-            }
+            Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
         };
         w + self.bias.as_ref().map_or(0, |b| b.elem_count() * 4)
     }

@@ -101,8 +101,7 @@ impl Task {
             "refer" => Task::Refer(need("a phrase, e.g. the nodule in the left lung")?),
             "grounding" => Task::Grounding(text.map(str::to_owned)),
             "identify" => Task::Identify {
-                region: region
-                    .ok_or_else(|| Error::InvalidOption("task identify needs a region (a box)".into()))?,
+                region: region.ok_or_else(|| Error::InvalidOption("task identify needs a region (a box)".into()))?,
                 question: text.map(str::to_owned),
             },
             "custom" | "instruction" => Task::Custom(need("the instruction")?),

@@ -2,7 +2,9 @@
 
 use minigpt_med::{Answer, BoundingBox};
 
-fn grids(text: &str) -> Vec<(Option<String>, [u32; 4])> {
+type Found = Vec<(Option<String>, [u32; 4])>;
+
+fn grids(text: &str) -> Found {
     Answer::parse_boxes(text, 100, 100).into_iter().map(|b| (b.label, b.grid)).collect()
 }
 
@@ -12,7 +14,7 @@ fn l(s: &str) -> Option<String> {
 
 #[test]
 fn parses_every_form_the_model_writes() {
-    let cases: Vec<(&str, Vec<(Option<String>, [u32; 4])>)> = vec![
+    let cases: Vec<(&str, Found)> = vec![
         ("<p>pneumonia</p> {<12><34><56><78>}", vec![(l("pneumonia"), [12, 34, 56, 78])]),
         (
             "<p>tumor</p> {<1><2><3><4>}<delim>{<5><6><7><8>}",

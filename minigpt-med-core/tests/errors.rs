@@ -12,7 +12,8 @@ use minigpt_med::{Error, Image, LoadOptions, Model, ModelFiles};
 /// A private copy of the tiny model directory that a test may damage.
 fn scratch() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("mgm-errors-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let dir =
+        std::env::temp_dir().join(format!("mgm-errors-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
     let _ = std::fs::remove_dir_all(&dir);
     copy_dir(&fixtures(), &dir);
     dir
@@ -62,7 +63,9 @@ fn missing_files_are_named() {
 
 #[test]
 fn truncated_weights_are_format_errors() {
-    for (file, keep) in [("eva_vit_g.pth", 0.5), ("minigpt_med.pth", 0.9), ("llama-2-7b-chat-hf/model.safetensors", 0.7)] {
+    for (file, keep) in
+        [("eva_vit_g.pth", 0.5), ("minigpt_med.pth", 0.9), ("llama-2-7b-chat-hf/model.safetensors", 0.7)]
+    {
         let dir = scratch();
         truncate(&dir.join(file), keep);
         let e = load(&ModelFiles::from_dir(&dir));

@@ -124,9 +124,8 @@ fn chat_turns_equal_a_fresh_run_of_the_whole_conversation() {
             let text = format!("</Img> {} [/INST]</s><s>[INST] {q2} [/INST]", q1);
             assert_eq!(fresh.after_image, model.tokenizer().encode(&text, false).unwrap());
         }
-        let fresh_answer = model
-            .generate_from_embeddings(&emb, q1, &GenerateOptions::greedy(1), &mut |_| true)
-            .unwrap();
+        let fresh_answer =
+            model.generate_from_embeddings(&emb, q1, &GenerateOptions::greedy(1), &mut |_| true).unwrap();
         assert_eq!(fresh_answer.token_ids[0], a1.token_ids[0]);
         assert!(!a2.token_ids.is_empty());
     }

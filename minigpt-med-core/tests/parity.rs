@@ -30,7 +30,10 @@ fn resized_pixels_match_pillow() {
         let name = img["name"].as_str().unwrap();
         let file = img["file"].as_str().unwrap();
         let image = Image::open(fixtures().join(file)).unwrap();
-        assert_eq!([image.width() as u64, image.height() as u64], [img["original_size_wh"][0].as_u64().unwrap(), img["original_size_wh"][1].as_u64().unwrap()]);
+        assert_eq!(
+            [image.width() as u64, image.height() as u64],
+            [img["original_size_wh"][0].as_u64().unwrap(), img["original_size_wh"][1].as_u64().unwrap()]
+        );
         let ours = image.model_view(model.image_size());
         let want = golden_view(name);
         let max = ours.chw.iter().zip(&want.chw).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
@@ -43,7 +46,10 @@ fn resized_pixels_match_pillow() {
             // JPEG: the goldens were decoded by libjpeg-turbo (Pillow); the `image` crate's
             // decoder (zune-jpeg) rounds its IDCT/upsampling differently. Measured after the
             // resize: cxr_rsna 2544 of 602112 values differ by 1; mri_brain 3684 by at most 2.
-            eprintln!("{name}: JPEG decode differs from Pillow's on {differing} of {} values, max {max}", ours.chw.len());
+            eprintln!(
+                "{name}: JPEG decode differs from Pillow's on {differing} of {} values, max {max}",
+                ours.chw.len()
+            );
             assert!(max <= 2, "{name}: JPEG decoder differs by {max} levels");
             assert!((differing as f64) < 0.01 * ours.chw.len() as f64, "{name}: {differing} values differ");
         }
@@ -146,7 +152,12 @@ fn llm_matches_embeddings_logits_and_greedy_tokens() {
         assert!(d <= 2e-3, "{name}: last logits differ by {d}");
 
         let answer = model
-            .generate_from_embeddings(&emb, p["instruction"].as_str().unwrap(), &GenerateOptions::greedy(20), &mut |_| true)
+            .generate_from_embeddings(
+                &emb,
+                p["instruction"].as_str().unwrap(),
+                &GenerateOptions::greedy(20),
+                &mut |_| true,
+            )
             .unwrap();
         assert_eq!(answer.token_ids, ids(&format!("generated_ids.{name}")), "{name}: greedy ids");
         assert_eq!(answer.text, p["answer"].as_str().unwrap(), "{name}: answer text");

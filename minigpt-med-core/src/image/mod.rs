@@ -16,7 +16,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 256 * 1024 * 1024;
 
 /// The CLIP normalisation mean used by MiniGPT-Med, per RGB channel.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// The CLIP normalisation standard deviation, per RGB channel.
+/// The CLIP normalisation standard deviation, per RGB channel (written as in torchvision's
+/// config; the f32 values are what matter).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decoded pixels, before any resizing.
@@ -139,9 +141,8 @@ impl Image {
         if reader.format().is_none() {
             return Err(Error::image(name, "not a PNG, JPEG, TIFF or BMP image (unrecognised content)"));
         }
-        let (w, h) = reader
-            .into_dimensions()
-            .map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
+        let (w, h) =
+            reader.into_dimensions().map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
         if u64::from(w) * u64::from(h) > DEFAULT_MAX_PIXELS {
             return Err(Error::image(
                 name,
@@ -251,6 +252,14 @@ impl Image {
         };
         ModelView { size, chw: planes }
     }
+}
+
+/// Writes interleaved RGB bytes (`[height, width, 3]`) as a PNG file.
+pub fn save_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
+    let err = |reason: String| Error::image(Some(&path.display().to_string()), reason);
+    let buf = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec())
+        .ok_or_else(|| err(format!("{} bytes do not make a {width}x{height} RGB image", rgb.len())))?;
+    buf.save_with_format(path, image::ImageFormat::Png).map_err(|e| err(format!("cannot write the PNG: {e}")))
 }
 
 /// The resized RGB image the vision encoder receives, before normalisation.

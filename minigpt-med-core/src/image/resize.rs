@@ -64,11 +64,8 @@ pub fn resize_plane_bicubic(src: &[u8], width: usize, height: usize, out_w: usiz
         for y in 0..height {
             let row = &src[y * width..(y + 1) * width];
             for (x, tap) in t.iter().enumerate() {
-                let acc = tap
-                    .weights
-                    .iter()
-                    .zip(&row[tap.start..])
-                    .fold(rounding, |acc, (&k, &p)| acc + i32::from(p) * k);
+                let acc =
+                    tap.weights.iter().zip(&row[tap.start..]).fold(rounding, |acc, (&k, &p)| acc + i32::from(p) * k);
                 out[y * out_w + x] = clip8(acc);
             }
         }

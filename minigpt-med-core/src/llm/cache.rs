@@ -18,7 +18,13 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
+    pub(crate) fn new(
+        layers: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        capacity: usize,
+        device: &Device,
+    ) -> Result<Self> {
         let layers = (0..layers)
             .map(|_| {
                 let z = || Tensor::zeros((kv_heads, capacity, head_dim), DType::F32, device);

@@ -26,7 +26,12 @@ pub(crate) struct LoraDeltas<'a> {
 impl<'a> LoraDeltas<'a> {
     /// Finds every `...layers.{i}.{module}.lora_{A,B}[.default].weight` pair in `src` and checks
     /// them against the LLaMA dimensions.
-    pub(crate) fn find(src: &'a dyn TensorSource, lora: &LoraConfig, llama: &LlamaConfig, device: &Device) -> Result<Self> {
+    pub(crate) fn find(
+        src: &'a dyn TensorSource,
+        lora: &LoraConfig,
+        llama: &LlamaConfig,
+        device: &Device,
+    ) -> Result<Self> {
         let mut a_keys = HashMap::new();
         let mut b_keys = HashMap::new();
         for name in src.shapes().keys() {
@@ -107,11 +112,8 @@ fn parse_key(name: &str) -> Option<(usize, String, char)> {
     let layer = idx.parse().ok()?;
     let rest = rest.strip_suffix(".weight")?;
     let rest = rest.strip_suffix(".default").unwrap_or(rest);
-    let (module, which) = if let Some(m) = rest.strip_suffix(".lora_A") {
-        (m, 'A')
-    } else {
-        (rest.strip_suffix(".lora_B")?, 'B')
-    };
+    let (module, which) =
+        if let Some(m) = rest.strip_suffix(".lora_A") { (m, 'A') } else { (rest.strip_suffix(".lora_B")?, 'B') };
     Some((layer, module.to_owned(), which))
 }
 

@@ -115,7 +115,10 @@ impl Llama {
     /// Token embeddings `[ids.len(), hidden]` f32.
     pub(crate) fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::InvalidOption(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
+            return Err(Error::InvalidOption(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
         }
         let ids = Tensor::new(ids, &self.device)?;
         Ok(self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?)
@@ -159,7 +162,8 @@ impl Llama {
             let att = self.attention(li, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            let mlp =
+                layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
         cache.advance(n);
@@ -181,9 +185,8 @@ impl Llama {
     ) -> Result<Tensor> {
         let n = h.dim(0)?;
         let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
-        let shape = |t: Tensor, nh: usize| -> Result<Tensor> {
-            Ok(t.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?)
-        };
+        let shape =
+            |t: Tensor, nh: usize| -> Result<Tensor> { Ok(t.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?) };
         let q = candle_nn::rotary_emb::rope(&shape(layer.q.forward(h)?, heads)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?.squeeze(0)?;
         let v = shape(layer.v.forward(h)?, kv_heads)?.squeeze(0)?;
@@ -212,9 +215,8 @@ impl Llama {
 /// `[n, pos + n]` additive mask: query `i` (at position `pos + i`) sees keys `0..=pos + i`.
 fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
     let total = pos + n;
-    let data: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
+    let data: Vec<f32> =
+        (0..n).flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 })).collect();
     Ok(Tensor::from_vec(data, (n, total), device)?)
 }
 
@@ -241,4 +243,3 @@ pub(crate) fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
-

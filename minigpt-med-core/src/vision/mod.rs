@@ -49,9 +49,8 @@ impl EvaVit {
                 hint: "vision.width / vision.patch_size in the model config do not match the ViT file".into(),
             });
         }
-        let in_file = (0..)
-            .take_while(|i| src.shapes().contains_key(&key(&format!("blocks.{i}.norm1.weight"))))
-            .count();
+        let in_file =
+            (0..).take_while(|i| src.shapes().contains_key(&key(&format!("blocks.{i}.norm1.weight")))).count();
         if in_file < cfg.depth {
             return Err(Error::Config {
                 path: src.origin().to_owned(),
@@ -120,7 +119,10 @@ impl EvaVit {
                 });
             }
             // The key bias is fixed at zero: qkv bias = cat(q_bias, 0, v_bias).
-            let qkv_bias = Tensor::cat(&[b("attn.q_bias", &[d])?, Tensor::zeros(d, DType::F32, device)?, b("attn.v_bias", &[d])?], 0)?;
+            let qkv_bias = Tensor::cat(
+                &[b("attn.q_bias", &[d])?, Tensor::zeros(d, DType::F32, device)?, b("attn.v_bias", &[d])?],
+                0,
+            )?;
             blocks.push(Block {
                 norm1: ln("norm1")?,
                 qkv: Linear::new(b("attn.qkv.weight", &[3 * d, d])?, Some(qkv_bias), dtype)?,
@@ -144,11 +146,8 @@ impl EvaVit {
     pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
         let (g, p, d) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
         // The stride-p conv is a matmul over flattened (c, ky, kx) patches in raster order.
-        let patches = pixels
-            .reshape((3, g, p, g, p))?
-            .permute((1, 3, 0, 2, 4))?
-            .contiguous()?
-            .reshape((g * g, 3 * p * p))?;
+        let patches =
+            pixels.reshape((3, g, p, g, p))?.permute((1, 3, 0, 2, 4))?.contiguous()?.reshape((g * g, 3 * p * p))?;
         let x = self.patch.forward(&patches)?;
         let mut x = Tensor::cat(&[&self.cls, &x], 0)?.add(&self.pos)?;
         let heads = self.cfg.heads;

@@ -27,11 +27,8 @@ impl PthFile {
     pub(crate) fn open(path: &Path, key: Option<&str>, expected: &str) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, format!("expected {expected}")))?;
         drop(file);
-        let format_err = |reason: String| Error::WeightsFormat {
-            path: path.to_owned(),
-            expected: expected.to_owned(),
-            reason,
-        };
+        let format_err =
+            |reason: String| Error::WeightsFormat { path: path.to_owned(), expected: expected.to_owned(), reason };
         // The pickle reader is third-party code fed with untrusted bytes: contain any panic.
         let inner = std::panic::catch_unwind(|| PthTensors::new(path, key))
             .map_err(|_| format_err("the pickle is malformed".into()))?
@@ -40,11 +37,8 @@ impl PthFile {
                     "{e} (it must be a zip-format torch.save file; a truncated download also looks like this)"
                 ))
             })?;
-        let shapes: HashMap<String, Vec<usize>> = inner
-            .tensor_infos()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.layout.shape().dims().to_vec()))
-            .collect();
+        let shapes: HashMap<String, Vec<usize>> =
+            inner.tensor_infos().iter().map(|(k, v)| (k.clone(), v.layout.shape().dims().to_vec())).collect();
         if shapes.is_empty() {
             return Err(format_err(match key {
                 Some(k) => format!("no tensors under the `{k}` entry"),
@@ -63,11 +57,8 @@ impl TensorSource for PthFile {
         &self.shapes
     }
     fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
-        let format_err = |reason: String| Error::WeightsFormat {
-            path: self.path.clone(),
-            expected: self.expected.clone(),
-            reason,
-        };
+        let format_err =
+            |reason: String| Error::WeightsFormat { path: self.path.clone(), expected: self.expected.clone(), reason };
         let t = std::panic::catch_unwind(|| self.inner.get(name))
             .map_err(|_| format_err(format!("tensor `{name}` is malformed")))?
             .map_err(|e| format_err(format!("tensor `{name}`: {e} (truncated or corrupt file?)")))?

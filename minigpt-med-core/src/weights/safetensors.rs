@@ -23,7 +23,8 @@ impl SafetensorsFiles {
         let mut owner = HashMap::new();
         let mut shapes = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, "expected a safetensors weights file"))?;
+            let file =
+                std::fs::File::open(path).map_err(|e| Error::io(path, e, "expected a safetensors weights file"))?;
             // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the
             // file not being truncated by another process while the model is loading.
             let mmap = unsafe { memmap2::Mmap::map(&file) }
@@ -57,14 +58,10 @@ impl TensorSource for SafetensorsFiles {
             hint: String::new(),
         })?;
         let (path, mmap) = &self.files[i];
-        let format_err = |reason: String| Error::WeightsFormat {
-            path: path.clone(),
-            expected: "safetensors file".into(),
-            reason,
-        };
+        let format_err =
+            |reason: String| Error::WeightsFormat { path: path.clone(), expected: "safetensors file".into(), reason };
         let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| format_err(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| format_err(e.to_string()))?;
-        candle_core::safetensors::Load::load(&view, device)
-            .map_err(|e| format_err(format!("tensor `{name}`: {e}")))
+        candle_core::safetensors::Load::load(&view, device).map_err(|e| format_err(format!("tensor `{name}`: {e}")))
     }
 }

@@ -22,7 +22,9 @@ pub fn golden_json() -> &'static serde_json::Value {
 
 pub fn golden() -> &'static HashMap<String, Tensor> {
     static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    G.get_or_init(|| minigpt_med::candle::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap())
+    G.get_or_init(|| {
+        minigpt_med::candle::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap()
+    })
 }
 
 pub fn tensor(name: &str) -> &'static Tensor {
@@ -43,5 +45,12 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
 }
 
 pub fn ids(name: &str) -> Vec<u32> {
-    tensor(name).to_dtype(minigpt_med::candle::DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
+    tensor(name)
+        .to_dtype(minigpt_med::candle::DType::I64)
+        .unwrap()
+        .to_vec1::<i64>()
+        .unwrap()
+        .into_iter()
+        .map(|v| v as u32)
+        .collect()
 }

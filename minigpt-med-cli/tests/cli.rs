@@ -1,0 +1,129 @@
+//! The `minigpt-med` command end to end on the bundled tiny model.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use minigpt_med::{Image, Pixels};
+
+fn tiny() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
+}
+
+fn golden() -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(tiny().join("golden.json")).unwrap()).unwrap()
+}
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_minigpt-med"))
+}
+
+fn golden_ids(prompt: &str) -> Vec<u64> {
+    let g = golden();
+    let p = g["prompts"].as_array().unwrap().iter().find(|p| p["name"] == prompt).unwrap().clone();
+    p["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+#[test]
+fn generate_json_matches_the_reference() {
+    let out = bin()
+        .args(["generate", "--model-dir"])
+        .arg(tiny())
+        .arg("--image")
+        .arg(tiny().join("images/ct_nlst.png"))
+        .args(["--task", "refer", "--prompt", "give me the location of tumor ", "--max-new-tokens", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, golden_ids("p1_refer"));
+    let g = golden();
+    let p1 = g["prompts"].as_array().unwrap().iter().find(|p| p["name"] == "p1_refer").unwrap();
+    assert_eq!(v["text"], p1["answer"]);
+    for k in ["load_ms", "encode_ms", "prefill_ms", "decode_ms", "tokens_per_s"] {
+        assert!(v["timings"][k].as_f64().unwrap() >= 0.0, "{k}");
+    }
+    assert!(v["boxes"].is_array());
+}
+
+#[test]
+fn identify_with_a_grid_box_and_verbatim_instruction_agree() {
+    let run = |extra: &[&str]| {
+        let out = bin()
+            .args(["generate", "--model-dir"])
+            .arg(tiny())
+            .arg("--image")
+            .arg(tiny().join("images/ct_nlst.png"))
+            .args(["--max-new-tokens", "20", "--json"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect::<Vec<_>>()
+    };
+    let by_task = run(&["--task", "identify", "--grid-box", "12,34,56,78"]);
+    let verbatim = run(&["--instruction", "[identify] what object is in this location {<12><34><56><78>}"]);
+    assert_eq!(by_task, golden_ids("p3_identify"));
+    assert_eq!(verbatim, by_task);
+    // 512 px image: pixels 61.5,174.1,286.8,399.4 -> grid 12,34,56,78 (truncated like the training data).
+    assert_eq!(run(&["--task", "identify", "--box", "61.5,174.1,286.8,399.4"]), by_task);
+}
+
+#[test]
+fn preprocess_writes_what_the_model_sees() {
+    let out_path = std::env::temp_dir().join(format!("mgm-pre-{}.png", std::process::id()));
+    let st = bin()
+        .arg("preprocess")
+        .arg("--image")
+        .arg(tiny().join("images/synthetic_gradient.png"))
+        .arg("--out")
+        .arg(&out_path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let written = Image::open(&out_path).unwrap();
+    assert_eq!((written.width(), written.height()), (448, 448));
+    let golden =
+        minigpt_med::candle::safetensors::load(tiny().join("golden.safetensors"), &minigpt_med::candle::Device::Cpu)
+            .unwrap();
+    let chw = golden["pixel_u8.synthetic_gradient"].flatten_all().unwrap().to_vec1::<u8>().unwrap();
+    let want = minigpt_med::ModelView { size: 448, chw }.to_hwc();
+    let Pixels::Rgb8(got) = written.pixels() else { panic!("expected RGB") };
+    assert_eq!(got, &want);
+}
+
+#[test]
+fn draw_writes_a_png_of_the_input_size() {
+    let out_path = std::env::temp_dir().join(format!("mgm-draw-{}.png", std::process::id()));
+    let out = bin()
+        .args(["demo", "--task", "detection", "--prompt", "pneumonia", "--max-new-tokens", "3", "--draw"])
+        .arg(&out_path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RANDOM weights"));
+    let img = Image::open(&out_path).unwrap();
+    assert_eq!((img.width(), img.height()), (512, 512));
+}
+
+#[test]
+fn errors_exit_non_zero_with_the_reason() {
+    let out = bin()
+        .args(["generate", "--model-dir", "/nonexistent/model", "--image"])
+        .arg(tiny().join("images/ct_nlst.png"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/nonexistent/model") && err.contains("config.json"), "{err}");
+
+    let out =
+        bin().args(["generate", "--model-dir"]).arg(tiny()).args(["--image", "/nonexistent/x.png"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/x.png"));
+
+    let out = bin().args(["demo", "--task", "identify", "--box", "1,2,3"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("x1,y1,x2,y2"));
+}
