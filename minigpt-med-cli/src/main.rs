@@ -1,5 +1,6 @@
 //! `minigpt-med`: MiniGPT-Med inference from the command line.
 
+mod bench;
 mod demo;
 
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// CPU threads for matrix work (default: all cores; also RAYON_NUM_THREADS).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -33,6 +37,8 @@ enum Command {
     Demo(DemoArgs),
     /// Write the 448x448 RGB image the model receives.
     Preprocess(PreprocessArgs),
+    /// Measure load, image encode, prefill and decode speed and peak memory.
+    Bench(Box<bench::BenchArgs>),
 }
 
 #[derive(Args)]
@@ -260,10 +266,16 @@ struct PreprocessArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(n) = cli.threads {
+        // Both of candle's CPU pools read these once, on first use; nothing has run yet.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
     let result = match cli.command {
         Command::Generate(a) => generate(*a),
         Command::Demo(a) => demo(a),
         Command::Preprocess(a) => preprocess(a),
+        Command::Bench(a) => bench::bench(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -202,6 +202,24 @@ impl LlamaConfig {
         Ok(cfg)
     }
 
+    /// LLaMA-2-7B's dimensions (what MiniGPT-Med uses).
+    pub fn llama2_7b() -> Self {
+        Self {
+            hidden_size: 4096,
+            intermediate_size: 11008,
+            num_hidden_layers: 32,
+            num_attention_heads: 32,
+            num_key_value_heads: Some(32),
+            vocab_size: 32000,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            max_position_embeddings: 4096,
+            bos_token_id: 1,
+            eos_token_id: 2,
+            tie_word_embeddings: false,
+        }
+    }
+
     /// Key/value heads (defaults to the query heads).
     pub fn kv_heads(&self) -> usize {
         self.num_key_value_heads.unwrap_or(self.num_attention_heads)

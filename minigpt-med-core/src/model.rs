@@ -162,10 +162,6 @@ impl Model {
     /// (safetensors memory-mapped), LoRA merged and the position table interpolated on the way.
     pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
-        let device = opts.device.candle()?;
-        if matches!(opts.vit_dtype, WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4K) {
-            return Err(Error::InvalidOption("the ViT runs in f32, f16 or bf16; quantize only the LLM".into()));
-        }
         let cfg = match &files.config {
             Some(p) => {
                 let c = MiniGptMedConfig::from_file(p)?;
@@ -190,7 +186,39 @@ impl Model {
             PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
         let vit_src = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
         let llama_src = open_llama_dir(&files.llama_dir)?;
+        Self::from_sources(cfg, llama_cfg, codec, &vit_src, &ckpt, llama_src.as_ref(), opts, start)
+    }
 
+    /// A model of the given dimensions with random weights built in memory (never written to
+    /// disk), for benchmarks at real size: the same loading, quantization and compute paths as
+    /// real weights, which cost the same. `tokenizer_dir` supplies `tokenizer.json`.
+    pub fn synthetic(
+        cfg: MiniGptMedConfig,
+        llama_cfg: LlamaConfig,
+        tokenizer_dir: &Path,
+        opts: &LoadOptions,
+    ) -> Result<Self> {
+        let start = Instant::now();
+        let codec = TextCodec::from_dir(tokenizer_dir)?;
+        let (vit, ckpt, llama) = crate::weights::synthetic_sources(&cfg, &llama_cfg);
+        Self::from_sources(cfg, llama_cfg, codec, &vit, &ckpt, &llama, opts, start)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn from_sources(
+        cfg: MiniGptMedConfig,
+        llama_cfg: LlamaConfig,
+        codec: TextCodec,
+        vit_src: &dyn TensorSource,
+        ckpt: &dyn TensorSource,
+        llama_src: &dyn TensorSource,
+        opts: &LoadOptions,
+        start: Instant,
+    ) -> Result<Self> {
+        if matches!(opts.vit_dtype, WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4K) {
+            return Err(Error::InvalidOption("the ViT runs in f32, f16 or bf16; quantize only the LLM".into()));
+        }
+        let device = opts.device.candle()?;
         let total = 1 + cfg.vision.depth + llama_cfg.num_hidden_layers + 2;
         let mut done = 0;
         let mut step = || {
@@ -201,11 +229,11 @@ impl Model {
         };
 
         // Every dimension is checked before any large read, so a wrong file fails fast.
-        EvaVit::validate(&vit_src, &cfg.vision)?;
-        let connector = load_connector(&ckpt, &cfg, &llama_cfg, &device)?;
-        let vit = EvaVit::load(&vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
-        let lora = LoraDeltas::find(&ckpt, &cfg.lora, &llama_cfg, &device)?;
-        let llama = Llama::load(llama_src.as_ref(), &llama_cfg, &lora, opts.llm_dtype, &device, &mut step)?;
+        EvaVit::validate(vit_src, &cfg.vision)?;
+        let connector = load_connector(ckpt, &cfg, &llama_cfg, &device)?;
+        let lora = LoraDeltas::find(ckpt, &cfg.lora, &llama_cfg, &device)?;
+        let vit = EvaVit::load(vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
+        let llama = Llama::load(llama_src, &llama_cfg, &lora, opts.llm_dtype, &device, &mut step)?;
         let info = ModelInfo {
             config: cfg.clone(),
             llama: llama_cfg,
@@ -360,7 +388,7 @@ impl Model {
 }
 
 fn load_connector(
-    ckpt: &PthFile,
+    ckpt: &dyn TensorSource,
     cfg: &MiniGptMedConfig,
     llama: &LlamaConfig,
     device: &candle_core::Device,

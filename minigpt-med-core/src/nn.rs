@@ -152,3 +152,31 @@ impl LayerNorm {
         Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Relative error of each storage format on one random layer, against f32.
+    #[test]
+    fn every_dtype_computes_the_same_product() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (96, 512), &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, 96, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 512), &dev).unwrap();
+        let exact = Linear::new(w.clone(), Some(b.clone()), WeightDType::F32).unwrap().forward(&x).unwrap();
+        let scale = exact.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        for (dtype, bound) in [
+            (WeightDType::F16, 2e-3),
+            (WeightDType::BF16, 2e-2),
+            (WeightDType::Q8_0, 2e-2),
+            (WeightDType::Q4K, 1.2e-1),
+            (WeightDType::Q4_0, 2e-1),
+        ] {
+            let y = Linear::new(w.clone(), Some(b.clone()), dtype).unwrap().forward(&x).unwrap();
+            let err = (y - &exact).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap() / scale;
+            assert!(err <= bound, "{dtype}: relative error {err}");
+        }
+    }
+}

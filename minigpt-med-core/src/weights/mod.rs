@@ -4,6 +4,7 @@
 
 mod pth;
 mod safetensors;
+mod synthetic;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use crate::error::{Error, Result};
 
 pub(crate) use pth::PthFile;
 pub(crate) use safetensors::SafetensorsFiles;
+pub(crate) use synthetic::synthetic_sources;
 
 /// A named-tensor store backed by files; tensors are read only when asked for.
 pub(crate) trait TensorSource: Send + Sync {

@@ -1,0 +1,148 @@
+//! `minigpt-med bench`: load time, image encode, prefill and decode speed, peak memory.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Args;
+use minigpt_med::{Device, GenerateOptions, Image, LlamaConfig, LoadOptions, MiniGptMedConfig, Model, WeightDType};
+use serde_json::json;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Random weights of the real MiniGPT-Med shapes built in memory (`7b`), instead of files.
+    #[arg(long, value_name = "SIZE")]
+    synthetic: Option<String>,
+    /// A model directory laid out like the tiny model (real weights), instead of --synthetic.
+    #[arg(long, conflicts_with = "synthetic")]
+    model_dir: Option<PathBuf>,
+    /// LLM weights: f32, f16, bf16, q8_0, q4_0, q4k (default: q4k for --synthetic, else f32).
+    #[arg(long)]
+    llm_dtype: Option<WeightDType>,
+    /// ViT weights: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    vit_dtype: WeightDType,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// The image to encode (default: the bundled CT slice).
+    #[arg(long)]
+    image: Option<PathBuf>,
+    /// Timed repeats (min and median are reported).
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Tokens decoded per repeat.
+    #[arg(long, default_value_t = 64)]
+    decode_tokens: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2])
+}
+
+pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
+    let bad = |m: String| minigpt_med::Error::InvalidOption(m);
+    if a.repeats == 0 || a.decode_tokens == 0 {
+        return Err(bad("--repeats and --decode-tokens must be at least 1".into()));
+    }
+    let tiny = crate::demo::unpack()?;
+    let opts = |default: WeightDType| LoadOptions {
+        device: a.device,
+        llm_dtype: a.llm_dtype.unwrap_or(default),
+        vit_dtype: a.vit_dtype,
+        progress: None,
+    };
+    let (model, what) = match (&a.synthetic, &a.model_dir) {
+        (Some(size), _) => {
+            if size != "7b" {
+                return Err(bad(format!("--synthetic {size}: only 7b is known")));
+            }
+            let o = opts(WeightDType::Q4K);
+            let what = format!("synthetic MiniGPT-Med 7B (random weights), llm {}, vit {}", o.llm_dtype, o.vit_dtype);
+            let cfg = MiniGptMedConfig::default();
+            (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tiny.join("llama-2-7b-chat-hf"), &o)?, what)
+        }
+        (None, Some(dir)) => {
+            let o = opts(WeightDType::F32);
+            let what = format!("{}, llm {}, vit {}", dir.display(), o.llm_dtype, o.vit_dtype);
+            (Model::load_dir(dir, &o)?, what)
+        }
+        (None, None) => {
+            let o = opts(WeightDType::F32);
+            let what = format!("bundled tiny model (random weights), llm {}, vit {}", o.llm_dtype, o.vit_dtype);
+            (Model::load_dir(&tiny, &o)?, what)
+        }
+    };
+    let load_ms = model.info().load_ms;
+    let rss_after_load = peak_rss();
+    let image = match &a.image {
+        Some(p) => Image::open(p)?,
+        None => Image::from_bytes(crate::demo::CT_IMAGE)?,
+    };
+    let instruction = "[vqa] Which region of the lung is affected and how large is the lesion?";
+    let opts = GenerateOptions::greedy(a.decode_tokens);
+    let (mut encode, mut prefill, mut decode) = (Vec::new(), Vec::new(), Vec::new());
+    let mut prompt_len = 0;
+    for _ in 0..a.repeats {
+        let t = Instant::now();
+        let emb = model.encode_image(&image)?;
+        encode.push(t.elapsed().as_secs_f64() * 1e3);
+        let prompt = model.prompt(instruction)?;
+        prompt_len =
+            prompt.before_image.len() + emb.embeds.dim(0).map_err(minigpt_med::Error::from)? + prompt.after_image.len();
+        let answer = model.generate_from_embeddings(&emb, instruction, &opts, &mut |_| true)?;
+        prefill.push(prompt_len as f64 / (answer.timings.prefill_ms / 1e3));
+        // The first token comes from the prefill; the decode loop produced the rest.
+        let steps = answer.token_ids.len().saturating_sub(1).max(1);
+        decode.push(steps as f64 / (answer.timings.decode_ms / 1e3));
+    }
+    let (enc_min, enc_med) = stats(encode);
+    let (pre_min, pre_med) = stats(prefill.iter().map(|v| -v).collect());
+    let (dec_min, dec_med) = stats(decode.iter().map(|v| -v).collect());
+    // Throughputs: "best" is the highest rate, reported first.
+    let (pre_best, pre_med, dec_best, dec_med) = (-pre_min, -pre_med, -dec_min, -dec_med);
+    let peak = peak_rss();
+    let weights = model.info().llm_weight_bytes;
+    if a.json {
+        println!(
+            "{}",
+            json!({
+                "model": what,
+                "threads": minigpt_med::candle::utils::get_num_threads(),
+                "repeats": a.repeats,
+                "load_ms": load_ms,
+                "encode_ms": {"min": enc_min, "median": enc_med},
+                "prompt_tokens": prompt_len,
+                "prefill_tokens_per_s": {"best": pre_best, "median": pre_med},
+                "decode_tokens": a.decode_tokens,
+                "decode_tokens_per_s": {"best": dec_best, "median": dec_med},
+                "llm_weight_bytes": weights,
+                "peak_rss_bytes": peak,
+                "peak_rss_after_load_bytes": rss_after_load,
+            })
+        );
+    } else {
+        let gib =
+            |b: Option<u64>| b.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or("?".into());
+        println!("model            {what}");
+        println!("threads          {}", minigpt_med::candle::utils::get_num_threads());
+        println!("load             {load_ms:.0} ms");
+        println!("image encode     min {enc_min:.0} ms, median {enc_med:.0} ms");
+        println!("prefill          best {pre_best:.2} tok/s, median {pre_med:.2} tok/s ({prompt_len} tokens)");
+        println!("decode           best {dec_best:.2} tok/s, median {dec_med:.2} tok/s ({} tokens)", a.decode_tokens);
+        println!("LLM weights      {}", gib(Some(weights as u64)));
+        println!("peak RSS         {} (after load {})", gib(peak), gib(rss_after_load));
+    }
+    Ok(())
+}
