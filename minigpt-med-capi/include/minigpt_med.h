@@ -198,7 +198,7 @@ typedef uint32_t mgm_Device;
 /**
  * How weights are held in memory.
  */
-enum mgm_DType
+enum mgm_Dtype
 #if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
   : uint32_t
 #endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
@@ -206,33 +206,33 @@ enum mgm_DType
   /**
    * 32-bit float: exact parity with the reference model.
    */
-  MGM_D_TYPE_F32 = 0,
+  MGM_DTYPE_F32 = 0,
   /**
    * 16-bit float: half the memory.
    */
-  MGM_D_TYPE_F16 = 1,
+  MGM_DTYPE_F16 = 1,
   /**
    * bfloat16 (for GPUs; slow on CPUs).
    */
-  MGM_D_TYPE_BF16 = 2,
+  MGM_DTYPE_BF16 = 2,
   /**
    * 8-bit blocks (llama.cpp Q8_0), quantized at load; LLM only.
    */
-  MGM_D_TYPE_Q8_0 = 3,
+  MGM_DTYPE_Q8_0 = 3,
   /**
    * 4-bit blocks (llama.cpp Q4_0), quantized at load; LLM only.
    */
-  MGM_D_TYPE_Q4_0 = 4,
+  MGM_DTYPE_Q4_0 = 4,
   /**
    * 4-bit k-quants (llama.cpp Q4_K), quantized at load; LLM only.
    */
-  MGM_D_TYPE_Q4K = 5,
+  MGM_DTYPE_Q4K = 5,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
-typedef enum mgm_DType mgm_DType;
+typedef enum mgm_Dtype mgm_Dtype;
 #else
-typedef uint32_t mgm_DType;
+typedef uint32_t mgm_Dtype;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -487,20 +487,6 @@ typedef struct mgm_Timings {
 } mgm_Timings;
 
 /**
- * A box given to `MGM_TASK_IDENTIFY`: corners `x1, y1, x2, y2`.
- */
-typedef struct mgm_Region {
-  /**
-   * The unit of `coords` (an `mgm_RegionKind`).
-   */
-  mgm_RegionKind kind;
-  /**
-   * `x1, y1, x2, y2`; for `MGM_REGION_KIND_GRID` whole numbers 0..=100.
-   */
-  double coords[4];
-} mgm_Region;
-
-/**
  * Called with each new piece of answer text: `piece` is `len` bytes of UTF-8 (whole
  * characters) followed by a NUL, valid only during the call; the pieces concatenate to the
  * answer's text. Return `true` to go on, `false` to stop (the answer so far is returned with
@@ -571,6 +557,20 @@ typedef struct mgm_GenerateParams {
 } mgm_GenerateParams;
 
 /**
+ * A box given to `MGM_TASK_IDENTIFY`: corners `x1, y1, x2, y2`.
+ */
+typedef struct mgm_Region {
+  /**
+   * The unit of `coords` (an `mgm_RegionKind`).
+   */
+  mgm_RegionKind kind;
+  /**
+   * `x1, y1, x2, y2`; for `MGM_REGION_KIND_GRID` whole numbers 0..=100.
+   */
+  double coords[4];
+} mgm_Region;
+
+/**
  * Called during loading with the fraction done (0..1]; return `true` to go on, `false` to
  * cancel (the load then returns `MGM_STATUS_CANCELLED`). Runs on the loading thread; it must
  * not throw (C++ exceptions may not unwind through this library).
@@ -595,13 +595,13 @@ typedef struct mgm_ModelParams {
    */
   uint32_t device_index;
   /**
-   * How LLaMA's weights are held (an `mgm_DType`; default F32).
+   * How LLaMA's weights are held (an `mgm_Dtype`; default F32).
    */
-  mgm_DType llm_dtype;
+  mgm_Dtype llm_dtype;
   /**
-   * How the ViT's weights are held (an `mgm_DType`: F32, F16 or BF16; default F32).
+   * How the ViT's weights are held (an `mgm_Dtype`: F32, F16 or BF16; default F32).
    */
-  mgm_DType vit_dtype;
+  mgm_Dtype vit_dtype;
   /**
    * The Hugging Face LLaMA-2-7b-chat directory (UTF-8 path). Required by `mgm_model_load`.
    */
@@ -714,6 +714,14 @@ mgm_Status mgm_answer_timings(const struct mgm_Answer *answer, struct mgm_Timing
  * `answer` is NULL or an answer from this library not yet freed; it is invalid afterwards.
  */
 void mgm_answer_free(struct mgm_Answer *answer);
+
+/**
+ * The default generation parameters: greedy, 300 new tokens, no penalty, no stop strings, no
+ * context cap, no streaming (the paper's evaluation settings). The sampling fields hold the
+ * original demo's values (temperature 0.6, top-p 0.9, top-k 50) for callers who switch
+ * `sampling` to `MGM_SAMPLING_SAMPLE`.
+ */
+struct mgm_GenerateParams mgm_generate_params_default(void);
 
 /**
  * Answers one task about an image.

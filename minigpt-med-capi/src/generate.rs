@@ -9,19 +9,37 @@ use crate::params::{self, ChatHistoryValue, GenerateParams, Region, TaskValue};
 use crate::ptr;
 use crate::status::{guard, Failure, Status};
 
+/// The default generation parameters: greedy, 300 new tokens, no penalty, no stop strings, no
+/// context cap, no streaming (the paper's evaluation settings). The sampling fields hold the
+/// original demo's values (temperature 0.6, top-p 0.9, top-k 50) for callers who switch
+/// `sampling` to `MGM_SAMPLING_SAMPLE`.
+#[no_mangle]
+pub extern "C" fn mgm_generate_params_default() -> GenerateParams {
+    // Plain values only: nothing here can panic, so no guard is needed.
+    params::generate_params_default()
+}
+
 /// The engine task for the C arguments (the engine checks that the task has what it needs).
 ///
 /// # Safety
 /// `text` is NULL or NUL-terminated; `region` is NULL or a readable `mgm_Region`.
-unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> Result<engine::Task, Failure> {
+unsafe fn task(
+    task: TaskValue,
+    text: *const c_char,
+    region: *const Region,
+) -> Result<engine::Task, Failure> {
     let name = params::task_name(task)?;
     // SAFETY: per this function's contract.
     let text = unsafe { ptr::opt_string(text, "text") }?;
     // SAFETY: per this function's contract.
-    let region = unsafe { region.as_ref() }.map(|r| r.to_engine()).transpose()?;
+    let region = unsafe { region.as_ref() }
+        .map(|r| r.to_engine())
+        .transpose()?;
     if region.is_some() && name != "identify" {
         // The engine would ignore it silently; a region given to another task is a mistake.
-        return Err(Failure::invalid(format!("a region is only used by MGM_TASK_IDENTIFY, not by task {name}")));
+        return Err(Failure::invalid(format!(
+            "a region is only used by MGM_TASK_IDENTIFY, not by task {name}"
+        )));
     }
     Ok(engine::Task::from_name(name, text, region)?)
 }
@@ -30,9 +48,12 @@ unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> R
 ///
 /// # Safety
 /// `params` is NULL or a `mgm_GenerateParams` whose stop strings are valid.
-unsafe fn options(params: *const GenerateParams) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
+unsafe fn options(
+    params: *const GenerateParams,
+) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
     // SAFETY: per this function's contract.
-    let p = unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::generate_params_default);
+    let p =
+        unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::generate_params_default);
     // SAFETY: the stop strings are valid per this function's contract.
     Ok((unsafe { p.to_engine() }?, p))
 }
@@ -87,8 +108,11 @@ pub unsafe extern "C" fn mgm_generate(
         let image = unsafe { ptr::arg(image, "image") }?;
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
-        let answer =
-            with_stream(&p, |on_text| model.inner.generate_stream(&image.inner, &task, &opts, on_text))?;
+        let answer = with_stream(&p, |on_text| {
+            model
+                .inner
+                .generate_stream(&image.inner, &task, &opts, on_text)
+        })?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })
@@ -125,7 +149,11 @@ pub unsafe extern "C" fn mgm_chat_new(
         let history = params::chat_history(history)?;
         let chat = model.inner.chat_shared(&image.inner)?.with_history(history);
         let (width, height) = (image.inner.width(), image.inner.height());
-        *out = Box::into_raw(Box::new(Chat { inner: chat, width, height }));
+        *out = Box::into_raw(Box::new(Chat {
+            inner: chat,
+            width,
+            height,
+        }));
         Ok(())
     })
 }
@@ -152,7 +180,9 @@ pub unsafe extern "C" fn mgm_chat_ask(
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
         let instruction = task.instruction(chat.width, chat.height)?;
-        let answer = with_stream(&p, |on_text| chat.inner.ask_stream(&instruction, &opts, on_text))?;
+        let answer = with_stream(&p, |on_text| {
+            chat.inner.ask_stream(&instruction, &opts, on_text)
+        })?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })
