@@ -397,7 +397,7 @@ impl GenerateParams {
     ///
     /// # Safety
     /// `stop_strings` holds `stop_strings_len` NUL-terminated strings (or is NULL when 0).
-    pub(crate) unsafe fn to_engine(&self) -> Result<engine::GenerateOptions, Failure> {
+    pub(crate) unsafe fn to_engine(self) -> Result<engine::GenerateOptions, Failure> {
         let sampling = match lookup(
             self.sampling,
             &[(0, Sampling::Greedy), (1, Sampling::Sample)],

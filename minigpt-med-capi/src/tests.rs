@@ -222,8 +222,8 @@ fn defaults_come_from_the_engine() {
 
 #[test]
 fn null_arguments_are_errors() {
-    let mut img = 1 as *mut Image; // not NULL, so that clearing it is observable
-                                   // SAFETY: NULL is what is tested; every out-param given is writable.
+    let mut img = std::ptr::dangling_mut::<Image>(); // not NULL, so that clearing it is observable
+                                                     // SAFETY: NULL is what is tested; every out-param given is writable.
     unsafe {
         expect(
             mgm_image_open(null(), &mut img),
@@ -259,7 +259,7 @@ fn null_arguments_are_errors() {
             "image is NULL",
         );
 
-        let mut m = 1 as *mut Model;
+        let mut m = std::ptr::dangling_mut::<Model>();
         expect(
             mgm_model_load(null(), &mut m),
             Status::InvalidArgument,
@@ -279,7 +279,7 @@ fn null_arguments_are_errors() {
         );
 
         let image = open_image("ct_nlst.png");
-        let mut a = 1 as *mut Answer;
+        let mut a = std::ptr::dangling_mut::<Answer>();
         expect(
             mgm_generate(null(), image.0, 0, null(), null(), null(), &mut a),
             Status::InvalidArgument,
