@@ -927,3 +927,21 @@ fn load_progress_reports_and_cancels() {
         assert_eq!(state.0.len(), 2);
     }
 }
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_unsupported() {
+    let dir = cpath(fixtures());
+    let p = ModelParams {
+        device: Device::Cuda as u32,
+        ..mgm_model_params_default()
+    };
+    let mut m = null_mut();
+    // SAFETY: valid pointers.
+    expect(
+        unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) },
+        Status::Unsupported,
+        "cuda",
+    );
+    assert!(m.is_null());
+}
