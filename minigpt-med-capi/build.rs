@@ -3,10 +3,7 @@
 
 fn main() {
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
-    if matches!(
-        os.as_str(),
-        "linux" | "android" | "freebsd" | "netbsd" | "openbsd" | "dragonfly"
-    ) {
+    if matches!(os.as_str(), "linux" | "android" | "freebsd" | "netbsd" | "openbsd" | "dragonfly") {
         // Keep in step with ABI_VERSION in src/lib.rs (the SONAME number is the ABI major).
         println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libminigpt_med.so.0");
     }

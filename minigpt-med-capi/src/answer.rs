@@ -20,16 +20,8 @@ impl Answer {
     pub(crate) fn new(inner: engine::Answer) -> Self {
         let nul = |s: &str| [s.as_bytes(), b"\0"].concat();
         let text_nul = nul(&inner.text);
-        let labels_nul = inner
-            .boxes
-            .iter()
-            .map(|b| b.label.as_deref().map(nul))
-            .collect();
-        Self {
-            inner,
-            text_nul,
-            labels_nul,
-        }
+        let labels_nul = inner.boxes.iter().map(|b| b.label.as_deref().map(nul)).collect();
+        Self { inner, text_nul, labels_nul }
     }
 }
 
@@ -118,11 +110,7 @@ pub unsafe extern "C" fn mgm_answer_token_ids(
         let out_ids = unsafe { ptr::arg_mut(out_ids, "out_ids") }?;
         let out_len = unsafe { ptr::arg_mut(out_len, "out_len") }?;
         let ids = &a.inner.token_ids;
-        *out_ids = if ids.is_empty() {
-            std::ptr::null()
-        } else {
-            ids.as_ptr()
-        };
+        *out_ids = if ids.is_empty() { std::ptr::null() } else { ids.as_ptr() };
         *out_len = ids.len();
         Ok(())
     })
@@ -133,10 +121,7 @@ pub unsafe extern "C" fn mgm_answer_token_ids(
 /// # Safety
 /// `answer` is NULL or a live answer; `out_count` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_answer_box_count(
-    answer: *const Answer,
-    out_count: *mut usize,
-) -> Status {
+pub unsafe extern "C" fn mgm_answer_box_count(answer: *const Answer, out_count: *mut usize) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let a = unsafe { ptr::arg(answer, "answer") }?;
@@ -151,21 +136,13 @@ pub unsafe extern "C" fn mgm_answer_box_count(
 /// # Safety
 /// `answer` is NULL or a live answer; `out_box` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_answer_box(
-    answer: *const Answer,
-    index: usize,
-    out_box: *mut BoundingBox,
-) -> Status {
+pub unsafe extern "C" fn mgm_answer_box(answer: *const Answer, index: usize, out_box: *mut BoundingBox) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let a = unsafe { ptr::arg(answer, "answer") }?;
         let out = unsafe { ptr::arg_mut(out_box, "out_box") }?;
         let n = a.inner.boxes.len();
-        let b = a
-            .inner
-            .boxes
-            .get(index)
-            .ok_or_else(|| Failure::invalid(format!("box index {index} >= count {n}")))?;
+        let b = a.inner.boxes.get(index).ok_or_else(|| Failure::invalid(format!("box index {index} >= count {n}")))?;
         let label = a.labels_nul[index].as_ref();
         *out = BoundingBox {
             label: label.map_or(std::ptr::null(), |l| l.as_ptr().cast()),
@@ -182,10 +159,7 @@ pub unsafe extern "C" fn mgm_answer_box(
 /// # Safety
 /// `answer` is NULL or a live answer; `out_reason` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_answer_stop_reason(
-    answer: *const Answer,
-    out_reason: *mut StopReason,
-) -> Status {
+pub unsafe extern "C" fn mgm_answer_stop_reason(answer: *const Answer, out_reason: *mut StopReason) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let a = unsafe { ptr::arg(answer, "answer") }?;
@@ -205,10 +179,7 @@ pub unsafe extern "C" fn mgm_answer_stop_reason(
 /// # Safety
 /// `answer` is NULL or a live answer; `out_timings` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_answer_timings(
-    answer: *const Answer,
-    out_timings: *mut Timings,
-) -> Status {
+pub unsafe extern "C" fn mgm_answer_timings(answer: *const Answer, out_timings: *mut Timings) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let a = unsafe { ptr::arg(answer, "answer") }?;

@@ -1,6 +1,7 @@
 //! `mgm_generate` (one question) and `mgm_Chat` (a conversation about one image).
 
 use std::ffi::c_char;
+use std::sync::Arc;
 
 use crate::answer::Answer;
 use crate::image::Image;
@@ -23,23 +24,15 @@ pub extern "C" fn mgm_generate_params_default() -> GenerateParams {
 ///
 /// # Safety
 /// `text` is NULL or NUL-terminated; `region` is NULL or a readable `mgm_Region`.
-unsafe fn task(
-    task: TaskValue,
-    text: *const c_char,
-    region: *const Region,
-) -> Result<engine::Task, Failure> {
+unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> Result<engine::Task, Failure> {
     let name = params::task_name(task)?;
     // SAFETY: per this function's contract.
     let text = unsafe { ptr::opt_string(text, "text") }?;
     // SAFETY: per this function's contract.
-    let region = unsafe { region.as_ref() }
-        .map(|r| r.to_engine())
-        .transpose()?;
+    let region = unsafe { region.as_ref() }.map(|r| r.to_engine()).transpose()?;
     if region.is_some() && name != "identify" {
         // The engine would ignore it silently; a region given to another task is a mistake.
-        return Err(Failure::invalid(format!(
-            "a region is only used by MGM_TASK_IDENTIFY, not by task {name}"
-        )));
+        return Err(Failure::invalid(format!("a region is only used by MGM_TASK_IDENTIFY, not by task {name}")));
     }
     Ok(engine::Task::from_name(name, text, region)?)
 }
@@ -48,12 +41,9 @@ unsafe fn task(
 ///
 /// # Safety
 /// `params` is NULL or a `mgm_GenerateParams` whose stop strings are valid.
-unsafe fn options(
-    params: *const GenerateParams,
-) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
+unsafe fn options(params: *const GenerateParams) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
     // SAFETY: per this function's contract.
-    let p =
-        unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::generate_params_default);
+    let p = unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::generate_params_default);
     // SAFETY: the stop strings are valid per this function's contract.
     Ok((unsafe { p.to_engine() }?, p))
 }
@@ -108,11 +98,7 @@ pub unsafe extern "C" fn mgm_generate(
         let image = unsafe { ptr::arg(image, "image") }?;
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
-        let answer = with_stream(&p, |on_text| {
-            model
-                .inner
-                .generate_stream(&image.inner, &task, &opts, on_text)
-        })?;
+        let answer = with_stream(&p, |on_text| model.inner.generate_stream(&image.inner, &task, &opts, on_text))?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })
@@ -123,7 +109,7 @@ pub unsafe extern "C" fn mgm_generate(
 /// time: calls on one chat must not overlap (different chats may run in parallel). It holds a
 /// reference to its model, which may be freed first.
 pub struct Chat {
-    inner: engine::Chat<'static>,
+    inner: engine::Chat,
     /// The image size, to place pixel regions of `MGM_TASK_IDENTIFY` follow-ups.
     width: usize,
     height: usize,
@@ -147,13 +133,12 @@ pub unsafe extern "C" fn mgm_chat_new(
         let model = unsafe { ptr::arg(model, "model") }?;
         let image = unsafe { ptr::arg(image, "image") }?;
         let history = params::chat_history(history)?;
-        let chat = model.inner.chat_shared(&image.inner)?.with_history(history);
+        // The chat owns a reference to the model (`Chat<Arc<Model>>`), so it borrows nothing
+        // and its handle may outlive the model's.
+        let embeddings = model.inner.encode_image(&image.inner)?;
+        let chat = engine::Chat::new(Arc::clone(&model.inner), embeddings).with_history(history);
         let (width, height) = (image.inner.width(), image.inner.height());
-        *out = Box::into_raw(Box::new(Chat {
-            inner: chat,
-            width,
-            height,
-        }));
+        *out = Box::into_raw(Box::new(Chat { inner: chat, width, height }));
         Ok(())
     })
 }
@@ -180,9 +165,7 @@ pub unsafe extern "C" fn mgm_chat_ask(
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
         let instruction = task.instruction(chat.width, chat.height)?;
-        let answer = with_stream(&p, |on_text| {
-            chat.inner.ask_stream(&instruction, &opts, on_text)
-        })?;
+        let answer = with_stream(&p, |on_text| chat.inner.ask_stream(&instruction, &opts, on_text))?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })

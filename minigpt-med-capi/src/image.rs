@@ -40,11 +40,7 @@ pub unsafe extern "C" fn mgm_image_open(path: *const c_char, out_image: *mut *mu
 /// # Safety
 /// `data` is NULL or points to `len` readable bytes; `out_image` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_image_from_bytes(
-    data: *const u8,
-    len: usize,
-    out_image: *mut *mut Image,
-) -> Status {
+pub unsafe extern "C" fn mgm_image_from_bytes(data: *const u8, len: usize, out_image: *mut *mut Image) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let out = unsafe { ptr::out_handle(out_image, "out_image") }?;
@@ -86,14 +82,10 @@ pub unsafe extern "C" fn mgm_image_from_pixels(
             PixelFormat::Rgb8 => 3,
             PixelFormat::Gray16 => 2,
         };
-        let row = w
-            .checked_mul(bpp)
-            .ok_or_else(|| Failure::invalid("width is too large"))?;
+        let row = w.checked_mul(bpp).ok_or_else(|| Failure::invalid("width is too large"))?;
         let stride = if stride == 0 { row } else { stride };
         if stride < row {
-            return Err(Failure::invalid(format!(
-                "stride {stride} is less than a row ({row} bytes)"
-            )));
+            return Err(Failure::invalid(format!("stride {stride} is less than a row ({row} bytes)")));
         }
         let mut packed = Vec::new();
         if w > 0 && h > 0 {
@@ -112,12 +104,9 @@ pub unsafe extern "C" fn mgm_image_from_pixels(
         let pixels = match format {
             PixelFormat::Gray8 => engine::Pixels::Gray8(packed),
             PixelFormat::Rgb8 => engine::Pixels::Rgb8(packed),
-            PixelFormat::Gray16 => engine::Pixels::Gray16(
-                packed
-                    .chunks_exact(2)
-                    .map(|b| u16::from_ne_bytes([b[0], b[1]]))
-                    .collect(),
-            ),
+            PixelFormat::Gray16 => {
+                engine::Pixels::Gray16(packed.chunks_exact(2).map(|b| u16::from_ne_bytes([b[0], b[1]])).collect())
+            }
         };
         finish(engine::Image::from_pixels(w, h, pixels)?, out)
     })
@@ -128,21 +117,15 @@ pub unsafe extern "C" fn mgm_image_from_pixels(
 /// # Safety
 /// `image` is NULL or a live image; `out_width`/`out_height` are NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_image_size(
-    image: *const Image,
-    out_width: *mut u32,
-    out_height: *mut u32,
-) -> Status {
+pub unsafe extern "C" fn mgm_image_size(image: *const Image, out_width: *mut u32, out_height: *mut u32) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let image = unsafe { ptr::arg(image, "image") }?;
         let out_w = unsafe { ptr::arg_mut(out_width, "out_width") }?;
         let out_h = unsafe { ptr::arg_mut(out_height, "out_height") }?;
         // Decoded images are capped far below 2^32 pixels a side by the engine.
-        *out_w = u32::try_from(image.inner.width())
-            .map_err(|_| Failure::invalid("width exceeds uint32_t"))?;
-        *out_h = u32::try_from(image.inner.height())
-            .map_err(|_| Failure::invalid("height exceeds uint32_t"))?;
+        *out_w = u32::try_from(image.inner.width()).map_err(|_| Failure::invalid("width exceeds uint32_t"))?;
+        *out_h = u32::try_from(image.inner.height()).map_err(|_| Failure::invalid("height exceeds uint32_t"))?;
         Ok(())
     })
 }
@@ -153,10 +136,7 @@ pub unsafe extern "C" fn mgm_image_size(
 /// # Safety
 /// `image` is NULL or a live image no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_image_set_color_mode(
-    image: *mut Image,
-    mode: ColorModeValue,
-) -> Status {
+pub unsafe extern "C" fn mgm_image_set_color_mode(image: *mut Image, mode: ColorModeValue) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let image = unsafe { ptr::arg_mut(image, "image") }?;
@@ -172,11 +152,7 @@ pub unsafe extern "C" fn mgm_image_set_color_mode(
 /// # Safety
 /// `image` is NULL or a live image no other thread uses during the call.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_image_set_window(
-    image: *mut Image,
-    center: f64,
-    width: f64,
-) -> Status {
+pub unsafe extern "C" fn mgm_image_set_window(image: *mut Image, center: f64, width: f64) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let image = unsafe { ptr::arg_mut(image, "image") }?;
@@ -194,8 +170,7 @@ pub unsafe extern "C" fn mgm_image_set_window(
 fn update(image: &mut Image, f: impl FnOnce(engine::Image) -> engine::Image) {
     // The builders take the image by value; a 1-pixel placeholder stands in meanwhile, so no
     // pixel buffer is cloned.
-    let placeholder = engine::Image::from_pixels(1, 1, engine::Pixels::Gray8(vec![0]))
-        .expect("1x1 image is valid");
+    let placeholder = engine::Image::from_pixels(1, 1, engine::Pixels::Gray8(vec![0])).expect("1x1 image is valid");
     let taken = std::mem::replace(&mut image.inner, placeholder);
     image.inner = f(taken);
 }

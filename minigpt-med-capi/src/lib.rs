@@ -26,24 +26,22 @@ mod tests;
 use std::ffi::c_char;
 
 pub use answer::{
-    mgm_answer_box, mgm_answer_box_count, mgm_answer_free, mgm_answer_stop_reason, mgm_answer_text,
-    mgm_answer_timings, mgm_answer_token_ids, Answer, BoundingBox, StopReason, Timings,
+    mgm_answer_box, mgm_answer_box_count, mgm_answer_free, mgm_answer_stop_reason, mgm_answer_text, mgm_answer_timings,
+    mgm_answer_token_ids, Answer, BoundingBox, StopReason, Timings,
 };
 pub use generate::{
     mgm_chat_ask, mgm_chat_context_len, mgm_chat_free, mgm_chat_new, mgm_chat_turns, mgm_generate,
     mgm_generate_params_default, Chat,
 };
 pub use image::{
-    mgm_image_free, mgm_image_from_bytes, mgm_image_from_pixels, mgm_image_open,
-    mgm_image_set_color_mode, mgm_image_set_window, mgm_image_size, Image,
+    mgm_image_free, mgm_image_from_bytes, mgm_image_from_pixels, mgm_image_open, mgm_image_set_color_mode,
+    mgm_image_set_window, mgm_image_size, Image,
 };
-pub use model::{
-    mgm_model_free, mgm_model_load, mgm_model_load_dir, mgm_model_params_default, Model,
-};
+pub use model::{mgm_model_free, mgm_model_load, mgm_model_load_dir, mgm_model_params_default, Model};
 pub use params::{
-    ChatHistory, ChatHistoryValue, ColorMode, ColorModeValue, Device, DeviceValue, Dtype,
-    DtypeValue, GenerateParams, ModelParams, PixelFormat, PixelFormatValue, ProgressCallback,
-    Region, RegionKind, RegionKindValue, Sampling, SamplingValue, StreamCallback, Task, TaskValue,
+    ChatHistory, ChatHistoryValue, ColorMode, ColorModeValue, Device, DeviceValue, Dtype, DtypeValue, GenerateParams,
+    ModelParams, PixelFormat, PixelFormatValue, ProgressCallback, Region, RegionKind, RegionKindValue, Sampling,
+    SamplingValue, StreamCallback, Task, TaskValue,
 };
 pub use status::Status;
 
@@ -84,8 +82,5 @@ pub extern "C" fn mgm_last_error() -> *const c_char {
 /// value that is not one. A static string, never freed.
 #[no_mangle]
 pub extern "C" fn mgm_status_name(status: u32) -> *const c_char {
-    Status::from_raw(status)
-        .map_or("MGM_STATUS_UNKNOWN\0", Status::name)
-        .as_ptr()
-        .cast()
+    Status::from_raw(status).map_or("MGM_STATUS_UNKNOWN\0", Status::name).as_ptr().cast()
 }

@@ -30,11 +30,7 @@ fn progress_hook(callback: ProgressCallback, user_data: *mut c_void) -> Option<e
     // which is only ever turned back into the caller's pointer on the loading thread.
     let user_data = user_data as usize;
     Some(Arc::new(move |p: engine::LoadProgress| {
-        let fraction = if p.total == 0 {
-            1.0
-        } else {
-            (p.done as f32 / p.total as f32).min(1.0)
-        };
+        let fraction = if p.total == 0 { 1.0 } else { (p.done as f32 / p.total as f32).min(1.0) };
         // SAFETY: the caller's callback, called with the caller's own user data.
         let go_on = unsafe { callback(fraction, user_data as *mut c_void) };
         if !go_on {
@@ -53,9 +49,7 @@ fn load(files: engine::ModelFiles, p: &ModelParams, out: &mut *mut Model) -> Res
         progress: progress_hook(p.progress, p.progress_user_data),
     };
     let model = engine::Model::load(&files, &opts)?;
-    *out = Box::into_raw(Box::new(Model {
-        inner: Arc::new(model),
-    }));
+    *out = Box::into_raw(Box::new(Model { inner: Arc::new(model) }));
     Ok(())
 }
 
@@ -69,15 +63,11 @@ fn load(files: engine::ModelFiles, p: &ModelParams, out: &mut *mut Model) -> Res
 /// `params` is NULL or a `mgm_ModelParams` whose strings are NULL or NUL-terminated;
 /// `out_model` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mgm_model_load(
-    params: *const ModelParams,
-    out_model: *mut *mut Model,
-) -> Status {
+pub unsafe extern "C" fn mgm_model_load(params: *const ModelParams, out_model: *mut *mut Model) -> Status {
     guard(|| {
         // SAFETY: per this function's contract.
         let out = unsafe { ptr::out_handle(out_model, "out_model") }?;
-        let p = unsafe { ptr::params(params, "params") }?
-            .ok_or_else(|| Failure::invalid("params is NULL"))?;
+        let p = unsafe { ptr::params(params, "params") }?.ok_or_else(|| Failure::invalid("params is NULL"))?;
         let path = |s: *const c_char, name: &str| -> Result<PathBuf, Failure> {
             // SAFETY: the params' strings are NULL or NUL-terminated per the contract.
             Ok(PathBuf::from(unsafe { ptr::string(s, name) }?))
@@ -113,13 +103,8 @@ pub unsafe extern "C" fn mgm_model_load_dir(
         // SAFETY: per this function's contract.
         let out = unsafe { ptr::out_handle(out_model, "out_model") }?;
         let dir = unsafe { ptr::string(dir, "dir") }?;
-        let p =
-            unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::model_params_default);
-        if !(p.llama_dir.is_null()
-            && p.vit.is_null()
-            && p.checkpoint.is_null()
-            && p.config.is_null())
-        {
+        let p = unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::model_params_default);
+        if !(p.llama_dir.is_null() && p.vit.is_null() && p.checkpoint.is_null() && p.config.is_null()) {
             return Err(Failure::invalid(
                 "mgm_model_load_dir takes the files from `dir`; leave the path fields of params NULL",
             ));

@@ -147,18 +147,7 @@ pub(crate) fn device(raw: DeviceValue, index: u32) -> Result<engine::Device, Fai
 
 pub(crate) fn dtype(raw: DtypeValue, what: &str) -> Result<engine::WeightDType, Failure> {
     use engine::WeightDType as W;
-    lookup(
-        raw,
-        &[
-            (0, W::F32),
-            (1, W::F16),
-            (2, W::BF16),
-            (3, W::Q8_0),
-            (4, W::Q4_0),
-            (5, W::Q4K),
-        ],
-        what,
-    )
+    lookup(raw, &[(0, W::F32), (1, W::F16), (2, W::BF16), (3, W::Q8_0), (4, W::Q4_0), (5, W::Q4K)], what)
 }
 
 fn dtype_value(d: engine::WeightDType) -> DtypeValue {
@@ -177,48 +166,21 @@ fn dtype_value(d: engine::WeightDType) -> DtypeValue {
 pub(crate) fn task_name(raw: TaskValue) -> Result<&'static str, Failure> {
     lookup(
         raw,
-        &[
-            (0, "report"),
-            (1, "vqa"),
-            (2, "detection"),
-            (3, "refer"),
-            (4, "grounding"),
-            (5, "identify"),
-            (6, "custom"),
-        ],
+        &[(0, "report"), (1, "vqa"), (2, "detection"), (3, "refer"), (4, "grounding"), (5, "identify"), (6, "custom")],
         "task",
     )
 }
 
 pub(crate) fn pixel_format(raw: PixelFormatValue) -> Result<PixelFormat, Failure> {
-    lookup(
-        raw,
-        &[
-            (0, PixelFormat::Gray8),
-            (1, PixelFormat::Rgb8),
-            (2, PixelFormat::Gray16),
-        ],
-        "pixel format",
-    )
+    lookup(raw, &[(0, PixelFormat::Gray8), (1, PixelFormat::Rgb8), (2, PixelFormat::Gray16)], "pixel format")
 }
 
 pub(crate) fn color_mode(raw: ColorModeValue) -> Result<engine::ColorMode, Failure> {
-    lookup(
-        raw,
-        &[(0, engine::ColorMode::Gray), (1, engine::ColorMode::Rgb)],
-        "color mode",
-    )
+    lookup(raw, &[(0, engine::ColorMode::Gray), (1, engine::ColorMode::Rgb)], "color mode")
 }
 
 pub(crate) fn chat_history(raw: ChatHistoryValue) -> Result<engine::ChatHistory, Failure> {
-    lookup(
-        raw,
-        &[
-            (0, engine::ChatHistory::KeepAnswers),
-            (1, engine::ChatHistory::Original),
-        ],
-        "chat history",
-    )
+    lookup(raw, &[(0, engine::ChatHistory::KeepAnswers), (1, engine::ChatHistory::Original)], "chat history")
 }
 
 /// A box given to `MGM_TASK_IDENTIFY`: corners `x1, y1, x2, y2`.
@@ -233,23 +195,13 @@ pub struct Region {
 
 impl Region {
     pub(crate) fn to_engine(self) -> Result<engine::Region, Failure> {
-        let kind = lookup(
-            self.kind,
-            &[(0, RegionKind::Grid), (1, RegionKind::Pixels)],
-            "region kind",
-        )?;
+        let kind = lookup(self.kind, &[(0, RegionKind::Grid), (1, RegionKind::Pixels)], "region kind")?;
         Ok(match kind {
             RegionKind::Pixels => engine::Region::Pixels(self.coords),
             RegionKind::Grid => {
                 // The f64 -> u32 cast would silently saturate or truncate; reject instead.
-                if let Some(bad) = self
-                    .coords
-                    .iter()
-                    .find(|v| !(v.fract() == 0.0 && (0.0..=100.0).contains(*v)))
-                {
-                    return Err(Failure::invalid(format!(
-                        "grid region value {bad} is not a whole number in 0..=100"
-                    )));
+                if let Some(bad) = self.coords.iter().find(|v| !(v.fract() == 0.0 && (0.0..=100.0).contains(*v))) {
+                    return Err(Failure::invalid(format!("grid region value {bad} is not a whole number in 0..=100")));
                 }
                 engine::Region::Grid(self.coords.map(|v| v as u32))
             }
@@ -260,8 +212,7 @@ impl Region {
 /// Called during loading with the fraction done (0..1]; return `true` to go on, `false` to
 /// cancel (the load then returns `MGM_STATUS_CANCELLED`). Runs on the loading thread; it must
 /// not throw (C++ exceptions may not unwind through this library).
-pub type ProgressCallback =
-    Option<unsafe extern "C" fn(fraction: f32, user_data: *mut c_void) -> bool>;
+pub type ProgressCallback = Option<unsafe extern "C" fn(fraction: f32, user_data: *mut c_void) -> bool>;
 
 /// Called with each new piece of answer text: `piece` is `len` bytes of UTF-8 (whole
 /// characters) followed by a NUL, valid only during the call; the pieces concatenate to the
@@ -362,12 +313,7 @@ pub struct GenerateParams {
 pub(crate) fn generate_params_default() -> GenerateParams {
     let d = engine::GenerateOptions::default();
     let (temperature, top_p, top_k, seed) = match engine::GenerateOptions::demo(0).sampling {
-        engine::Sampling::Sample {
-            temperature,
-            top_p,
-            top_k,
-            seed,
-        } => (temperature, top_p, top_k, seed),
+        engine::Sampling::Sample { temperature, top_p, top_k, seed } => (temperature, top_p, top_k, seed),
         engine::Sampling::Greedy => (1.0, 1.0, 0, 0),
     };
     GenerateParams {
@@ -382,9 +328,7 @@ pub(crate) fn generate_params_default() -> GenerateParams {
         top_k: u32::try_from(top_k).unwrap_or(u32::MAX),
         seed,
         repetition_penalty: d.repetition_penalty,
-        context_limit: d
-            .context_limit
-            .map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)),
+        context_limit: d.context_limit.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)),
         stop_strings: std::ptr::null(),
         stop_strings_len: 0,
         on_text: None,
@@ -398,11 +342,7 @@ impl GenerateParams {
     /// # Safety
     /// `stop_strings` holds `stop_strings_len` NUL-terminated strings (or is NULL when 0).
     pub(crate) unsafe fn to_engine(self) -> Result<engine::GenerateOptions, Failure> {
-        let sampling = match lookup(
-            self.sampling,
-            &[(0, Sampling::Greedy), (1, Sampling::Sample)],
-            "sampling",
-        )? {
+        let sampling = match lookup(self.sampling, &[(0, Sampling::Greedy), (1, Sampling::Sample)], "sampling")? {
             Sampling::Greedy => engine::Sampling::Greedy,
             Sampling::Sample => engine::Sampling::Sample {
                 temperature: self.temperature,
@@ -414,18 +354,13 @@ impl GenerateParams {
         let mut stop_strings = Vec::new();
         if self.stop_strings_len > 0 {
             if self.stop_strings.is_null() {
-                return Err(Failure::invalid(
-                    "params->stop_strings is NULL but stop_strings_len is not 0",
-                ));
+                return Err(Failure::invalid("params->stop_strings is NULL but stop_strings_len is not 0"));
             }
             // SAFETY: the caller guarantees `stop_strings_len` readable entries.
-            let entries =
-                unsafe { std::slice::from_raw_parts(self.stop_strings, self.stop_strings_len) };
+            let entries = unsafe { std::slice::from_raw_parts(self.stop_strings, self.stop_strings_len) };
             for (i, &s) in entries.iter().enumerate() {
                 // SAFETY: each entry is NULL or NUL-terminated, per the caller's contract.
-                stop_strings.push(
-                    unsafe { ptr::string(s, &format!("params->stop_strings[{i}]")) }?.to_owned(),
-                );
+                stop_strings.push(unsafe { ptr::string(s, &format!("params->stop_strings[{i}]")) }?.to_owned());
             }
         }
         Ok(engine::GenerateOptions {

@@ -36,20 +36,14 @@ pub(crate) unsafe fn string<'a>(p: *const c_char, name: &str) -> Result<&'a str,
 ///
 /// # Safety
 /// As [`string`].
-pub(crate) unsafe fn opt_string<'a>(
-    p: *const c_char,
-    name: &str,
-) -> Result<Option<&'a str>, Failure> {
+pub(crate) unsafe fn opt_string<'a>(p: *const c_char, name: &str) -> Result<Option<&'a str>, Failure> {
     if p.is_null() {
         return Ok(None);
     }
     // SAFETY: `p` is non-NULL and NUL-terminated per the caller's contract.
     let c = unsafe { CStr::from_ptr(p) };
     c.to_str().map(Some).map_err(|e| {
-        Failure::invalid(format!(
-            "{name} is not valid UTF-8 (first bad byte at offset {})",
-            e.valid_up_to()
-        ))
+        Failure::invalid(format!("{name} is not valid UTF-8 (first bad byte at offset {})", e.valid_up_to()))
     })
 }
 
@@ -58,10 +52,7 @@ pub(crate) unsafe fn opt_string<'a>(
 ///
 /// # Safety
 /// `p` is NULL or points to writable storage for one pointer.
-pub(crate) unsafe fn out_handle<'a, T>(
-    p: *mut *mut T,
-    name: &str,
-) -> Result<&'a mut *mut T, Failure> {
+pub(crate) unsafe fn out_handle<'a, T>(p: *mut *mut T, name: &str) -> Result<&'a mut *mut T, Failure> {
     // SAFETY: per the caller's contract.
     let slot = unsafe { arg_mut(p, name) }?;
     *slot = std::ptr::null_mut();

@@ -101,10 +101,7 @@ pub(crate) struct Failure {
 impl Failure {
     /// An argument the caller got wrong.
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
-        Self {
-            status: Status::InvalidArgument,
-            message: message.into(),
-        }
+        Self { status: Status::InvalidArgument, message: message.into() }
     }
 }
 
@@ -127,10 +124,7 @@ impl From<engine::Error> for Failure {
             E::Cancelled => Status::Cancelled,
             E::Tensor(_) => Status::Internal,
         };
-        Self {
-            status,
-            message: e.to_string(),
-        }
+        Self { status, message: e.to_string() }
     }
 }
 
@@ -154,9 +148,7 @@ fn set_last_error(message: &str) {
 /// The current thread's last error message; the pointer stays valid until the next
 /// status-returning call on this thread.
 pub(crate) fn last_error_ptr() -> *const c_char {
-    LAST_ERROR
-        .try_with(|e| e.borrow().as_ptr())
-        .unwrap_or(c"".as_ptr())
+    LAST_ERROR.try_with(|e| e.borrow().as_ptr()).unwrap_or(c"".as_ptr())
 }
 
 fn panic_message(payload: &(dyn Any + Send)) -> String {
@@ -176,14 +168,10 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> Status {
     // unwind safety is sound.
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
-        Err(payload) if payload.is::<LoadCancelled>() => Err(Failure {
-            status: Status::Cancelled,
-            message: "loading cancelled by the progress callback".into(),
-        }),
-        Err(payload) => Err(Failure {
-            status: Status::Panic,
-            message: panic_message(payload.as_ref()),
-        }),
+        Err(payload) if payload.is::<LoadCancelled>() => {
+            Err(Failure { status: Status::Cancelled, message: "loading cancelled by the progress callback".into() })
+        }
+        Err(payload) => Err(Failure { status: Status::Panic, message: panic_message(payload.as_ref()) }),
     };
     match outcome {
         Ok(()) => {

@@ -19,10 +19,7 @@ fn cpath(p: PathBuf) -> CString {
 
 fn last_error() -> String {
     // SAFETY: mgm_last_error never returns NULL and the string lives until the next call.
-    unsafe { CStr::from_ptr(mgm_last_error()) }
-        .to_str()
-        .unwrap()
-        .to_owned()
+    unsafe { CStr::from_ptr(mgm_last_error()) }.to_str().unwrap().to_owned()
 }
 
 /// Asserts `status` and that the thread's message mentions `needle`.
@@ -37,18 +34,8 @@ fn expect(status: Status, want: Status, needle: &str) {
 fn golden_ids(prompt: &str) -> Vec<u32> {
     let text = std::fs::read_to_string(fixtures().join("golden.json")).unwrap();
     let g: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let p = g["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == prompt)
-        .unwrap();
-    p["generated_ids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect()
+    let p = g["prompts"].as_array().unwrap().iter().find(|p| p["name"] == prompt).unwrap();
+    p["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
 }
 
 /// The tiny model, loaded once through the C ABI and shared by every test (as C programs
@@ -77,20 +64,12 @@ fn open_image(name: &str) -> OwnedImage {
     let path = cpath(fixtures().join("images").join(name));
     let mut img = null_mut();
     // SAFETY: valid arguments.
-    assert_eq!(
-        unsafe { mgm_image_open(path.as_ptr(), &mut img) },
-        Status::Ok,
-        "{}",
-        last_error()
-    );
+    assert_eq!(unsafe { mgm_image_open(path.as_ptr(), &mut img) }, Status::Ok, "{}", last_error());
     OwnedImage(img)
 }
 
 fn greedy(n: u32) -> GenerateParams {
-    GenerateParams {
-        max_new_tokens: n,
-        ..mgm_generate_params_default()
-    }
+    GenerateParams { max_new_tokens: n, ..mgm_generate_params_default() }
 }
 
 /// Ids and text of an answer, which is freed.
@@ -100,14 +79,8 @@ fn take(answer: *mut Answer) -> (Vec<u32>, String) {
     unsafe {
         assert_eq!(mgm_answer_token_ids(answer, &mut ids, &mut n), Status::Ok);
         assert_eq!(mgm_answer_text(answer, &mut text, &mut len), Status::Ok);
-        let ids = if n == 0 {
-            Vec::new()
-        } else {
-            std::slice::from_raw_parts(ids, n).to_vec()
-        };
-        let text = std::str::from_utf8(std::slice::from_raw_parts(text.cast::<u8>(), len))
-            .unwrap()
-            .to_owned();
+        let ids = if n == 0 { Vec::new() } else { std::slice::from_raw_parts(ids, n).to_vec() };
+        let text = std::str::from_utf8(std::slice::from_raw_parts(text.cast::<u8>(), len)).unwrap().to_owned();
         mgm_answer_free(answer);
         (ids, text)
     }
@@ -146,15 +119,9 @@ fn generate(
 #[test]
 fn versions_match_the_crate() {
     let v = env!("CARGO_PKG_VERSION");
-    assert_eq!(
-        format!("{MGM_VERSION_MAJOR}.{MGM_VERSION_MINOR}.{MGM_VERSION_PATCH}"),
-        v
-    );
+    assert_eq!(format!("{MGM_VERSION_MAJOR}.{MGM_VERSION_MINOR}.{MGM_VERSION_PATCH}"), v);
     // SAFETY: a static NUL-terminated string.
-    assert_eq!(
-        unsafe { CStr::from_ptr(mgm_version()) }.to_str().unwrap(),
-        v
-    );
+    assert_eq!(unsafe { CStr::from_ptr(mgm_version()) }.to_str().unwrap(), v);
     assert_eq!(mgm_abi_version(), MGM_ABI_VERSION);
 }
 
@@ -164,21 +131,11 @@ fn status_names_cover_every_code() {
         let status = Status::from_raw(raw).unwrap();
         assert_eq!(status as u32, raw);
         // SAFETY: a static NUL-terminated string.
-        let name = unsafe { CStr::from_ptr(mgm_status_name(raw)) }
-            .to_str()
-            .unwrap();
-        assert!(
-            name.starts_with("MGM_STATUS_") && name != "MGM_STATUS_UNKNOWN",
-            "{name}"
-        );
+        let name = unsafe { CStr::from_ptr(mgm_status_name(raw)) }.to_str().unwrap();
+        assert!(name.starts_with("MGM_STATUS_") && name != "MGM_STATUS_UNKNOWN", "{name}");
     }
     // SAFETY: as above.
-    assert_eq!(
-        unsafe { CStr::from_ptr(mgm_status_name(15)) }
-            .to_str()
-            .unwrap(),
-        "MGM_STATUS_UNKNOWN"
-    );
+    assert_eq!(unsafe { CStr::from_ptr(mgm_status_name(15)) }.to_str().unwrap(), "MGM_STATUS_UNKNOWN");
 }
 
 #[test]
@@ -186,14 +143,8 @@ fn struct_layouts_start_with_struct_size() {
     // `ptr::params` reads the first u32 before anything else.
     assert_eq!(std::mem::offset_of!(ModelParams, struct_size), 0);
     assert_eq!(std::mem::offset_of!(GenerateParams, struct_size), 0);
-    assert_eq!(
-        mgm_model_params_default().struct_size as usize,
-        std::mem::size_of::<ModelParams>()
-    );
-    assert_eq!(
-        mgm_generate_params_default().struct_size as usize,
-        std::mem::size_of::<GenerateParams>()
-    );
+    assert_eq!(mgm_model_params_default().struct_size as usize, std::mem::size_of::<ModelParams>());
+    assert_eq!(mgm_generate_params_default().struct_size as usize, std::mem::size_of::<GenerateParams>());
     // The ABI promises that one model is shared by threads.
     fn shareable<T: Send + Sync>() {}
     shareable::<Model>();
@@ -202,21 +153,10 @@ fn struct_layouts_start_with_struct_size() {
 #[test]
 fn defaults_come_from_the_engine() {
     let g = mgm_generate_params_default();
-    assert_eq!(
-        (
-            g.max_new_tokens,
-            g.sampling,
-            g.repetition_penalty,
-            g.context_limit
-        ),
-        (300, 0, 1.0, 0)
-    );
+    assert_eq!((g.max_new_tokens, g.sampling, g.repetition_penalty, g.context_limit), (300, 0, 1.0, 0));
     assert!(g.on_text.is_none() && g.stop_strings.is_null());
     let m = mgm_model_params_default();
-    assert_eq!(
-        (m.device, m.llm_dtype, m.vit_dtype),
-        (Device::Cpu as u32, Dtype::F32 as u32, Dtype::F32 as u32)
-    );
+    assert_eq!((m.device, m.llm_dtype, m.vit_dtype), (Device::Cpu as u32, Dtype::F32 as u32, Dtype::F32 as u32));
     assert!(m.llama_dir.is_null() && m.progress.is_none());
 }
 
@@ -225,58 +165,22 @@ fn null_arguments_are_errors() {
     let mut img = std::ptr::dangling_mut::<Image>(); // not NULL, so that clearing it is observable
                                                      // SAFETY: NULL is what is tested; every out-param given is writable.
     unsafe {
-        expect(
-            mgm_image_open(null(), &mut img),
-            Status::InvalidArgument,
-            "path is NULL",
-        );
+        expect(mgm_image_open(null(), &mut img), Status::InvalidArgument, "path is NULL");
         assert!(img.is_null());
         let path = CString::new("x.png").unwrap();
-        expect(
-            mgm_image_open(path.as_ptr(), null_mut()),
-            Status::InvalidArgument,
-            "out_image is NULL",
-        );
-        expect(
-            mgm_image_from_bytes(null(), 3, &mut img),
-            Status::InvalidArgument,
-            "data is NULL",
-        );
-        expect(
-            mgm_image_from_pixels(2, 2, 0, 0, null(), &mut img),
-            Status::InvalidArgument,
-            "pixels is NULL",
-        );
+        expect(mgm_image_open(path.as_ptr(), null_mut()), Status::InvalidArgument, "out_image is NULL");
+        expect(mgm_image_from_bytes(null(), 3, &mut img), Status::InvalidArgument, "data is NULL");
+        expect(mgm_image_from_pixels(2, 2, 0, 0, null(), &mut img), Status::InvalidArgument, "pixels is NULL");
         let (mut w, mut h) = (0, 0);
-        expect(
-            mgm_image_size(null(), &mut w, &mut h),
-            Status::InvalidArgument,
-            "image is NULL",
-        );
-        expect(
-            mgm_image_set_color_mode(null_mut(), 0),
-            Status::InvalidArgument,
-            "image is NULL",
-        );
+        expect(mgm_image_size(null(), &mut w, &mut h), Status::InvalidArgument, "image is NULL");
+        expect(mgm_image_set_color_mode(null_mut(), 0), Status::InvalidArgument, "image is NULL");
 
         let mut m = std::ptr::dangling_mut::<Model>();
-        expect(
-            mgm_model_load(null(), &mut m),
-            Status::InvalidArgument,
-            "params is NULL",
-        );
+        expect(mgm_model_load(null(), &mut m), Status::InvalidArgument, "params is NULL");
         assert!(m.is_null());
         let p = mgm_model_params_default();
-        expect(
-            mgm_model_load(&p, &mut m),
-            Status::InvalidArgument,
-            "params->llama_dir is NULL",
-        );
-        expect(
-            mgm_model_load_dir(null(), null(), &mut m),
-            Status::InvalidArgument,
-            "dir is NULL",
-        );
+        expect(mgm_model_load(&p, &mut m), Status::InvalidArgument, "params->llama_dir is NULL");
+        expect(mgm_model_load_dir(null(), null(), &mut m), Status::InvalidArgument, "dir is NULL");
 
         let image = open_image("ct_nlst.png");
         let mut a = std::ptr::dangling_mut::<Answer>();
@@ -297,27 +201,11 @@ fn null_arguments_are_errors() {
             "out_answer",
         );
         let mut c = null_mut();
-        expect(
-            mgm_chat_new(null(), image.0, 0, &mut c),
-            Status::InvalidArgument,
-            "model is NULL",
-        );
-        expect(
-            mgm_chat_ask(null_mut(), 0, null(), null(), null(), &mut a),
-            Status::InvalidArgument,
-            "chat is NULL",
-        );
+        expect(mgm_chat_new(null(), image.0, 0, &mut c), Status::InvalidArgument, "model is NULL");
+        expect(mgm_chat_ask(null_mut(), 0, null(), null(), null(), &mut a), Status::InvalidArgument, "chat is NULL");
         let mut n = 0;
-        expect(
-            mgm_answer_box_count(null(), &mut n),
-            Status::InvalidArgument,
-            "answer is NULL",
-        );
-        expect(
-            mgm_chat_turns(null(), &mut n),
-            Status::InvalidArgument,
-            "chat is NULL",
-        );
+        expect(mgm_answer_box_count(null(), &mut n), Status::InvalidArgument, "answer is NULL");
+        expect(mgm_chat_turns(null(), &mut n), Status::InvalidArgument, "chat is NULL");
 
         // Frees accept NULL.
         mgm_model_free(null_mut());
@@ -333,42 +221,18 @@ fn invalid_utf8_is_an_error() {
     let mut img = null_mut();
     // SAFETY: a NUL-terminated (non-UTF-8) string and a writable out-param.
     unsafe {
-        expect(
-            mgm_image_open(bad.as_ptr().cast(), &mut img),
-            Status::InvalidArgument,
-            "not valid UTF-8",
-        );
+        expect(mgm_image_open(bad.as_ptr().cast(), &mut img), Status::InvalidArgument, "not valid UTF-8");
         let image = open_image("ct_nlst.png");
         let mut a = null_mut();
         expect(
-            mgm_generate(
-                model(),
-                image.0,
-                Task::Vqa as u32,
-                bad.as_ptr().cast(),
-                null(),
-                null(),
-                &mut a,
-            ),
+            mgm_generate(model(), image.0, Task::Vqa as u32, bad.as_ptr().cast(), null(), null(), &mut a),
             Status::InvalidArgument,
             "text is not valid UTF-8",
         );
         let stops = [bad.as_ptr().cast::<c_char>()];
-        let p = GenerateParams {
-            stop_strings: stops.as_ptr(),
-            stop_strings_len: 1,
-            ..greedy(2)
-        };
+        let p = GenerateParams { stop_strings: stops.as_ptr(), stop_strings_len: 1, ..greedy(2) };
         expect(
-            mgm_generate(
-                model(),
-                image.0,
-                Task::Report as u32,
-                null(),
-                null(),
-                &p,
-                &mut a,
-            ),
+            mgm_generate(model(), image.0, Task::Report as u32, null(), null(), &p, &mut a),
             Status::InvalidArgument,
             "stop_strings[0]",
         );
@@ -383,15 +247,7 @@ fn out_of_range_values_are_errors() {
         let mut a = null_mut();
         // SAFETY: valid pointers; the values are what is tested.
         let s = unsafe {
-            mgm_generate(
-                model(),
-                image.0,
-                task,
-                text.as_ptr(),
-                region.as_ref().map_or(null(), |r| r),
-                &p,
-                &mut a,
-            )
+            mgm_generate(model(), image.0, task, text.as_ptr(), region.as_ref().map_or(null(), |r| r), &p, &mut a)
         };
         assert!(a.is_null());
         (s, last_error())
@@ -399,72 +255,22 @@ fn out_of_range_values_are_errors() {
     let (s, m) = err(99, None, greedy(2));
     assert_eq!(s, Status::InvalidArgument);
     assert!(m.contains("task 99"), "{m}");
-    assert_eq!(
-        err(
-            Task::Vqa as u32,
-            None,
-            GenerateParams {
-                sampling: 7,
-                ..greedy(2)
-            }
-        )
-        .0,
-        Status::InvalidArgument
-    );
-    assert_eq!(
-        err(
-            Task::Vqa as u32,
-            None,
-            GenerateParams {
-                struct_size: 8,
-                ..greedy(2)
-            }
-        )
-        .0,
-        Status::InvalidArgument
-    );
+    assert_eq!(err(Task::Vqa as u32, None, GenerateParams { sampling: 7, ..greedy(2) }).0, Status::InvalidArgument);
+    assert_eq!(err(Task::Vqa as u32, None, GenerateParams { struct_size: 8, ..greedy(2) }).0, Status::InvalidArgument);
     // The engine's own checks come back as MGM_STATUS_INVALID_OPTION.
-    assert_eq!(
-        err(Task::Vqa as u32, None, greedy(0)).0,
-        Status::InvalidOption
-    );
-    let sample = GenerateParams {
-        sampling: Sampling::Sample as u32,
-        top_p: 1.5,
-        ..greedy(2)
-    };
+    assert_eq!(err(Task::Vqa as u32, None, greedy(0)).0, Status::InvalidOption);
+    let sample = GenerateParams { sampling: Sampling::Sample as u32, top_p: 1.5, ..greedy(2) };
     assert_eq!(err(Task::Vqa as u32, None, sample).0, Status::InvalidOption);
     let region = |kind: u32, coords| Some(Region { kind, coords });
-    for coords in [
-        [0.0, 0.0, 100.5, 5.0],
-        [-1.0, 0.0, 1.0, 1.0],
-        [f64::NAN, 0.0, 1.0, 1.0],
-        [0.5, 0.0, 1.0, 1.0],
-    ] {
-        assert_eq!(
-            err(Task::Identify as u32, region(0, coords), greedy(2)).0,
-            Status::InvalidArgument,
-            "{coords:?}"
-        );
+    for coords in [[0.0, 0.0, 100.5, 5.0], [-1.0, 0.0, 1.0, 1.0], [f64::NAN, 0.0, 1.0, 1.0], [0.5, 0.0, 1.0, 1.0]] {
+        assert_eq!(err(Task::Identify as u32, region(0, coords), greedy(2)).0, Status::InvalidArgument, "{coords:?}");
     }
+    assert_eq!(err(Task::Identify as u32, region(5, [0.0; 4]), greedy(2)).0, Status::InvalidArgument);
     assert_eq!(
-        err(Task::Identify as u32, region(5, [0.0; 4]), greedy(2)).0,
-        Status::InvalidArgument
-    );
-    assert_eq!(
-        err(
-            Task::Identify as u32,
-            region(1, [f64::INFINITY, 0.0, 1.0, 1.0]),
-            greedy(2)
-        )
-        .0,
+        err(Task::Identify as u32, region(1, [f64::INFINITY, 0.0, 1.0, 1.0]), greedy(2)).0,
         Status::InvalidOption
     );
-    let (s, m) = err(
-        Task::Refer as u32,
-        region(0, [1.0, 2.0, 3.0, 4.0]),
-        greedy(2),
-    );
+    let (s, m) = err(Task::Refer as u32, region(0, [1.0, 2.0, 3.0, 4.0]), greedy(2));
     assert_eq!(s, Status::InvalidArgument);
     assert!(m.contains("only used by MGM_TASK_IDENTIFY"), "{m}");
 
@@ -476,11 +282,7 @@ fn out_of_range_values_are_errors() {
         p.llm_dtype = llm;
         p.vit_dtype = vit;
         // SAFETY: valid pointers.
-        expect(
-            unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) },
-            Status::InvalidArgument,
-            "not one of",
-        );
+        expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::InvalidArgument, "not one of");
     }
     let mut img = null_mut();
     let px = [0u8; 4];
@@ -491,35 +293,15 @@ fn out_of_range_values_are_errors() {
             Status::InvalidArgument,
             "pixel format 3",
         );
-        expect(
-            mgm_image_from_pixels(2, 2, 1, 0, px.as_ptr().cast(), &mut img),
-            Status::InvalidArgument,
-            "stride 1",
-        );
-        expect(
-            mgm_image_from_pixels(0, 2, 0, 0, px.as_ptr().cast(), &mut img),
-            Status::Image,
-            "zero size",
-        );
-        expect(
-            mgm_image_set_color_mode(image.0, 2),
-            Status::InvalidArgument,
-            "color mode 2",
-        );
-        expect(
-            mgm_image_set_window(image.0, 10.0, 0.0),
-            Status::InvalidArgument,
-            "width > 0",
-        );
+        expect(mgm_image_from_pixels(2, 2, 1, 0, px.as_ptr().cast(), &mut img), Status::InvalidArgument, "stride 1");
+        expect(mgm_image_from_pixels(0, 2, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "zero size");
+        expect(mgm_image_set_color_mode(image.0, 2), Status::InvalidArgument, "color mode 2");
+        expect(mgm_image_set_window(image.0, 10.0, 0.0), Status::InvalidArgument, "width > 0");
         let mut n = 0;
         let mut b = std::mem::zeroed();
         let a = generate(&image, Task::Report, None, None, &greedy(1)).unwrap();
         assert_eq!(mgm_answer_box_count(a, &mut n), Status::Ok);
-        expect(
-            mgm_answer_box(a, n, &mut b),
-            Status::InvalidArgument,
-            "box index",
-        );
+        expect(mgm_answer_box(a, n, &mut b), Status::InvalidArgument, "box index");
         mgm_answer_free(a);
     }
 }
@@ -532,16 +314,8 @@ fn engine_errors_map_to_their_codes() {
     let mut m = null_mut();
     // SAFETY: valid pointers.
     unsafe {
-        expect(
-            mgm_image_from_bytes(garbage.as_ptr(), garbage.len(), &mut img),
-            Status::Image,
-            "unusable image",
-        );
-        expect(
-            mgm_model_load_dir(missing.as_ptr(), null(), &mut m),
-            Status::Io,
-            "/nonexistent/dir",
-        );
+        expect(mgm_image_from_bytes(garbage.as_ptr(), garbage.len(), &mut img), Status::Image, "unusable image");
+        expect(mgm_model_load_dir(missing.as_ptr(), null(), &mut m), Status::Io, "/nonexistent/dir");
         assert!(m.is_null());
     }
     let image = open_image("ct_nlst.png");
@@ -560,9 +334,7 @@ fn last_error_is_per_thread() {
     // SAFETY: NULL path is the error under test.
     unsafe { mgm_image_open(null(), &mut img) };
     assert!(last_error().contains("path is NULL"));
-    std::thread::spawn(|| assert_eq!(last_error(), ""))
-        .join()
-        .unwrap();
+    std::thread::spawn(|| assert_eq!(last_error(), "")).join().unwrap();
     assert!(last_error().contains("path is NULL"));
 }
 
@@ -570,29 +342,16 @@ fn last_error_is_per_thread() {
 fn generate_matches_the_reference_ids() {
     // PNG inputs decode exactly, so the C ABI must give the reference's greedy ids.
     let ct = open_image("ct_nlst.png");
-    let a = generate(
-        &ct,
-        Task::Refer,
-        Some("give me the location of tumor "),
-        None,
-        &greedy(20),
-    )
-    .unwrap();
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &greedy(20)).unwrap();
     assert_eq!(take(a).0, golden_ids("p1_refer"));
-    let grid = Region {
-        kind: RegionKind::Grid as u32,
-        coords: [12.0, 34.0, 56.0, 78.0],
-    };
+    let grid = Region { kind: RegionKind::Grid as u32, coords: [12.0, 34.0, 56.0, 78.0] };
     let a = generate(&ct, Task::Identify, None, Some(grid), &greedy(20)).unwrap();
     assert_eq!(take(a).0, golden_ids("p3_identify"));
     let gradient = open_image("synthetic_gradient.png");
     let a = generate(&gradient, Task::Report, None, None, &greedy(20)).unwrap();
     let mut reason = StopReason::Eos;
     // SAFETY: a live answer.
-    assert_eq!(
-        unsafe { mgm_answer_stop_reason(a, &mut reason) },
-        Status::Ok
-    );
+    assert_eq!(unsafe { mgm_answer_stop_reason(a, &mut reason) }, Status::Ok);
     assert_eq!(reason, StopReason::MaxTokens);
     assert_eq!(take(a).0, golden_ids("p4_report"));
 }
@@ -602,33 +361,18 @@ fn raw_pixels_with_stride_equal_the_decoded_file() {
     let file = open_image("synthetic_gradient.png");
     let (mut w, mut h) = (0u32, 0u32);
     // SAFETY: a live image.
-    assert_eq!(
-        unsafe { mgm_image_size(file.0, &mut w, &mut h) },
-        Status::Ok
-    );
+    assert_eq!(unsafe { mgm_image_size(file.0, &mut w, &mut h) }, Status::Ok);
     assert_eq!((w, h), (300, 200));
-    let engine::Pixels::Gray8(gray) = file_pixels(&file) else {
-        panic!("gray PNG")
-    };
+    let engine::Pixels::Gray8(gray) = file_pixels(&file) else { panic!("gray PNG") };
     // Rows padded to 320 bytes with junk the library must skip.
     let stride = 320;
     let mut padded = vec![0xAAu8; stride * (h as usize - 1) + w as usize];
     for y in 0..h as usize {
-        padded[y * stride..y * stride + w as usize]
-            .copy_from_slice(&gray[y * w as usize..][..w as usize]);
+        padded[y * stride..y * stride + w as usize].copy_from_slice(&gray[y * w as usize..][..w as usize]);
     }
     let mut raw = null_mut();
     // SAFETY: the buffer is exactly stride * (h - 1) + w bytes.
-    let s = unsafe {
-        mgm_image_from_pixels(
-            w,
-            h,
-            stride,
-            PixelFormat::Gray8 as u32,
-            padded.as_ptr().cast(),
-            &mut raw,
-        )
-    };
+    let s = unsafe { mgm_image_from_pixels(w, h, stride, PixelFormat::Gray8 as u32, padded.as_ptr().cast(), &mut raw) };
     assert_eq!(s, Status::Ok, "{}", last_error());
     let raw = OwnedImage(raw);
     assert_eq!(file_pixels(&raw), file_pixels(&file));
@@ -641,21 +385,9 @@ fn raw_pixels_with_stride_equal_the_decoded_file() {
     bytes.extend(values.iter().flat_map(|v| v.to_ne_bytes()));
     let mut img = null_mut();
     // SAFETY: 8 readable bytes after the 1-byte offset.
-    let s = unsafe {
-        mgm_image_from_pixels(
-            2,
-            2,
-            0,
-            PixelFormat::Gray16 as u32,
-            bytes[1..].as_ptr().cast(),
-            &mut img,
-        )
-    };
+    let s = unsafe { mgm_image_from_pixels(2, 2, 0, PixelFormat::Gray16 as u32, bytes[1..].as_ptr().cast(), &mut img) };
     assert_eq!(s, Status::Ok);
-    assert_eq!(
-        file_pixels(&OwnedImage(img)),
-        engine::Pixels::Gray16(values)
-    );
+    assert_eq!(file_pixels(&OwnedImage(img)), engine::Pixels::Gray16(values));
 }
 
 fn file_pixels(image: &OwnedImage) -> engine::Pixels {
@@ -681,16 +413,7 @@ fn streaming_pieces_make_the_text_and_false_cancels() {
         on_text_user_data: (&mut state as *mut (Vec<String>, usize)).cast(),
         ..greedy(20)
     };
-    let (ids, text) = take(
-        generate(
-            &ct,
-            Task::Refer,
-            Some("give me the location of tumor "),
-            None,
-            &p,
-        )
-        .unwrap(),
-    );
+    let (ids, text) = take(generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap());
     assert_eq!(ids, golden_ids("p1_refer"));
     assert!(!state.0.is_empty());
     assert_eq!(state.0.concat(), text);
@@ -701,20 +424,10 @@ fn streaming_pieces_make_the_text_and_false_cancels() {
         on_text_user_data: (&mut state as *mut (Vec<String>, usize)).cast(),
         ..greedy(20)
     };
-    let a = generate(
-        &ct,
-        Task::Refer,
-        Some("give me the location of tumor "),
-        None,
-        &p,
-    )
-    .unwrap();
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap();
     let mut reason = StopReason::Eos;
     // SAFETY: a live answer.
-    assert_eq!(
-        unsafe { mgm_answer_stop_reason(a, &mut reason) },
-        Status::Ok
-    );
+    assert_eq!(unsafe { mgm_answer_stop_reason(a, &mut reason) }, Status::Ok);
     assert_eq!(reason, StopReason::Cancelled);
     assert_eq!(state.0.len(), 1);
     let (ids, _) = take(a);
@@ -724,33 +437,14 @@ fn streaming_pieces_make_the_text_and_false_cancels() {
 #[test]
 fn stop_strings_and_timings_pass_through() {
     let ct = open_image("ct_nlst.png");
-    let (_, full) = take(
-        generate(
-            &ct,
-            Task::Refer,
-            Some("give me the location of tumor "),
-            None,
-            &greedy(20),
-        )
-        .unwrap(),
-    );
+    let (_, full) =
+        take(generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &greedy(20)).unwrap());
     // Stop at a piece of text from the middle of the full answer.
     let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
     let stop = CString::new(full[cut..].chars().take(2).collect::<String>()).unwrap();
     let stops = [stop.as_ptr()];
-    let p = GenerateParams {
-        stop_strings: stops.as_ptr(),
-        stop_strings_len: 1,
-        ..greedy(20)
-    };
-    let a = generate(
-        &ct,
-        Task::Refer,
-        Some("give me the location of tumor "),
-        None,
-        &p,
-    )
-    .unwrap();
+    let p = GenerateParams { stop_strings: stops.as_ptr(), stop_strings_len: 1, ..greedy(20) };
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap();
     let (mut reason, mut t) = (StopReason::Eos, Timings::default());
     // SAFETY: a live answer.
     unsafe {
@@ -772,15 +466,7 @@ fn boxes_come_with_labels_owned_by_the_answer() {
         boxes: engine::Answer::parse_boxes(text, 200, 100),
         ..Default::default()
     })));
-    let (mut n, mut b) = (
-        0,
-        BoundingBox {
-            label: null(),
-            label_len: 0,
-            grid: [0; 4],
-            pixels: [0.0; 4],
-        },
-    );
+    let (mut n, mut b) = (0, BoundingBox { label: null(), label_len: 0, grid: [0; 4], pixels: [0.0; 4] });
     // SAFETY: a live answer; label pointers read while it lives.
     unsafe {
         assert_eq!(mgm_answer_box_count(answer, &mut n), Status::Ok);
@@ -806,32 +492,16 @@ fn chat_outlives_its_model_handle_and_matches_generate() {
         assert_eq!(mgm_model_load_dir(dir.as_ptr(), null(), &mut m), Status::Ok);
         let ct = open_image("ct_nlst.png");
         let mut chat = null_mut();
-        assert_eq!(
-            mgm_chat_new(m, ct.0, ChatHistory::KeepAnswers as u32, &mut chat),
-            Status::Ok
-        );
+        assert_eq!(mgm_chat_new(m, ct.0, ChatHistory::KeepAnswers as u32, &mut chat), Status::Ok);
         drop(ct);
         mgm_model_free(m);
         let text = CString::new("give me the location of tumor ").unwrap();
         let mut a = null_mut();
         let p = greedy(20);
-        assert_eq!(
-            mgm_chat_ask(chat, Task::Refer as u32, text.as_ptr(), null(), &p, &mut a),
-            Status::Ok
-        );
+        assert_eq!(mgm_chat_ask(chat, Task::Refer as u32, text.as_ptr(), null(), &p, &mut a), Status::Ok);
         assert_eq!(take(a).0, golden_ids("p1_refer"));
         let q = CString::new("and its size?").unwrap();
-        assert_eq!(
-            mgm_chat_ask(
-                chat,
-                Task::Vqa as u32,
-                q.as_ptr(),
-                null(),
-                &greedy(5),
-                &mut a
-            ),
-            Status::Ok
-        );
+        assert_eq!(mgm_chat_ask(chat, Task::Vqa as u32, q.as_ptr(), null(), &greedy(5), &mut a), Status::Ok);
         take(a);
         let (mut turns, mut len) = (0, 0);
         assert_eq!(mgm_chat_turns(chat, &mut turns), Status::Ok);
@@ -839,18 +509,10 @@ fn chat_outlives_its_model_handle_and_matches_generate() {
         assert_eq!(turns, 2);
         assert!(len > 256);
         // An invalid question leaves the chat usable.
-        expect(
-            mgm_chat_ask(chat, Task::Vqa as u32, null(), null(), null(), &mut a),
-            Status::InvalidOption,
-            "needs",
-        );
+        expect(mgm_chat_ask(chat, Task::Vqa as u32, null(), null(), null(), &mut a), Status::InvalidOption, "needs");
         assert_eq!(mgm_chat_turns(chat, &mut turns), Status::Ok);
         assert_eq!(turns, 2);
-        expect(
-            mgm_chat_new(model(), null(), 7, &mut chat as *mut _),
-            Status::InvalidArgument,
-            "image is NULL",
-        );
+        expect(mgm_chat_new(model(), null(), 7, &mut chat as *mut _), Status::InvalidArgument, "image is NULL");
         mgm_chat_free(chat);
     }
 }
@@ -905,12 +567,7 @@ fn load_progress_reports_and_cancels() {
     let mut m = null_mut();
     // SAFETY: valid pointers; `state` outlives the calls.
     unsafe {
-        assert_eq!(
-            mgm_model_load_dir(dir.as_ptr(), &p, &mut m),
-            Status::Ok,
-            "{}",
-            last_error()
-        );
+        assert_eq!(mgm_model_load_dir(dir.as_ptr(), &p, &mut m), Status::Ok, "{}", last_error());
         mgm_model_free(m);
         assert!(state.0.len() > 2);
         assert!(state.0.windows(2).all(|w| w[0] < w[1]), "{:?}", state.0);
@@ -918,11 +575,7 @@ fn load_progress_reports_and_cancels() {
 
         state = (Vec::new(), 2);
         p.progress_user_data = (&mut state as *mut (Vec<f32>, usize)).cast();
-        expect(
-            mgm_model_load_dir(dir.as_ptr(), &p, &mut m),
-            Status::Cancelled,
-            "cancelled",
-        );
+        expect(mgm_model_load_dir(dir.as_ptr(), &p, &mut m), Status::Cancelled, "cancelled");
         assert!(m.is_null());
         assert_eq!(state.0.len(), 2);
     }
@@ -932,16 +585,9 @@ fn load_progress_reports_and_cancels() {
 #[test]
 fn cuda_without_the_feature_is_unsupported() {
     let dir = cpath(fixtures());
-    let p = ModelParams {
-        device: Device::Cuda as u32,
-        ..mgm_model_params_default()
-    };
+    let p = ModelParams { device: Device::Cuda as u32, ..mgm_model_params_default() };
     let mut m = null_mut();
     // SAFETY: valid pointers.
-    expect(
-        unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) },
-        Status::Unsupported,
-        "cuda",
-    );
+    expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::Unsupported, "cuda");
     assert!(m.is_null());
 }
