@@ -1,0 +1,593 @@
+//! Unit tests of the ABI, calling the `extern "C"` functions exactly as C would: NULL handling,
+//! invalid UTF-8, out-of-range values, status codes and messages, and generation on the
+//! bundled tiny model checked against the reference implementation's token ids.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+use std::ptr::{null, null_mut};
+use std::sync::OnceLock;
+
+use crate::*;
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
+}
+
+fn cpath(p: PathBuf) -> CString {
+    CString::new(p.to_str().unwrap()).unwrap()
+}
+
+fn last_error() -> String {
+    // SAFETY: mgm_last_error never returns NULL and the string lives until the next call.
+    unsafe { CStr::from_ptr(mgm_last_error()) }.to_str().unwrap().to_owned()
+}
+
+/// Asserts `status` and that the thread's message mentions `needle`.
+#[track_caller]
+fn expect(status: Status, want: Status, needle: &str) {
+    let msg = last_error();
+    assert_eq!(status, want, "message: {msg}");
+    assert!(msg.contains(needle), "message {msg:?} lacks {needle:?}");
+}
+
+/// The golden greedy ids of a prompt of the reference implementation.
+fn golden_ids(prompt: &str) -> Vec<u32> {
+    let text = std::fs::read_to_string(fixtures().join("golden.json")).unwrap();
+    let g: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let p = g["prompts"].as_array().unwrap().iter().find(|p| p["name"] == prompt).unwrap();
+    p["generated_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect()
+}
+
+/// The tiny model, loaded once through the C ABI and shared by every test (as C programs
+/// share one model between threads).
+fn model() -> *const Model {
+    static MODEL: OnceLock<usize> = OnceLock::new();
+    *MODEL.get_or_init(|| {
+        let dir = cpath(fixtures());
+        let mut m = null_mut();
+        // SAFETY: valid arguments.
+        let s = unsafe { mgm_model_load_dir(dir.as_ptr(), null(), &mut m) };
+        assert_eq!(s, Status::Ok, "{}", last_error());
+        m as usize
+    }) as *const Model
+}
+
+struct OwnedImage(*mut Image);
+impl Drop for OwnedImage {
+    fn drop(&mut self) {
+        // SAFETY: made by the library, freed once.
+        unsafe { mgm_image_free(self.0) }
+    }
+}
+
+fn open_image(name: &str) -> OwnedImage {
+    let path = cpath(fixtures().join("images").join(name));
+    let mut img = null_mut();
+    // SAFETY: valid arguments.
+    assert_eq!(unsafe { mgm_image_open(path.as_ptr(), &mut img) }, Status::Ok, "{}", last_error());
+    OwnedImage(img)
+}
+
+fn greedy(n: u32) -> GenerateParams {
+    GenerateParams { max_new_tokens: n, ..mgm_generate_params_default() }
+}
+
+/// Ids and text of an answer, which is freed.
+fn take(answer: *mut Answer) -> (Vec<u32>, String) {
+    let (mut ids, mut n, mut text, mut len) = (null(), 0usize, null(), 0usize);
+    // SAFETY: a live answer and writable out-params.
+    unsafe {
+        assert_eq!(mgm_answer_token_ids(answer, &mut ids, &mut n), Status::Ok);
+        assert_eq!(mgm_answer_text(answer, &mut text, &mut len), Status::Ok);
+        let ids = if n == 0 { Vec::new() } else { std::slice::from_raw_parts(ids, n).to_vec() };
+        let text = std::str::from_utf8(std::slice::from_raw_parts(text.cast::<u8>(), len)).unwrap().to_owned();
+        mgm_answer_free(answer);
+        (ids, text)
+    }
+}
+
+fn generate(
+    image: &OwnedImage,
+    task: Task,
+    text: Option<&str>,
+    region: Option<Region>,
+    params: &GenerateParams,
+) -> Result<*mut Answer, (Status, String)> {
+    let text = text.map(|t| CString::new(t).unwrap());
+    let mut answer = null_mut();
+    // SAFETY: valid arguments.
+    let s = unsafe {
+        mgm_generate(
+            model(),
+            image.0,
+            task as u32,
+            text.as_ref().map_or(null(), |t| t.as_ptr()),
+            region.as_ref().map_or(null(), |r| r as *const Region),
+            params,
+            &mut answer,
+        )
+    };
+    if s == Status::Ok {
+        assert!(!answer.is_null());
+        Ok(answer)
+    } else {
+        assert!(answer.is_null(), "out-handle must be NULL after a failure");
+        Err((s, last_error()))
+    }
+}
+
+#[test]
+fn versions_match_the_crate() {
+    let v = env!("CARGO_PKG_VERSION");
+    assert_eq!(format!("{MGM_VERSION_MAJOR}.{MGM_VERSION_MINOR}.{MGM_VERSION_PATCH}"), v);
+    // SAFETY: a static NUL-terminated string.
+    assert_eq!(unsafe { CStr::from_ptr(mgm_version()) }.to_str().unwrap(), v);
+    assert_eq!(mgm_abi_version(), MGM_ABI_VERSION);
+}
+
+#[test]
+fn status_names_cover_every_code() {
+    for raw in 0..=14u32 {
+        let status = Status::from_raw(raw).unwrap();
+        assert_eq!(status as u32, raw);
+        // SAFETY: a static NUL-terminated string.
+        let name = unsafe { CStr::from_ptr(mgm_status_name(raw)) }.to_str().unwrap();
+        assert!(name.starts_with("MGM_STATUS_") && name != "MGM_STATUS_UNKNOWN", "{name}");
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { CStr::from_ptr(mgm_status_name(15)) }.to_str().unwrap(), "MGM_STATUS_UNKNOWN");
+}
+
+#[test]
+fn struct_layouts_start_with_struct_size() {
+    // `ptr::params` reads the first u32 before anything else.
+    assert_eq!(std::mem::offset_of!(ModelParams, struct_size), 0);
+    assert_eq!(std::mem::offset_of!(GenerateParams, struct_size), 0);
+    assert_eq!(mgm_model_params_default().struct_size as usize, std::mem::size_of::<ModelParams>());
+    assert_eq!(mgm_generate_params_default().struct_size as usize, std::mem::size_of::<GenerateParams>());
+    // The ABI promises that one model is shared by threads.
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Model>();
+}
+
+#[test]
+fn defaults_come_from_the_engine() {
+    let g = mgm_generate_params_default();
+    assert_eq!((g.max_new_tokens, g.sampling, g.repetition_penalty, g.context_limit), (300, 0, 1.0, 0));
+    assert!(g.on_text.is_none() && g.stop_strings.is_null());
+    let m = mgm_model_params_default();
+    assert_eq!((m.device, m.llm_dtype, m.vit_dtype), (Device::Cpu as u32, Dtype::F32 as u32, Dtype::F32 as u32));
+    assert!(m.llama_dir.is_null() && m.progress.is_none());
+}
+
+#[test]
+fn null_arguments_are_errors() {
+    let mut img = std::ptr::dangling_mut::<Image>(); // not NULL, so that clearing it is observable
+                                                     // SAFETY: NULL is what is tested; every out-param given is writable.
+    unsafe {
+        expect(mgm_image_open(null(), &mut img), Status::InvalidArgument, "path is NULL");
+        assert!(img.is_null());
+        let path = CString::new("x.png").unwrap();
+        expect(mgm_image_open(path.as_ptr(), null_mut()), Status::InvalidArgument, "out_image is NULL");
+        expect(mgm_image_from_bytes(null(), 3, &mut img), Status::InvalidArgument, "data is NULL");
+        expect(mgm_image_from_pixels(2, 2, 0, 0, null(), &mut img), Status::InvalidArgument, "pixels is NULL");
+        let (mut w, mut h) = (0, 0);
+        expect(mgm_image_size(null(), &mut w, &mut h), Status::InvalidArgument, "image is NULL");
+        expect(mgm_image_set_color_mode(null_mut(), 0), Status::InvalidArgument, "image is NULL");
+
+        let mut m = std::ptr::dangling_mut::<Model>();
+        expect(mgm_model_load(null(), &mut m), Status::InvalidArgument, "params is NULL");
+        assert!(m.is_null());
+        let p = mgm_model_params_default();
+        expect(mgm_model_load(&p, &mut m), Status::InvalidArgument, "params->llama_dir is NULL");
+        expect(mgm_model_load_dir(null(), null(), &mut m), Status::InvalidArgument, "dir is NULL");
+
+        let image = open_image("ct_nlst.png");
+        let mut a = std::ptr::dangling_mut::<Answer>();
+        expect(
+            mgm_generate(null(), image.0, 0, null(), null(), null(), &mut a),
+            Status::InvalidArgument,
+            "model is NULL",
+        );
+        assert!(a.is_null());
+        expect(
+            mgm_generate(model(), null(), 0, null(), null(), null(), &mut a),
+            Status::InvalidArgument,
+            "image is NULL",
+        );
+        expect(
+            mgm_generate(model(), image.0, 0, null(), null(), null(), null_mut()),
+            Status::InvalidArgument,
+            "out_answer",
+        );
+        let mut c = null_mut();
+        expect(mgm_chat_new(null(), image.0, 0, &mut c), Status::InvalidArgument, "model is NULL");
+        expect(mgm_chat_ask(null_mut(), 0, null(), null(), null(), &mut a), Status::InvalidArgument, "chat is NULL");
+        let mut n = 0;
+        expect(mgm_answer_box_count(null(), &mut n), Status::InvalidArgument, "answer is NULL");
+        expect(mgm_chat_turns(null(), &mut n), Status::InvalidArgument, "chat is NULL");
+
+        // Frees accept NULL.
+        mgm_model_free(null_mut());
+        mgm_image_free(null_mut());
+        mgm_answer_free(null_mut());
+        mgm_chat_free(null_mut());
+    }
+}
+
+#[test]
+fn invalid_utf8_is_an_error() {
+    let bad = [b'a', 0xff, 0xfe, 0];
+    let mut img = null_mut();
+    // SAFETY: a NUL-terminated (non-UTF-8) string and a writable out-param.
+    unsafe {
+        expect(mgm_image_open(bad.as_ptr().cast(), &mut img), Status::InvalidArgument, "not valid UTF-8");
+        let image = open_image("ct_nlst.png");
+        let mut a = null_mut();
+        expect(
+            mgm_generate(model(), image.0, Task::Vqa as u32, bad.as_ptr().cast(), null(), null(), &mut a),
+            Status::InvalidArgument,
+            "text is not valid UTF-8",
+        );
+        let stops = [bad.as_ptr().cast::<c_char>()];
+        let p = GenerateParams { stop_strings: stops.as_ptr(), stop_strings_len: 1, ..greedy(2) };
+        expect(
+            mgm_generate(model(), image.0, Task::Report as u32, null(), null(), &p, &mut a),
+            Status::InvalidArgument,
+            "stop_strings[0]",
+        );
+    }
+}
+
+#[test]
+fn out_of_range_values_are_errors() {
+    let image = open_image("ct_nlst.png");
+    let err = |task: u32, region: Option<Region>, p: GenerateParams| {
+        let text = CString::new("x").unwrap();
+        let mut a = null_mut();
+        // SAFETY: valid pointers; the values are what is tested.
+        let s = unsafe {
+            mgm_generate(model(), image.0, task, text.as_ptr(), region.as_ref().map_or(null(), |r| r), &p, &mut a)
+        };
+        assert!(a.is_null());
+        (s, last_error())
+    };
+    let (s, m) = err(99, None, greedy(2));
+    assert_eq!(s, Status::InvalidArgument);
+    assert!(m.contains("task 99"), "{m}");
+    assert_eq!(err(Task::Vqa as u32, None, GenerateParams { sampling: 7, ..greedy(2) }).0, Status::InvalidArgument);
+    assert_eq!(err(Task::Vqa as u32, None, GenerateParams { struct_size: 8, ..greedy(2) }).0, Status::InvalidArgument);
+    // The engine's own checks come back as MGM_STATUS_INVALID_OPTION.
+    assert_eq!(err(Task::Vqa as u32, None, greedy(0)).0, Status::InvalidOption);
+    let sample = GenerateParams { sampling: Sampling::Sample as u32, top_p: 1.5, ..greedy(2) };
+    assert_eq!(err(Task::Vqa as u32, None, sample).0, Status::InvalidOption);
+    let region = |kind: u32, coords| Some(Region { kind, coords });
+    for coords in [[0.0, 0.0, 100.5, 5.0], [-1.0, 0.0, 1.0, 1.0], [f64::NAN, 0.0, 1.0, 1.0], [0.5, 0.0, 1.0, 1.0]] {
+        assert_eq!(err(Task::Identify as u32, region(0, coords), greedy(2)).0, Status::InvalidArgument, "{coords:?}");
+    }
+    assert_eq!(err(Task::Identify as u32, region(5, [0.0; 4]), greedy(2)).0, Status::InvalidArgument);
+    assert_eq!(
+        err(Task::Identify as u32, region(1, [f64::INFINITY, 0.0, 1.0, 1.0]), greedy(2)).0,
+        Status::InvalidOption
+    );
+    let (s, m) = err(Task::Refer as u32, region(0, [1.0, 2.0, 3.0, 4.0]), greedy(2));
+    assert_eq!(s, Status::InvalidArgument);
+    assert!(m.contains("only used by MGM_TASK_IDENTIFY"), "{m}");
+
+    let mut p = mgm_model_params_default();
+    let dir = cpath(fixtures());
+    let mut m = null_mut();
+    for (device, llm, vit) in [(9, 0, 0), (0, 6, 0), (0, 0, 42)] {
+        p.device = device;
+        p.llm_dtype = llm;
+        p.vit_dtype = vit;
+        // SAFETY: valid pointers.
+        expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::InvalidArgument, "not one of");
+    }
+    let mut img = null_mut();
+    let px = [0u8; 4];
+    // SAFETY: a 4-byte buffer, enough for every call below.
+    unsafe {
+        expect(
+            mgm_image_from_pixels(2, 2, 0, 3, px.as_ptr().cast(), &mut img),
+            Status::InvalidArgument,
+            "pixel format 3",
+        );
+        expect(mgm_image_from_pixels(2, 2, 1, 0, px.as_ptr().cast(), &mut img), Status::InvalidArgument, "stride 1");
+        expect(mgm_image_from_pixels(0, 2, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "zero size");
+        expect(mgm_image_set_color_mode(image.0, 2), Status::InvalidArgument, "color mode 2");
+        expect(mgm_image_set_window(image.0, 10.0, 0.0), Status::InvalidArgument, "width > 0");
+        let mut n = 0;
+        let mut b = std::mem::zeroed();
+        let a = generate(&image, Task::Report, None, None, &greedy(1)).unwrap();
+        assert_eq!(mgm_answer_box_count(a, &mut n), Status::Ok);
+        expect(mgm_answer_box(a, n, &mut b), Status::InvalidArgument, "box index");
+        mgm_answer_free(a);
+    }
+}
+
+#[test]
+fn engine_errors_map_to_their_codes() {
+    let mut img = null_mut();
+    let garbage = b"not an image";
+    let missing = CString::new("/nonexistent/dir").unwrap();
+    let mut m = null_mut();
+    // SAFETY: valid pointers.
+    unsafe {
+        expect(mgm_image_from_bytes(garbage.as_ptr(), garbage.len(), &mut img), Status::Image, "unusable image");
+        expect(mgm_model_load_dir(missing.as_ptr(), null(), &mut m), Status::Io, "/nonexistent/dir");
+        assert!(m.is_null());
+    }
+    let image = open_image("ct_nlst.png");
+    let (s, msg) = generate(&image, Task::Vqa, None, None, &greedy(2)).unwrap_err();
+    assert_eq!(s, Status::InvalidOption);
+    assert!(msg.contains("needs a question"), "{msg}");
+    // A later success clears the message.
+    let a = generate(&image, Task::Report, None, None, &greedy(1)).unwrap();
+    assert_eq!(last_error(), "");
+    take(a);
+}
+
+#[test]
+fn last_error_is_per_thread() {
+    let mut img = null_mut();
+    // SAFETY: NULL path is the error under test.
+    unsafe { mgm_image_open(null(), &mut img) };
+    assert!(last_error().contains("path is NULL"));
+    std::thread::spawn(|| assert_eq!(last_error(), "")).join().unwrap();
+    assert!(last_error().contains("path is NULL"));
+}
+
+#[test]
+fn generate_matches_the_reference_ids() {
+    // PNG inputs decode exactly, so the C ABI must give the reference's greedy ids.
+    let ct = open_image("ct_nlst.png");
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &greedy(20)).unwrap();
+    assert_eq!(take(a).0, golden_ids("p1_refer"));
+    let grid = Region { kind: RegionKind::Grid as u32, coords: [12.0, 34.0, 56.0, 78.0] };
+    let a = generate(&ct, Task::Identify, None, Some(grid), &greedy(20)).unwrap();
+    assert_eq!(take(a).0, golden_ids("p3_identify"));
+    let gradient = open_image("synthetic_gradient.png");
+    let a = generate(&gradient, Task::Report, None, None, &greedy(20)).unwrap();
+    let mut reason = StopReason::Eos;
+    // SAFETY: a live answer.
+    assert_eq!(unsafe { mgm_answer_stop_reason(a, &mut reason) }, Status::Ok);
+    assert_eq!(reason, StopReason::MaxTokens);
+    assert_eq!(take(a).0, golden_ids("p4_report"));
+}
+
+#[test]
+fn raw_pixels_with_stride_equal_the_decoded_file() {
+    let file = open_image("synthetic_gradient.png");
+    let (mut w, mut h) = (0u32, 0u32);
+    // SAFETY: a live image.
+    assert_eq!(unsafe { mgm_image_size(file.0, &mut w, &mut h) }, Status::Ok);
+    assert_eq!((w, h), (300, 200));
+    let engine::Pixels::Gray8(gray) = file_pixels(&file) else { panic!("gray PNG") };
+    // Rows padded to 320 bytes with junk the library must skip.
+    let stride = 320;
+    let mut padded = vec![0xAAu8; stride * (h as usize - 1) + w as usize];
+    for y in 0..h as usize {
+        padded[y * stride..y * stride + w as usize].copy_from_slice(&gray[y * w as usize..][..w as usize]);
+    }
+    let mut raw = null_mut();
+    // SAFETY: the buffer is exactly stride * (h - 1) + w bytes.
+    let s = unsafe { mgm_image_from_pixels(w, h, stride, PixelFormat::Gray8 as u32, padded.as_ptr().cast(), &mut raw) };
+    assert_eq!(s, Status::Ok, "{}", last_error());
+    let raw = OwnedImage(raw);
+    assert_eq!(file_pixels(&raw), file_pixels(&file));
+    let a = generate(&raw, Task::Report, None, None, &greedy(20)).unwrap();
+    assert_eq!(take(a).0, golden_ids("p4_report"));
+
+    // 16-bit values arrive native-endian and unaligned.
+    let values: Vec<u16> = vec![0, 1000, 65535, 7];
+    let mut bytes = vec![0u8];
+    bytes.extend(values.iter().flat_map(|v| v.to_ne_bytes()));
+    let mut img = null_mut();
+    // SAFETY: 8 readable bytes after the 1-byte offset.
+    let s = unsafe { mgm_image_from_pixels(2, 2, 0, PixelFormat::Gray16 as u32, bytes[1..].as_ptr().cast(), &mut img) };
+    assert_eq!(s, Status::Ok);
+    assert_eq!(file_pixels(&OwnedImage(img)), engine::Pixels::Gray16(values));
+}
+
+fn file_pixels(image: &OwnedImage) -> engine::Pixels {
+    // SAFETY: a live image made by the library.
+    unsafe { &*image.0 }.inner.pixels().clone()
+}
+
+unsafe extern "C" fn collect(piece: *const c_char, len: usize, user_data: *mut c_void) -> bool {
+    // SAFETY: the library passes `len` bytes + NUL; user_data is the test's (Vec<String>, limit).
+    let (pieces, limit) = unsafe { &mut *user_data.cast::<(Vec<String>, usize)>() };
+    let bytes = unsafe { std::slice::from_raw_parts(piece.cast::<u8>(), len + 1) };
+    assert_eq!(bytes[len], 0, "pieces are NUL-terminated");
+    pieces.push(std::str::from_utf8(&bytes[..len]).unwrap().to_owned());
+    pieces.len() < *limit
+}
+
+#[test]
+fn streaming_pieces_make_the_text_and_false_cancels() {
+    let ct = open_image("ct_nlst.png");
+    let mut state: (Vec<String>, usize) = (Vec::new(), usize::MAX);
+    let p = GenerateParams {
+        on_text: Some(collect),
+        on_text_user_data: (&mut state as *mut (Vec<String>, usize)).cast(),
+        ..greedy(20)
+    };
+    let (ids, text) = take(generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap());
+    assert_eq!(ids, golden_ids("p1_refer"));
+    assert!(!state.0.is_empty());
+    assert_eq!(state.0.concat(), text);
+
+    let mut state: (Vec<String>, usize) = (Vec::new(), 1);
+    let p = GenerateParams {
+        on_text: Some(collect),
+        on_text_user_data: (&mut state as *mut (Vec<String>, usize)).cast(),
+        ..greedy(20)
+    };
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap();
+    let mut reason = StopReason::Eos;
+    // SAFETY: a live answer.
+    assert_eq!(unsafe { mgm_answer_stop_reason(a, &mut reason) }, Status::Ok);
+    assert_eq!(reason, StopReason::Cancelled);
+    assert_eq!(state.0.len(), 1);
+    let (ids, _) = take(a);
+    assert!(ids.len() < 20 && golden_ids("p1_refer").starts_with(&ids));
+}
+
+#[test]
+fn stop_strings_and_timings_pass_through() {
+    let ct = open_image("ct_nlst.png");
+    let (_, full) =
+        take(generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &greedy(20)).unwrap());
+    // Stop at a piece of text from the middle of the full answer.
+    let cut = full.char_indices().nth(full.chars().count() / 2).unwrap().0;
+    let stop = CString::new(full[cut..].chars().take(2).collect::<String>()).unwrap();
+    let stops = [stop.as_ptr()];
+    let p = GenerateParams { stop_strings: stops.as_ptr(), stop_strings_len: 1, ..greedy(20) };
+    let a = generate(&ct, Task::Refer, Some("give me the location of tumor "), None, &p).unwrap();
+    let (mut reason, mut t) = (StopReason::Eos, Timings::default());
+    // SAFETY: a live answer.
+    unsafe {
+        assert_eq!(mgm_answer_stop_reason(a, &mut reason), Status::Ok);
+        assert_eq!(mgm_answer_timings(a, &mut t), Status::Ok);
+    }
+    assert_eq!(reason, StopReason::StopString);
+    assert!(t.encode_ms > 0.0 && t.prefill_ms > 0.0);
+    let (_, text) = take(a);
+    assert!(text.len() < full.len());
+}
+
+#[test]
+fn boxes_come_with_labels_owned_by_the_answer() {
+    // The random tiny model writes no boxes, so this checks the accessor on a parsed answer.
+    let text = "<p>nodule</p> {<10><20><30><40>} and {<1><2><3><4>}";
+    let answer = Box::into_raw(Box::new(Answer::new(engine::Answer {
+        text: text.into(),
+        boxes: engine::Answer::parse_boxes(text, 200, 100),
+        ..Default::default()
+    })));
+    let (mut n, mut b) = (0, BoundingBox { label: null(), label_len: 0, grid: [0; 4], pixels: [0.0; 4] });
+    // SAFETY: a live answer; label pointers read while it lives.
+    unsafe {
+        assert_eq!(mgm_answer_box_count(answer, &mut n), Status::Ok);
+        assert_eq!(n, 2);
+        assert_eq!(mgm_answer_box(answer, 0, &mut b), Status::Ok);
+        assert_eq!(CStr::from_ptr(b.label).to_str().unwrap(), "nodule");
+        assert_eq!(b.label_len, 6);
+        assert_eq!(b.grid, [10, 20, 30, 40]);
+        assert_eq!(b.pixels, [20.0, 20.0, 60.0, 40.0]);
+        assert_eq!(mgm_answer_box(answer, 1, &mut b), Status::Ok);
+        assert!(b.label.is_null() && b.label_len == 0);
+        mgm_answer_free(answer);
+    }
+}
+
+#[test]
+fn chat_outlives_its_model_handle_and_matches_generate() {
+    // A second model handle, freed while its chat still answers.
+    let dir = cpath(fixtures());
+    let mut m = null_mut();
+    // SAFETY: valid pointers throughout; each handle is freed once.
+    unsafe {
+        assert_eq!(mgm_model_load_dir(dir.as_ptr(), null(), &mut m), Status::Ok);
+        let ct = open_image("ct_nlst.png");
+        let mut chat = null_mut();
+        assert_eq!(mgm_chat_new(m, ct.0, ChatHistory::KeepAnswers as u32, &mut chat), Status::Ok);
+        drop(ct);
+        mgm_model_free(m);
+        let text = CString::new("give me the location of tumor ").unwrap();
+        let mut a = null_mut();
+        let p = greedy(20);
+        assert_eq!(mgm_chat_ask(chat, Task::Refer as u32, text.as_ptr(), null(), &p, &mut a), Status::Ok);
+        assert_eq!(take(a).0, golden_ids("p1_refer"));
+        let q = CString::new("and its size?").unwrap();
+        assert_eq!(mgm_chat_ask(chat, Task::Vqa as u32, q.as_ptr(), null(), &greedy(5), &mut a), Status::Ok);
+        take(a);
+        let (mut turns, mut len) = (0, 0);
+        assert_eq!(mgm_chat_turns(chat, &mut turns), Status::Ok);
+        assert_eq!(mgm_chat_context_len(chat, &mut len), Status::Ok);
+        assert_eq!(turns, 2);
+        assert!(len > 256);
+        // An invalid question leaves the chat usable.
+        expect(mgm_chat_ask(chat, Task::Vqa as u32, null(), null(), null(), &mut a), Status::InvalidOption, "needs");
+        assert_eq!(mgm_chat_turns(chat, &mut turns), Status::Ok);
+        assert_eq!(turns, 2);
+        expect(mgm_chat_new(model(), null(), 7, &mut chat as *mut _), Status::InvalidArgument, "image is NULL");
+        mgm_chat_free(chat);
+    }
+}
+
+#[test]
+fn one_model_serves_threads_at_once() {
+    let model = model() as usize;
+    let results: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(move || {
+                    let img = open_image("synthetic_gradient.png");
+                    let mut a = null_mut();
+                    // SAFETY: the shared model is immutable and thread-safe.
+                    let st = unsafe {
+                        mgm_generate(
+                            model as *const Model,
+                            img.0,
+                            Task::Report as u32,
+                            null(),
+                            null(),
+                            &greedy(20),
+                            &mut a,
+                        )
+                    };
+                    assert_eq!(st, Status::Ok);
+                    take(a).0
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ids in results {
+        assert_eq!(ids, golden_ids("p4_report"));
+    }
+}
+
+unsafe extern "C" fn progress(fraction: f32, user_data: *mut c_void) -> bool {
+    // SAFETY: user_data is the test's (Vec<f32>, cancel_after).
+    let (seen, cancel_after) = unsafe { &mut *user_data.cast::<(Vec<f32>, usize)>() };
+    seen.push(fraction);
+    seen.len() < *cancel_after
+}
+
+#[test]
+fn load_progress_reports_and_cancels() {
+    let dir = cpath(fixtures());
+    let mut state: (Vec<f32>, usize) = (Vec::new(), usize::MAX);
+    let mut p = mgm_model_params_default();
+    p.progress = Some(progress);
+    p.progress_user_data = (&mut state as *mut (Vec<f32>, usize)).cast();
+    let mut m = null_mut();
+    // SAFETY: valid pointers; `state` outlives the calls.
+    unsafe {
+        assert_eq!(mgm_model_load_dir(dir.as_ptr(), &p, &mut m), Status::Ok, "{}", last_error());
+        mgm_model_free(m);
+        assert!(state.0.len() > 2);
+        assert!(state.0.windows(2).all(|w| w[0] < w[1]), "{:?}", state.0);
+        assert!(state.0.iter().all(|f| *f > 0.0 && *f <= 1.0));
+
+        state = (Vec::new(), 2);
+        p.progress_user_data = (&mut state as *mut (Vec<f32>, usize)).cast();
+        expect(mgm_model_load_dir(dir.as_ptr(), &p, &mut m), Status::Cancelled, "cancelled");
+        assert!(m.is_null());
+        assert_eq!(state.0.len(), 2);
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_without_the_feature_is_unsupported() {
+    let dir = cpath(fixtures());
+    let p = ModelParams { device: Device::Cuda as u32, ..mgm_model_params_default() };
+    let mut m = null_mut();
+    // SAFETY: valid pointers.
+    expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::Unsupported, "cuda");
+    assert!(m.is_null());
+}
