@@ -18,7 +18,7 @@ prefix="${1:?usage: install-capi.sh PREFIX [PROFILE_DIR]}"
 libdir_in="${2:-${CARGO_TARGET_DIR:-$root/target}/debug}"
 crate="$root/minigpt-med-capi"
 
-header="$crate/include/minigpt_med.h"
+header="$root/include/minigpt_med.h"
 version_of() { sed -n "s/^#define MGM_$1 \([0-9]*\)$/\1/p" "$header"; }
 major="$(version_of VERSION_MAJOR)"
 minor="$(version_of VERSION_MINOR)"

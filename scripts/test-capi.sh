@@ -87,13 +87,13 @@ fresh="$work/minigpt_med.h"
   exit 1
 }
 grep -v "Can't find [A-Za-z]*Value\. " "$work/cbindgen.log" >&2 || true
-if ! diff -u "$crate/include/minigpt_med.h" "$fresh" > "$work/header.diff"; then
+if ! diff -u "$root/include/minigpt_med.h" "$fresh" > "$work/header.diff"; then
   if [[ $update_header == 1 ]]; then
-    cp "$fresh" "$crate/include/minigpt_med.h"
-    echo "updated minigpt-med-capi/include/minigpt_med.h"
+    cp "$fresh" "$root/include/minigpt_med.h"
+    echo "updated include/minigpt_med.h"
   else
     cat "$work/header.diff" >&2
-    echo "FAIL: minigpt-med-capi/include/minigpt_med.h is stale; run scripts/test-capi.sh --update-header and commit it" >&2
+    echo "FAIL: include/minigpt_med.h is stale; run scripts/test-capi.sh --update-header and commit it" >&2
     exit 1
   fi
 fi
