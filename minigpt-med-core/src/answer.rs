@@ -106,9 +106,7 @@ impl Answer {
 /// number of bytes consumed (at least 1, so the caller always advances).
 fn parse_group(s: &str) -> (Option<[i64; 4]>, usize) {
     debug_assert!(s.starts_with('{'));
-    let Some(close) = s[1..].find(['}', '{']).map(|i| i + 1) else {
-        return (None, 1);
-    };
+    let Some(close) = s[1..].find(['}', '{']).map(|i| i + 1) else { return (None, 1) };
     if s.as_bytes()[close] != b'}' {
         return (None, close);
     }
@@ -126,10 +124,7 @@ fn parse_group(s: &str) -> (Option<[i64; 4]>, usize) {
     if !cur.trim().is_empty() || values.len() != 4 {
         return (None, close + 1);
     }
-    (
-        Some([values[0], values[1], values[2], values[3]]),
-        close + 1,
-    )
+    (Some([values[0], values[1], values[2], values[3]]), close + 1)
 }
 
 fn make_box(label: Option<String>, v: [i64; 4], width: usize, height: usize) -> BoundingBox {

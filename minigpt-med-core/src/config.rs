@@ -62,9 +62,7 @@ pub struct ConnectorConfig {
 
 impl Default for ConnectorConfig {
     fn default() -> Self {
-        Self {
-            tokens_per_group: 4,
-        }
+        Self { tokens_per_group: 4 }
     }
 }
 
@@ -82,11 +80,7 @@ pub struct LoraConfig {
 
 impl Default for LoraConfig {
     fn default() -> Self {
-        Self {
-            r: 64,
-            alpha: 16.0,
-            targets: vec!["q_proj".into(), "v_proj".into()],
-        }
+        Self { r: 64, alpha: 16.0, targets: vec!["q_proj".into(), "v_proj".into()] }
     }
 }
 
@@ -122,12 +116,7 @@ impl MiniGptMedConfig {
 
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
         let v = &self.vision;
-        let bad = |reason: String| {
-            Err(Error::Config {
-                path: path.to_owned(),
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
         if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
             return bad(format!(
                 "vision.image_size {} must be a positive multiple of vision.patch_size {}",
@@ -135,10 +124,7 @@ impl MiniGptMedConfig {
             ));
         }
         if v.heads == 0 || v.width % v.heads != 0 {
-            return bad(format!(
-                "vision.width {} is not divisible by vision.heads {}",
-                v.width, v.heads
-            ));
+            return bad(format!("vision.width {} is not divisible by vision.heads {}", v.width, v.heads));
         }
         let tokens = v.grid() * v.grid();
         let g = self.connector.tokens_per_group;
@@ -212,16 +198,10 @@ impl LlamaConfig {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| {
-            Error::io(
-                &path,
-                e,
-                "--llama must be a Hugging Face LLaMA-2-7b-chat-hf directory",
-            )
+            Error::io(&path, e, "--llama must be a Hugging Face LLaMA-2-7b-chat-hf directory")
         })?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
         cfg.validate(&path)?;
         Ok(cfg)
     }
@@ -237,12 +217,7 @@ impl LlamaConfig {
     }
 
     fn validate(&self, path: &Path) -> Result<()> {
-        let bad = |reason: String| {
-            Err(Error::Config {
-                path: path.to_owned(),
-                reason,
-            })
-        };
+        let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
@@ -290,12 +265,7 @@ impl ModelFiles {
         vit: impl Into<PathBuf>,
         checkpoint: impl Into<PathBuf>,
     ) -> Self {
-        Self {
-            llama_dir: llama_dir.into(),
-            vit: vit.into(),
-            checkpoint: checkpoint.into(),
-            config: None,
-        }
+        Self { llama_dir: llama_dir.into(), vit: vit.into(), checkpoint: checkpoint.into(), config: None }
     }
 
     /// Adds a `minigpt_med.json` model config.

@@ -95,22 +95,11 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
-    pub(crate) fn io(
-        path: impl Into<PathBuf>,
-        source: std::io::Error,
-        hint: impl Into<String>,
-    ) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-            hint: hint.into(),
-        }
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error, hint: impl Into<String>) -> Self {
+        Error::Io { path: path.into(), source, hint: hint.into() }
     }
 
     pub(crate) fn image(source_name: Option<&str>, reason: impl Into<String>) -> Self {
-        Error::Image {
-            source_name: source_name.map(str::to_owned),
-            reason: reason.into(),
-        }
+        Error::Image { source_name: source_name.map(str::to_owned), reason: reason.into() }
     }
 }

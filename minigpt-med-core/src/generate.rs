@@ -59,12 +59,7 @@ impl GenerateOptions {
     pub fn demo(seed: u64) -> Self {
         Self {
             max_new_tokens: 500,
-            sampling: Sampling::Sample {
-                temperature: 0.6,
-                top_p: 0.9,
-                top_k: 50,
-                seed,
-            },
+            sampling: Sampling::Sample { temperature: 0.6, top_p: 0.9, top_k: 50, seed },
             repetition_penalty: 1.05,
             stop_strings: Vec::new(),
             context_limit: Some(2000),
@@ -74,9 +69,7 @@ impl GenerateOptions {
     /// Checks the values, with a message saying which one is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.max_new_tokens == 0 {
-            return Err(Error::InvalidOption(
-                "max_new_tokens must be at least 1".into(),
-            ));
+            return Err(Error::InvalidOption("max_new_tokens must be at least 1".into()));
         }
         if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
             return Err(Error::InvalidOption(format!(
@@ -84,19 +77,12 @@ impl GenerateOptions {
                 self.repetition_penalty
             )));
         }
-        if let Sampling::Sample {
-            temperature, top_p, ..
-        } = self.sampling
-        {
+        if let Sampling::Sample { temperature, top_p, .. } = self.sampling {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::InvalidOption(format!(
-                    "temperature {temperature} must be > 0 (use greedy for 0)"
-                )));
+                return Err(Error::InvalidOption(format!("temperature {temperature} must be > 0 (use greedy for 0)")));
             }
             if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(Error::InvalidOption(format!(
-                    "top_p {top_p} must be in (0, 1]"
-                )));
+                return Err(Error::InvalidOption(format!("top_p {top_p} must be in (0, 1]")));
             }
         }
         if let Some(limit) = self.context_limit {
@@ -133,11 +119,7 @@ impl Sampler {
             Sampling::Sample { seed, .. } => seed,
             Sampling::Greedy => 0,
         };
-        Self {
-            sampling: opts.sampling,
-            penalty: opts.repetition_penalty,
-            rng: seed ^ 0x9E37_79B9_7F4A_7C15,
-        }
+        Self { sampling: opts.sampling, penalty: opts.repetition_penalty, rng: seed ^ 0x9E37_79B9_7F4A_7C15 }
     }
 
     /// A uniform draw in [0, 1) from splitmix64 (reproducible across platforms).
@@ -158,36 +140,21 @@ impl Sampler {
             seen.dedup();
             for id in seen {
                 if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l < 0.0 {
-                        *l * self.penalty
-                    } else {
-                        *l / self.penalty
-                    };
+                    *l = if *l < 0.0 { *l * self.penalty } else { *l / self.penalty };
                 }
             }
         }
         match self.sampling {
             Sampling::Greedy => crate::llm::argmax(logits),
-            Sampling::Sample {
-                temperature,
-                top_p,
-                top_k,
-                ..
-            } => {
+            Sampling::Sample { temperature, top_p, top_k, .. } => {
                 let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-                order.sort_by(|&a, &b| {
-                    logits[b as usize]
-                        .total_cmp(&logits[a as usize])
-                        .then(a.cmp(&b))
-                });
+                order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
                 if top_k > 0 {
                     order.truncate(top_k.max(1));
                 }
                 let max = logits[order[0] as usize] / temperature;
-                let mut probs: Vec<f64> = order
-                    .iter()
-                    .map(|&i| f64::from(logits[i as usize] / temperature - max).exp())
-                    .collect();
+                let mut probs: Vec<f64> =
+                    order.iter().map(|&i| f64::from(logits[i as usize] / temperature - max).exp()).collect();
                 let total: f64 = probs.iter().sum();
                 probs.iter_mut().for_each(|p| *p /= total);
                 // Keep the smallest prefix whose mass reaches top_p (at least one token).
@@ -241,22 +208,13 @@ mod tests {
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let sample = |seed, top_k| {
             let opts = GenerateOptions {
-                sampling: Sampling::Sample {
-                    temperature: 1.0,
-                    top_p: 1.0,
-                    top_k,
-                    seed,
-                },
+                sampling: Sampling::Sample { temperature: 1.0, top_p: 1.0, top_k, seed },
                 ..GenerateOptions::greedy(1)
             };
             let mut s = Sampler::new(&opts);
-            (0..20)
-                .map(|_| s.next(&mut logits.clone(), &[]))
-                .collect::<Vec<_>>()
+            (0..20).map(|_| s.next(&mut logits.clone(), &[])).collect::<Vec<_>>()
         };
-        assert!(sample(7, 1)
-            .iter()
-            .all(|&t| t == crate::llm::argmax(&logits)));
+        assert!(sample(7, 1).iter().all(|&t| t == crate::llm::argmax(&logits)));
         assert_eq!(sample(7, 0), sample(7, 0));
         assert_ne!(sample(7, 0), sample(8, 0));
     }

@@ -36,18 +36,14 @@ mod vision;
 mod weights;
 
 pub use answer::{Answer, BoundingBox, StopReason, Timings};
-pub use config::{
-    ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, ModelFiles, VisionConfig,
-};
+pub use config::{ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, ModelFiles, VisionConfig};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Sampling};
-pub use image::{
-    ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, Window, WindowPreset,
-};
+pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, Window, WindowPreset};
 pub use llm::KvCache;
 pub use model::{
-    Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model,
-    ModelInfo, ProgressFn,
+    Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo,
+    ProgressFn,
 };
 pub use nn::WeightDType;
 pub use prompt::{Prompt, TextCodec};

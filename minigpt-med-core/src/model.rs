@@ -42,12 +42,8 @@ impl std::str::FromStr for Device {
                 .trim_start_matches(':')
                 .parse()
                 .map(Self::Cuda)
-                .map_err(|_| {
-                    Error::InvalidOption(format!("device {s:?}: use cpu, cuda or cuda:N"))
-                }),
-            None => Err(Error::InvalidOption(format!(
-                "device {s:?}: use cpu, cuda or cuda:N"
-            ))),
+                .map_err(|_| Error::InvalidOption(format!("device {s:?}: use cpu, cuda or cuda:N"))),
+            None => Err(Error::InvalidOption(format!("device {s:?}: use cpu, cuda or cuda:N"))),
         }
     }
 }
@@ -158,8 +154,7 @@ pub struct Model {
     info: ModelInfo,
 }
 
-const CKPT_HINT: &str =
-    "--checkpoint must be the MiniGPT-Med checkpoint (.pth with llama_proj and LoRA weights)";
+const CKPT_HINT: &str = "--checkpoint must be the MiniGPT-Med checkpoint (.pth with llama_proj and LoRA weights)";
 
 impl Model {
     /// Loads the model from the original files. Weights are read once, tensor by tensor
@@ -167,13 +162,8 @@ impl Model {
     pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
         let device = opts.device.candle()?;
-        if matches!(
-            opts.vit_dtype,
-            WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4K
-        ) {
-            return Err(Error::InvalidOption(
-                "the ViT runs in f32, f16 or bf16; quantize only the LLM".into(),
-            ));
+        if matches!(opts.vit_dtype, WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4K) {
+            return Err(Error::InvalidOption("the ViT runs in f32, f16 or bf16; quantize only the LLM".into()));
         }
         let cfg = match &files.config {
             Some(p) => {
@@ -195,11 +185,7 @@ impl Model {
                 ),
             });
         }
-        let ckpt = PthFile::open(
-            &files.checkpoint,
-            Some("model"),
-            "MiniGPT-Med checkpoint (.pth, state dict under `model`)",
-        )?;
+        let ckpt = PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
         let vit_src = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
         let llama_src = open_llama_dir(&files.llama_dir)?;
 
@@ -215,14 +201,7 @@ impl Model {
         let connector = load_connector(&ckpt, &cfg, &llama_cfg, &device)?;
         let vit = EvaVit::load(&vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
         let lora = LoraDeltas::find(&ckpt, &cfg.lora, &llama_cfg, &device)?;
-        let llama = Llama::load(
-            llama_src.as_ref(),
-            &llama_cfg,
-            &lora,
-            opts.llm_dtype,
-            &device,
-            &mut step,
-        )?;
+        let llama = Llama::load(llama_src.as_ref(), &llama_cfg, &lora, opts.llm_dtype, &device, &mut step)?;
         let info = ModelInfo {
             config: cfg.clone(),
             llama: llama_cfg,
@@ -231,15 +210,7 @@ impl Model {
             llm_weight_bytes: llama.weight_bytes(),
             load_ms: start.elapsed().as_secs_f64() * 1e3,
         };
-        Ok(Self {
-            cfg,
-            vit,
-            connector,
-            llama,
-            codec,
-            device,
-            info,
-        })
+        Ok(Self { cfg, vit, connector, llama, codec, device, info })
     }
 
     /// Loads a model laid out like the bundled tiny model (see [`ModelFiles::from_dir`]).
@@ -271,24 +242,13 @@ impl Model {
     pub fn encode_view_stages(&self, view: ModelView) -> Result<EncodeStages> {
         let size = self.cfg.vision.image_size;
         if view.size != size || view.chw.len() != 3 * size * size {
-            return Err(Error::image(
-                None,
-                format!(
-                    "the model takes {size}x{size} RGB views, got side {}",
-                    view.size
-                ),
-            ));
+            return Err(Error::image(None, format!("the model takes {size}x{size} RGB views, got side {}", view.size)));
         }
         let pixels = view.tensor(&self.device)?;
         let vit_tokens = self.vit.forward(&pixels)?;
         let features = self.connector.normalize(&vit_tokens)?;
         let image_embeds = self.connector.project(&features)?;
-        Ok(EncodeStages {
-            view,
-            vit_tokens,
-            features,
-            image_embeds,
-        })
+        Ok(EncodeStages { view, vit_tokens, features, image_embeds })
     }
 
     /// The side of the square image the model sees (448).
@@ -299,11 +259,7 @@ impl Model {
     /// Image embeddings for `image` (preprocess, ViT, projection); reuse them across questions.
     pub fn encode_image(&self, image: &Image) -> Result<ImageEmbeddings> {
         let stages = self.encode_stages(image)?;
-        Ok(ImageEmbeddings {
-            embeds: stages.image_embeds,
-            width: image.width(),
-            height: image.height(),
-        })
+        Ok(ImageEmbeddings { embeds: stages.image_embeds, width: image.width(), height: image.height() })
     }
 
     /// The prompt for an instruction, tokenized.
@@ -316,10 +272,7 @@ impl Model {
     pub fn input_embeds(&self, image: &ImageEmbeddings, prompt: &Prompt) -> Result<Tensor> {
         let before = self.llama.embed(&prompt.before_image)?;
         let after = self.llama.embed(&prompt.after_image)?;
-        Ok(Tensor::cat(
-            &[&before, &image.embeds.to_dtype(DType::F32)?, &after],
-            0,
-        )?)
+        Ok(Tensor::cat(&[&before, &image.embeds.to_dtype(DType::F32)?, &after], 0)?)
     }
 
     /// Logits `[vocab]` of the last prompt position.
@@ -378,8 +331,7 @@ impl Model {
             return Err(Error::ContextOverflow {
                 needed: len + opts.max_new_tokens,
                 available: max_pos,
-                hint: "lower max_new_tokens or set context_limit to left-truncate the prompt"
-                    .into(),
+                hint: "lower max_new_tokens or set context_limit to left-truncate the prompt".into(),
             });
         }
         let mut cache = self.llama.new_cache(len + opts.max_new_tokens)?;
@@ -423,20 +375,9 @@ fn load_connector(
                 cfg.connector.tokens_per_group
             )
         };
-        return Err(Error::ShapeMismatch {
-            name: "llama_proj.weight".into(),
-            expected: vec![h, in_dim],
-            found: w_shape,
-            hint,
-        });
+        return Err(Error::ShapeMismatch { name: "llama_proj.weight".into(), expected: vec![h, in_dim], found: w_shape, hint });
     }
-    let w = ckpt.get(
-        "llama_proj.weight",
-        &[h, in_dim],
-        DType::F32,
-        device,
-        CKPT_HINT,
-    )?;
+    let w = ckpt.get("llama_proj.weight", &[h, in_dim], DType::F32, device, CKPT_HINT)?;
     let b = ckpt.get("llama_proj.bias", &[h], DType::F32, device, CKPT_HINT)?;
     // `ln_vision` is frozen during training, so checkpoints normally lack it: identity affine.
     let ln = if ckpt.shapes().contains_key("ln_vision.weight") {
@@ -446,17 +387,9 @@ fn load_connector(
             cfg.vision.ln_vision_eps,
         )?
     } else {
-        LayerNorm::new(
-            Tensor::ones(d, DType::F32, device)?,
-            Tensor::zeros(d, DType::F32, device)?,
-            cfg.vision.ln_vision_eps,
-        )?
+        LayerNorm::new(Tensor::ones(d, DType::F32, device)?, Tensor::zeros(d, DType::F32, device)?, cfg.vision.ln_vision_eps)?
     };
-    Ok(Connector::new(
-        ln,
-        &cfg.connector,
-        Linear::new(w, Some(b), WeightDType::F32)?,
-    ))
+    Ok(Connector::new(ln, &cfg.connector, Linear::new(w, Some(b), WeightDType::F32)?))
 }
 
 /// One answer being generated: sampling, stopping, and the text streamed so far.
@@ -472,25 +405,12 @@ struct Turn<'m> {
 
 impl<'m> Turn<'m> {
     fn new(model: &'m Model, opts: &'m GenerateOptions, width: usize, height: usize) -> Self {
-        Self {
-            model,
-            opts,
-            width,
-            height,
-            sampler: Sampler::new(opts),
-            ids: Vec::new(),
-            emitted: String::new(),
-        }
+        Self { model, opts, width, height, sampler: Sampler::new(opts), ids: Vec::new(), emitted: String::new() }
     }
 
     /// Feeds `x` (the prompt or a follow-up turn), then decodes. On error the cache is rolled
     /// back to where it was; on success the last generated token is left unfed in `ids`.
-    fn run(
-        &mut self,
-        x: &Tensor,
-        cache: &mut KvCache,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
+    fn run(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
         let start_len = cache.len();
         let result = self.run_inner(x, cache, on_text);
         if result.is_err() {
@@ -499,12 +419,7 @@ impl<'m> Turn<'m> {
         result
     }
 
-    fn run_inner(
-        &mut self,
-        x: &Tensor,
-        cache: &mut KvCache,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
+    fn run_inner(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
         let llama = &self.model.llama;
         let eos = llama.config().eos_token_id;
         let t0 = Instant::now();
@@ -526,23 +441,13 @@ impl<'m> Turn<'m> {
             self.ids.push(next);
             history.push(next);
             text = postprocess_answer(&self.model.codec.decode(&self.ids)?);
-            if let Some(cut) = self
-                .opts
-                .stop_strings
-                .iter()
-                .filter_map(|s| text.find(s.as_str()))
-                .min()
-            {
+            if let Some(cut) = self.opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
                 text.truncate(cut);
                 text = postprocess_answer(&text);
                 stop_reason = StopReason::StopString;
                 break;
             }
-            let last_is_byte = self
-                .model
-                .codec
-                .token(next)
-                .is_some_and(|t| t.starts_with("<0x"));
+            let last_is_byte = self.model.codec.token(next).is_some_and(|t| t.starts_with("<0x"));
             if !self.emit(&text, last_is_byte, on_text) {
                 stop_reason = StopReason::Cancelled;
                 break;
@@ -571,11 +476,7 @@ impl<'m> Turn<'m> {
                 encode_ms: 0.0,
                 prefill_ms,
                 decode_ms,
-                tokens_per_s: if decode_ms > 0.0 {
-                    n as f64 / (decode_ms / 1e3)
-                } else {
-                    0.0
-                },
+                tokens_per_s: if decode_ms > 0.0 { n as f64 / (decode_ms / 1e3) } else { 0.0 },
             },
         })
     }
@@ -583,12 +484,7 @@ impl<'m> Turn<'m> {
     /// Sends the stable new part of `text`: trailing whitespace (which the final strip may
     /// remove), a possibly incomplete byte-fallback character, and a possible stop-string
     /// prefix are held back until they are settled.
-    fn emit(
-        &mut self,
-        text: &str,
-        last_is_byte: bool,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> bool {
+    fn emit(&mut self, text: &str, last_is_byte: bool, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
         let mut stable = text.trim_end_matches(crate::prompt::py_is_space);
         if last_is_byte {
             stable = stable.trim_end_matches('\u{FFFD}');
@@ -638,15 +534,7 @@ pub struct Chat<'m> {
 
 impl<'m> Chat<'m> {
     fn new(model: &'m Model, image: ImageEmbeddings) -> Self {
-        Self {
-            model,
-            image,
-            cache: None,
-            unfed: Vec::new(),
-            before_answer: 0,
-            history: ChatHistory::default(),
-            turns: 0,
-        }
+        Self { model, image, cache: None, unfed: Vec::new(), before_answer: 0, history: ChatHistory::default(), turns: 0 }
     }
 
     /// Chooses how earlier answers are kept (before the first question).
@@ -672,10 +560,7 @@ impl<'m> Chat<'m> {
 
     /// Asks `task` (its instruction built for this chat's image).
     pub fn ask_task(&mut self, task: &Task, opts: &GenerateOptions) -> Result<Answer> {
-        self.ask(
-            &task.instruction(self.image.width, self.image.height)?,
-            opts,
-        )
+        self.ask(&task.instruction(self.image.width, self.image.height)?, opts)
     }
 
     /// [`Chat::ask`] with streaming, as [`Model::generate_stream`].
@@ -691,19 +576,13 @@ impl<'m> Chat<'m> {
             model.input_embeds(&self.image, &model.prompt(instruction)?)?
         } else {
             if instruction.contains(crate::prompt::IMAGE_PLACEHOLDER) {
-                return Err(Error::InvalidOption(
-                    "a follow-up question cannot add an image".into(),
-                ));
+                return Err(Error::InvalidOption("a follow-up question cannot add an image".into()));
             }
             let mut ids = match self.history {
                 ChatHistory::KeepAnswers => self.unfed.clone(),
                 ChatHistory::Original => Vec::new(),
             };
-            ids.extend(
-                model
-                    .codec
-                    .encode(&format!("</s><s>[INST] {instruction} [/INST]"), false)?,
-            );
+            ids.extend(model.codec.encode(&format!("</s><s>[INST] {instruction} [/INST]"), false)?);
             model.llama.embed(&ids)?
         };
         let n = x.dim(0)?;
@@ -721,9 +600,7 @@ impl<'m> Chat<'m> {
         }
         let cache = match &mut self.cache {
             Some(c) => c,
-            None => self
-                .cache
-                .insert(model.llama.new_cache(n + opts.max_new_tokens)?),
+            None => self.cache.insert(model.llama.new_cache(n + opts.max_new_tokens)?),
         };
         cache.truncate(base);
         let mut turn = Turn::new(model, opts, self.image.width, self.image.height);

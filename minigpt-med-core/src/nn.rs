@@ -129,10 +129,7 @@ impl Linear {
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = match &self.weight {
             Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
-            Weight::Dense(w) => x
-                .to_dtype(w.dtype())?
-                .matmul(&w.t()?)?
-                .to_dtype(DType::F32)?,
+            Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
             Weight::Quantized(q) => q.forward(x)?,
         };
         Ok(match &self.bias {
@@ -152,19 +149,10 @@ pub(crate) struct LayerNorm {
 
 impl LayerNorm {
     pub(crate) fn new(weight: Tensor, bias: Tensor, eps: f64) -> Result<Self> {
-        Ok(Self {
-            weight: weight.to_dtype(DType::F32)?,
-            bias: bias.to_dtype(DType::F32)?,
-            eps: eps as f32,
-        })
+        Ok(Self { weight: weight.to_dtype(DType::F32)?, bias: bias.to_dtype(DType::F32)?, eps: eps as f32 })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::layer_norm(
-            x,
-            &self.weight,
-            &self.bias,
-            self.eps,
-        )?)
+        Ok(candle_nn::ops::layer_norm(x, &self.weight, &self.bias, self.eps)?)
     }
 }

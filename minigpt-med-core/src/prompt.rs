@@ -53,18 +53,13 @@ impl TextCodec {
     /// Token ids of `text`; `bos` adds the tokenizer's BOS as `add_special_tokens=True` does.
     /// Special tokens written in the text (`<s>`, `</s>`) become their ids.
     pub fn encode(&self, text: &str, bos: bool) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(text, bos)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let enc = self.tokenizer.encode(text, bos).map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Text of `ids` with special tokens skipped; invalid UTF-8 byte runs become U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer
-            .decode(ids, true)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        self.tokenizer.decode(ids, true).map_err(|e| Error::Tokenizer(e.to_string()))
     }
 
     /// The token string of `id` (e.g. `▁pneum`, `<0x0A>`), if it is in the vocabulary.
@@ -80,19 +75,13 @@ impl TextCodec {
     /// Builds and tokenizes the single-turn prompt for `instruction`.
     pub fn prompt(&self, instruction: &str) -> Result<Prompt> {
         let text = PROMPT_TEMPLATE.replace("{}", instruction);
-        let (before, after) = text
-            .split_once(IMAGE_PLACEHOLDER)
-            .expect("the template holds the placeholder");
+        let (before, after) = text.split_once(IMAGE_PLACEHOLDER).expect("the template holds the placeholder");
         if after.contains(IMAGE_PLACEHOLDER) {
             return Err(Error::InvalidOption(format!(
                 "the instruction may not contain {IMAGE_PLACEHOLDER}: MiniGPT-Med takes one image"
             )));
         }
-        Ok(Prompt {
-            before_image: self.encode(before, true)?,
-            after_image: self.encode(after, false)?,
-            text,
-        })
+        Ok(Prompt { before_image: self.encode(before, true)?, after_image: self.encode(after, false)?, text })
     }
 }
 

@@ -26,24 +26,14 @@ impl Region {
             Region::Grid(g) => g,
             Region::Pixels(p) => {
                 if p.iter().any(|v| !v.is_finite()) || width == 0 || height == 0 {
-                    return Err(Error::InvalidOption(format!(
-                        "region {p:?} is not a finite pixel box"
-                    )));
+                    return Err(Error::InvalidOption(format!("region {p:?} is not a finite pixel box")));
                 }
-                let conv =
-                    |v: f64, size: usize| ((v / size as f64) * 100.0).clamp(0.0, 100.0) as u32;
-                [
-                    conv(p[0], width),
-                    conv(p[1], height),
-                    conv(p[2], width),
-                    conv(p[3], height),
-                ]
+                let conv = |v: f64, size: usize| ((v / size as f64) * 100.0).clamp(0.0, 100.0) as u32;
+                [conv(p[0], width), conv(p[1], height), conv(p[2], width), conv(p[3], height)]
             }
         };
         if grid.iter().any(|&v| v > 100) {
-            return Err(Error::InvalidOption(format!(
-                "grid box {grid:?} has values over 100"
-            )));
+            return Err(Error::InvalidOption(format!("grid box {grid:?} has values over 100")));
         }
         Ok(grid)
     }
@@ -87,10 +77,7 @@ impl Task {
             Task::Vqa(q) => format!("[vqa] {q}"),
             Task::Detection(c) => format!("[detection] {c}"),
             Task::Refer(p) => format!("[refer] {p}"),
-            Task::Grounding(text) => format!(
-                "[grounding] {}",
-                text.as_deref().unwrap_or(DEFAULT_GROUNDING)
-            ),
+            Task::Grounding(text) => format!("[grounding] {}", text.as_deref().unwrap_or(DEFAULT_GROUNDING)),
             Task::Identify { region, question } => format!(
                 "[identify] {} {}",
                 question.as_deref().unwrap_or(DEFAULT_IDENTIFY),
@@ -104,9 +91,8 @@ impl Task {
     /// `identify`, `custom`) and text, as the CLI and the bindings receive them.
     pub fn from_name(name: &str, text: Option<&str>, region: Option<Region>) -> Result<Self> {
         let need = |what: &str| {
-            text.map(str::to_owned).ok_or_else(|| {
-                Error::InvalidOption(format!("task {name} needs {what} (the prompt text)"))
-            })
+            text.map(str::to_owned)
+                .ok_or_else(|| Error::InvalidOption(format!("task {name} needs {what} (the prompt text)")))
         };
         Ok(match name.to_ascii_lowercase().as_str() {
             "report" => Task::Report(text.map(str::to_owned)),
@@ -139,15 +125,8 @@ mod tests {
         let r = Region::Pixels([100.0, 50.0, 300.0, 511.0]);
         assert_eq!(r.to_grid(512, 512).unwrap(), [19, 9, 58, 99]);
         // Non-square: x by width, y by height.
-        assert_eq!(
-            Region::Pixels([50.0, 50.0, 100.0, 100.0])
-                .to_grid(200, 100)
-                .unwrap(),
-            [25, 50, 50, 100]
-        );
+        assert_eq!(Region::Pixels([50.0, 50.0, 100.0, 100.0]).to_grid(200, 100).unwrap(), [25, 50, 50, 100]);
         assert!(Region::Grid([0, 0, 101, 5]).to_grid(10, 10).is_err());
-        assert!(Region::Pixels([f64::NAN, 0.0, 1.0, 1.0])
-            .to_grid(10, 10)
-            .is_err());
+        assert!(Region::Pixels([f64::NAN, 0.0, 1.0, 1.0]).to_grid(10, 10).is_err());
     }
 }

@@ -16,10 +16,7 @@ fn images() -> Vec<serde_json::Value> {
 
 fn golden_view(name: &str) -> ModelView {
     let t = tensor(&format!("pixel_u8.{name}"));
-    ModelView {
-        size: t.dim(1).unwrap(),
-        chw: t.flatten_all().unwrap().to_vec1::<u8>().unwrap(),
-    }
+    ModelView { size: t.dim(1).unwrap(), chw: t.flatten_all().unwrap().to_vec1::<u8>().unwrap() }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -33,28 +30,11 @@ fn resized_pixels_match_pillow() {
         let name = img["name"].as_str().unwrap();
         let file = img["file"].as_str().unwrap();
         let image = Image::open(fixtures().join(file)).unwrap();
-        assert_eq!(
-            [image.width() as u64, image.height() as u64],
-            [
-                img["original_size_wh"][0].as_u64().unwrap(),
-                img["original_size_wh"][1].as_u64().unwrap()
-            ]
-        );
+        assert_eq!([image.width() as u64, image.height() as u64], [img["original_size_wh"][0].as_u64().unwrap(), img["original_size_wh"][1].as_u64().unwrap()]);
         let ours = image.model_view(model.image_size());
         let want = golden_view(name);
-        let max = ours
-            .chw
-            .iter()
-            .zip(&want.chw)
-            .map(|(a, b)| a.abs_diff(*b))
-            .max()
-            .unwrap();
-        let differing = ours
-            .chw
-            .iter()
-            .zip(&want.chw)
-            .filter(|(a, b)| a != b)
-            .count();
+        let max = ours.chw.iter().zip(&want.chw).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
+        let differing = ours.chw.iter().zip(&want.chw).filter(|(a, b)| a != b).count();
         if file.ends_with(".png") {
             assert_eq!(max, 0, "{name}: PNG input must resize bit-exactly");
             let digest = hex(&Sha256::digest(&ours.chw));
@@ -63,15 +43,9 @@ fn resized_pixels_match_pillow() {
             // JPEG: the goldens were decoded by libjpeg-turbo (Pillow); the `image` crate's
             // decoder (zune-jpeg) rounds its IDCT/upsampling differently. Measured after the
             // resize: cxr_rsna 2544 of 602112 values differ by 1; mri_brain 3684 by at most 2.
-            eprintln!(
-                "{name}: JPEG decode differs from Pillow's on {differing} of {} values, max {max}",
-                ours.chw.len()
-            );
+            eprintln!("{name}: JPEG decode differs from Pillow's on {differing} of {} values, max {max}", ours.chw.len());
             assert!(max <= 2, "{name}: JPEG decoder differs by {max} levels");
-            assert!(
-                (differing as f64) < 0.01 * ours.chw.len() as f64,
-                "{name}: {differing} values differ"
-            );
+            assert!((differing as f64) < 0.01 * ours.chw.len() as f64, "{name}: {differing} values differ");
         }
     }
 }
@@ -82,11 +56,7 @@ fn pixel_values_are_bit_exact() {
         let name = img["name"].as_str().unwrap();
         let values = golden_view(name).normalized();
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-        assert_eq!(
-            hex(&Sha256::digest(&bytes)),
-            img["pixel_values_f32le_sha256"].as_str().unwrap(),
-            "{name}"
-        );
+        assert_eq!(hex(&Sha256::digest(&bytes)), img["pixel_values_f32le_sha256"].as_str().unwrap(), "{name}");
     }
 }
 
@@ -108,10 +78,7 @@ fn vision_stages_match() {
         }
         let d = max_abs_diff(&stages.features, tensor(&format!("vit_features.{name}")));
         assert!(d <= 1e-4, "{name}: vit_features differ by {d}");
-        let d = max_abs_diff(
-            &stages.image_embeds,
-            tensor(&format!("image_embeds.{name}")),
-        );
+        let d = max_abs_diff(&stages.image_embeds, tensor(&format!("image_embeds.{name}")));
         assert!(d <= 1e-4, "{name}: image_embeds differ by {d}");
     }
 }
@@ -134,10 +101,7 @@ fn task_of(p: &serde_json::Value) -> Task {
         "detection" => Task::Detection(arg.unwrap()),
         "refer" => Task::Refer(arg.unwrap()),
         "vqa" => Task::Vqa(arg.unwrap()),
-        "identify" => Task::Identify {
-            region: Region::Grid([12, 34, 56, 78]),
-            question: None,
-        },
+        "identify" => Task::Identify { region: Region::Grid([12, 34, 56, 78]), question: None },
         t if t.starts_with("report") => Task::Report(None),
         "grounding" => Task::Grounding(None),
         other => panic!("unknown task {other}"),
@@ -150,40 +114,20 @@ fn prompts_tokenize_like_the_original() {
     for p in golden_json()["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let instruction = task_of(p).instruction(100, 100).unwrap();
-        assert_eq!(
-            instruction,
-            p["instruction"].as_str().unwrap(),
-            "{name}: task instruction"
-        );
+        assert_eq!(instruction, p["instruction"].as_str().unwrap(), "{name}: task instruction");
         let prompt = model.prompt(&instruction).unwrap();
         assert_eq!(prompt.text, p["prompt"].as_str().unwrap());
-        assert_eq!(
-            prompt.before_image,
-            ids(&format!("segment0_ids.{name}")),
-            "{name}: segment 0"
-        );
-        assert_eq!(
-            prompt.after_image,
-            ids(&format!("segment1_ids.{name}")),
-            "{name}: segment 1"
-        );
+        assert_eq!(prompt.before_image, ids(&format!("segment0_ids.{name}")), "{name}: segment 0");
+        assert_eq!(prompt.after_image, ids(&format!("segment1_ids.{name}")), "{name}: segment 1");
         assert_eq!(&prompt.before_image[..2], &[1, 1], "double BOS");
     }
     for case in golden_json()["tokenizer_cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let want: Vec<u32> = case["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
         let bos = want.first() == Some(&1) && !text.starts_with("<s>");
         let got = model.tokenizer().encode(text, bos).unwrap();
         assert_eq!(got, want, "tokenizing {text:?}");
-        assert_eq!(
-            model.tokenizer().decode(&got).unwrap(),
-            case["decoded_skip_special"].as_str().unwrap()
-        );
+        assert_eq!(model.tokenizer().decode(&got).unwrap(), case["decoded_skip_special"].as_str().unwrap());
     }
 }
 
@@ -202,23 +146,10 @@ fn llm_matches_embeddings_logits_and_greedy_tokens() {
         assert!(d <= 2e-3, "{name}: last logits differ by {d}");
 
         let answer = model
-            .generate_from_embeddings(
-                &emb,
-                p["instruction"].as_str().unwrap(),
-                &GenerateOptions::greedy(20),
-                &mut |_| true,
-            )
+            .generate_from_embeddings(&emb, p["instruction"].as_str().unwrap(), &GenerateOptions::greedy(20), &mut |_| true)
             .unwrap();
-        assert_eq!(
-            answer.token_ids,
-            ids(&format!("generated_ids.{name}")),
-            "{name}: greedy ids"
-        );
-        assert_eq!(
-            answer.text,
-            p["answer"].as_str().unwrap(),
-            "{name}: answer text"
-        );
+        assert_eq!(answer.token_ids, ids(&format!("generated_ids.{name}")), "{name}: greedy ids");
+        assert_eq!(answer.text, p["answer"].as_str().unwrap(), "{name}: answer text");
     }
 }
 
@@ -228,22 +159,14 @@ fn whole_pipeline_from_png_files() {
     let model = model();
     for p in golden_json()["prompts"].as_array().unwrap() {
         let image_name = p["image"].as_str().unwrap();
-        let img = images()
-            .into_iter()
-            .find(|i| i["name"] == image_name)
-            .unwrap();
+        let img = images().into_iter().find(|i| i["name"] == image_name).unwrap();
         let file = img["file"].as_str().unwrap();
         if !file.ends_with(".png") {
             continue;
         }
         let image = Image::open(fixtures().join(file)).unwrap();
-        let answer = model
-            .generate(&image, &task_of(p), &GenerateOptions::greedy(20))
-            .unwrap();
-        assert_eq!(
-            answer.token_ids,
-            ids(&format!("generated_ids.{}", p["name"].as_str().unwrap()))
-        );
+        let answer = model.generate(&image, &task_of(p), &GenerateOptions::greedy(20)).unwrap();
+        assert_eq!(answer.token_ids, ids(&format!("generated_ids.{}", p["name"].as_str().unwrap())));
         assert_eq!(answer.text, p["answer"].as_str().unwrap());
     }
 }

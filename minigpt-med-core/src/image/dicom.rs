@@ -70,41 +70,24 @@ fn guarded<T>(name: Option<&str>, what: &str, f: impl FnOnce() -> Result<T>) -> 
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        Err(Error::image(
-            name,
-            format!("{what} failed on malformed data (decoder panic: {msg}); the file is corrupt"),
-        ))
+        Err(Error::image(name, format!("{what} failed on malformed data (decoder panic: {msg}); the file is corrupt")))
     })
 }
 
 /// Decodes one frame of a DICOM file held in memory (`bytes` starts with the preamble or `DICM`).
-pub(crate) fn decode(
-    bytes: &[u8],
-    frame: Option<usize>,
-    max_pixels: u64,
-    name: Option<&str>,
-) -> Result<Decoded> {
+pub(crate) fn decode(bytes: &[u8], frame: Option<usize>, max_pixels: u64, name: Option<&str>) -> Result<Decoded> {
     let err = |reason: String| Error::image(name, reason);
-    let start =
-        magic_offset(bytes).ok_or_else(|| err("not a DICOM file (no DICM magic)".into()))?;
+    let start = magic_offset(bytes).ok_or_else(|| err("not a DICOM file (no DICM magic)".into()))?;
     // dicom-rs allocates (and zeroes) each value's declared length before reading it, so a
     // hostile 4 GiB length would be honoured: check every length against the bytes first.
-    guarded(name, "DICOM length check", || {
-        check_lengths(&bytes[start..], max_pixels).map_err(err)
-    })?;
+    guarded(name, "DICOM length check", || check_lengths(&bytes[start..], max_pixels).map_err(err))?;
     let obj = guarded(name, "DICOM parsing", || {
         OpenFileOptions::new()
             .read_preamble(ReadPreamble::Never)
             .from_reader(&bytes[start..])
-            .map_err(|e| {
-                err(format!(
-                    "cannot parse the DICOM file (truncated or corrupt?): {e}"
-                ))
-            })
+            .map_err(|e| err(format!("cannot parse the DICOM file (truncated or corrupt?): {e}")))
     })?;
-    guarded(name, "DICOM pixel decoding", || {
-        decode_object(&obj, frame, max_pixels, name)
-    })
+    guarded(name, "DICOM pixel decoding", || decode_object(&obj, frame, max_pixels, name))
 }
 
 /// Walks the file's elements (meta group, then the data set in its transfer syntax) and fails
@@ -115,14 +98,9 @@ fn check_lengths(bytes: &[u8], max_pixels: u64) -> std::result::Result<(), Strin
     let mut ts = String::new();
     while bytes.len() >= pos + 8 && bytes[pos..pos + 2] == [2, 0] {
         let (hdr, len) = explicit_header(&bytes[pos..], true).ok_or("truncated file meta group")?;
-        let end = (pos + hdr)
-            .checked_add(len)
-            .filter(|&e| e <= bytes.len())
-            .ok_or("truncated file meta group")?;
+        let end = (pos + hdr).checked_add(len).filter(|&e| e <= bytes.len()).ok_or("truncated file meta group")?;
         if bytes[pos + 2..pos + 4] == [0x10, 0] {
-            ts = String::from_utf8_lossy(&bytes[pos + hdr..end])
-                .trim_matches(['\0', ' '])
-                .to_string();
+            ts = String::from_utf8_lossy(&bytes[pos + hdr..end]).trim_matches(['\0', ' ']).to_string();
         }
         pos = end;
     }
@@ -140,9 +118,7 @@ fn check_lengths(bytes: &[u8], max_pixels: u64) -> std::result::Result<(), Strin
                 .read_to_end(&mut inflated)
                 .map_err(|e| format!("corrupt deflated data set: {e}"))?;
             if inflated.len() as u64 > cap {
-                return Err(format!(
-                    "the deflated data set inflates beyond {cap} bytes (decompression bomb?)"
-                ));
+                return Err(format!("the deflated data set inflates beyond {cap} bytes (decompression bomb?)"));
             }
             walk(&inflated, true, true)
         }
@@ -153,13 +129,7 @@ fn check_lengths(bytes: &[u8], max_pixels: u64) -> std::result::Result<(), Strin
 /// Header size and value length of an explicit-VR element at the start of `d`.
 fn explicit_header(d: &[u8], le: bool) -> Option<(usize, usize)> {
     let u16_at = |o: usize| {
-        d.get(o..o + 2).map(|b| {
-            if le {
-                u16::from_le_bytes([b[0], b[1]])
-            } else {
-                u16::from_be_bytes([b[0], b[1]])
-            }
-        })
+        d.get(o..o + 2).map(|b| if le { u16::from_le_bytes([b[0], b[1]]) } else { u16::from_be_bytes([b[0], b[1]]) })
     };
     let u32_at = |o: usize| {
         d.get(o..o + 4).map(|b| {
@@ -174,8 +144,8 @@ fn explicit_header(d: &[u8], le: bool) -> Option<(usize, usize)> {
     // As dicom-rs reads it: these VRs have a 2-byte length, every other (unknown ones
     // included, read as UN) 2 reserved bytes and a 4-byte length.
     let short = [
-        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
-        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN", b"SH", b"SL", b"SS",
+        b"ST", b"TM", b"UI", b"UL", b"US",
     ];
     if short.iter().any(|s| s[..] == *vr) {
         Some((8, usize::from(u16_at(6)?)))
@@ -321,27 +291,14 @@ fn decode_object(
         }
         data.truncate(want);
         // JPEG and JPEG 2000 decoders output RGB; RLE keeps the stored colour space.
-        let photometric = if h.samples == 3 && ts_uid != RLE_LOSSLESS {
-            "RGB"
-        } else {
-            h.photometric.as_str()
-        };
+        let photometric = if h.samples == 3 && ts_uid != RLE_LOSSLESS { "RGB" } else { h.photometric.as_str() };
         (Cow::Owned(data), photometric)
     } else {
-        let all = pixel
-            .to_bytes()
-            .map_err(|e| err(format!("unreadable Pixel Data: {e}")))?;
-        (
-            Cow::Owned(native_frame(&all, frame, &h, ybr422).map_err(err)?),
-            h.photometric.as_str(),
-        )
+        let all = pixel.to_bytes().map_err(|e| err(format!("unreadable Pixel Data: {e}")))?;
+        (Cow::Owned(native_frame(&all, frame, &h, ybr422).map_err(err)?), h.photometric.as_str())
     };
     // Native YBR_FULL_422 is subsampled: expand it to one Y, Cb, Cr triple per pixel.
-    let data = if ybr422 && photometric == "YBR_FULL_422" {
-        Cow::Owned(expand_422(&data, h.cols))
-    } else {
-        data
-    };
+    let data = if ybr422 && photometric == "YBR_FULL_422" { Cow::Owned(expand_422(&data, h.cols)) } else { data };
     let native = pixel.fragments().is_none();
 
     let mut info = DicomInfo {
@@ -385,13 +342,7 @@ fn decode_object(
             )))
         }
     };
-    Ok(Decoded {
-        width: h.cols,
-        height: h.rows,
-        pixels,
-        invert,
-        info,
-    })
+    Ok(Decoded { width: h.cols, height: h.rows, pixels, invert, info })
 }
 
 fn header(obj: &DefaultDicomObject) -> std::result::Result<Header, String> {
@@ -399,31 +350,20 @@ fn header(obj: &DefaultDicomObject) -> std::result::Result<Header, String> {
         match obj.element_opt(tag).ok().flatten() {
             None => Ok(None),
             Some(e) if e.is_empty() => Ok(None),
-            Some(e) => e
-                .to_int::<i64>()
-                .map(Some)
-                .map_err(|e| format!("invalid {what}: {e}")),
+            Some(e) => e.to_int::<i64>().map(Some).map_err(|e| format!("invalid {what}: {e}")),
         }
     };
-    let required = |tag: Tag, what: &str| {
-        int(tag, what)?.ok_or_else(|| format!("missing {what}: not an image object"))
-    };
+    let required = |tag: Tag, what: &str| int(tag, what)?.ok_or_else(|| format!("missing {what}: not an image object"));
     let rows = required(tags::ROWS, "Rows")?;
     let cols = required(tags::COLUMNS, "Columns")?;
     if !(1..=65535).contains(&rows) || !(1..=65535).contains(&cols) {
-        return Err(format!(
-            "invalid size {cols}x{rows} (Columns x Rows must be 1..=65535)"
-        ));
+        return Err(format!("invalid size {cols}x{rows} (Columns x Rows must be 1..=65535)"));
     }
     let photometric = obj
         .element_opt(tags::PHOTOMETRIC_INTERPRETATION)
         .ok()
         .flatten()
-        .and_then(|e| {
-            e.to_str()
-                .ok()
-                .map(|s| s.trim_matches([' ', '\0']).to_ascii_uppercase())
-        })
+        .and_then(|e| e.to_str().ok().map(|s| s.trim_matches([' ', '\0']).to_ascii_uppercase()))
         .ok_or("missing Photometric Interpretation")?;
     let samples = int(tags::SAMPLES_PER_PIXEL, "Samples per Pixel")?.unwrap_or(1);
     let bits_allocated = required(tags::BITS_ALLOCATED, "Bits Allocated")?;
@@ -431,24 +371,15 @@ fn header(obj: &DefaultDicomObject) -> std::result::Result<Header, String> {
     let signed = int(tags::PIXEL_REPRESENTATION, "Pixel Representation")?.unwrap_or(0) == 1;
     let planar = int(tags::PLANAR_CONFIGURATION, "Planar Configuration")?.unwrap_or(0) == 1;
     let frames = int(tags::NUMBER_OF_FRAMES, "Number of Frames")?.unwrap_or(1);
-    let colour = matches!(
-        photometric.as_str(),
-        "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_RCT" | "YBR_ICT"
-    );
+    let colour = matches!(photometric.as_str(), "RGB" | "YBR_FULL" | "YBR_FULL_422" | "YBR_RCT" | "YBR_ICT");
     if samples != if colour { 3 } else { 1 } {
-        return Err(format!(
-            "Samples per Pixel {samples} does not fit Photometric Interpretation {photometric}"
-        ));
+        return Err(format!("Samples per Pixel {samples} does not fit Photometric Interpretation {photometric}"));
     }
     if ![1, 8, 16, 32].contains(&bits_allocated) || (bits_allocated == 1 && samples != 1) {
-        return Err(format!(
-            "Bits Allocated {bits_allocated} is not supported (1 for monochrome, 8, 16 or 32)"
-        ));
+        return Err(format!("Bits Allocated {bits_allocated} is not supported (1 for monochrome, 8, 16 or 32)"));
     }
     if !(1..=bits_allocated).contains(&bits_stored) {
-        return Err(format!(
-            "Bits Stored {bits_stored} is invalid for Bits Allocated {bits_allocated}"
-        ));
+        return Err(format!("Bits Stored {bits_stored} is invalid for Bits Allocated {bits_allocated}"));
     }
     if photometric == "PALETTE COLOR" && bits_allocated > 16 {
         return Err("PALETTE COLOR needs 8- or 16-bit indices".into());
@@ -472,13 +403,8 @@ fn header(obj: &DefaultDicomObject) -> std::result::Result<Header, String> {
 /// A numeric attribute for `frame`: top level, else the per-frame functional group `seq`,
 /// else the shared one; the first value when several are stored.
 fn frame_f64(obj: &DefaultDicomObject, seq: Tag, tag: Tag, frame: usize) -> Option<f64> {
-    let first = |e: &dicom_object::mem::InMemElement| {
-        e.to_multi_float64()
-            .ok()?
-            .first()
-            .copied()
-            .filter(|v| v.is_finite())
-    };
+    let first =
+        |e: &dicom_object::mem::InMemElement| e.to_multi_float64().ok()?.first().copied().filter(|v| v.is_finite());
     if let Some(e) = obj.element_opt(tag).ok().flatten() {
         return first(e);
     }
@@ -492,12 +418,7 @@ fn frame_f64(obj: &DefaultDicomObject, seq: Tag, tag: Tag, frame: usize) -> Opti
 }
 
 /// The bytes of `frame` in uncompressed Pixel Data, checked against the declared size.
-fn native_frame(
-    all: &[u8],
-    frame: usize,
-    h: &Header,
-    ybr422: bool,
-) -> std::result::Result<Vec<u8>, String> {
+fn native_frame(all: &[u8], frame: usize, h: &Header, ybr422: bool) -> std::result::Result<Vec<u8>, String> {
     let pixels = h.rows * h.cols;
     if h.bits_allocated == 1 {
         // Bit-packed, frames not necessarily byte aligned: unpack to one 0/1 byte per pixel.
@@ -531,10 +452,7 @@ fn native_frame(
 
 /// Rejects compressed frames whose codestream declares a larger image than the header,
 /// before the decoder allocates for it.
-fn check_codestreams<'a>(
-    fragments: impl Iterator<Item = &'a [u8]>,
-    h: &Header,
-) -> std::result::Result<(), String> {
+fn check_codestreams<'a>(fragments: impl Iterator<Item = &'a [u8]>, h: &Header) -> std::result::Result<(), String> {
     for f in fragments {
         if let Some((w, h2)) = jpeg_size(f).or_else(|| j2k_size(f)) {
             if w as usize > h.cols || h2 as usize > h.rows {
@@ -566,10 +484,7 @@ fn jpeg_size(f: &[u8]) -> Option<(u32, u32)> {
         let len = usize::from(u16::from_be_bytes([f[i + 2], f[i + 3]]));
         if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
             let s = f.get(i + 5..i + 9)?;
-            return Some((
-                u32::from(u16::from_be_bytes([s[2], s[3]])),
-                u32::from(u16::from_be_bytes([s[0], s[1]])),
-            ));
+            return Some((u32::from(u16::from_be_bytes([s[2], s[3]])), u32::from(u16::from_be_bytes([s[0], s[1]]))));
         }
         if marker == 0xDA {
             return None;
@@ -584,10 +499,7 @@ fn j2k_size(f: &[u8]) -> Option<(u32, u32)> {
     if !f.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
         return None;
     }
-    let u32_at = |o: usize| {
-        f.get(o..o + 4)
-            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    };
+    let u32_at = |o: usize| f.get(o..o + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
     // SIZ: marker(2) Lsiz(2) Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4), after SOC (2).
     let (x, y, xo, yo) = (u32_at(8)?, u32_at(12)?, u32_at(16)?, u32_at(20)?);
     Some((x.saturating_sub(xo), y.saturating_sub(yo)))
@@ -607,19 +519,10 @@ fn sample(data: &[u8], i: usize, bytes: usize, native: bool) -> u32 {
 }
 
 /// Stored monochrome values: masked to Bits Stored, sign-extended when signed.
-fn stored_values<'a>(
-    data: &'a [u8],
-    h: &Header,
-    native: bool,
-    signed: bool,
-) -> impl Iterator<Item = i64> + 'a {
+fn stored_values<'a>(data: &'a [u8], h: &Header, native: bool, signed: bool) -> impl Iterator<Item = i64> + 'a {
     let bytes = usize::from(h.bits_allocated.div_ceil(8));
     let (bits, signed) = (u32::from(h.bits_stored), signed && h.bits_allocated > 1);
-    let mask = if bits >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits) - 1
-    };
+    let mask = if bits >= 32 { u32::MAX } else { (1u32 << bits) - 1 };
     (0..h.rows * h.cols).map(move |i| {
         let v = i64::from(sample(data, i, bytes, native) & mask);
         if signed && v >> (bits - 1) & 1 == 1 {
@@ -635,11 +538,7 @@ fn rgb8(data: &[u8], h: &Header, native: bool) -> Vec<u8> {
     let bytes = usize::from(h.bits_allocated / 8);
     let n = h.rows * h.cols;
     let shift = u32::from(h.bits_stored.saturating_sub(8));
-    let mask = if h.bits_stored >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << h.bits_stored) - 1
-    };
+    let mask = if h.bits_stored >= 32 { u32::MAX } else { (1u32 << h.bits_stored) - 1 };
     // Uncompressed data may be planar (RRR..GGG..BBB); decoder output is always interleaved.
     let planar = native && h.planar;
     (0..n * 3)
@@ -654,43 +553,23 @@ fn rgb8(data: &[u8], h: &Header, native: bool) -> Vec<u8> {
 /// YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair) to one Y Cb Cr triple per pixel.
 fn expand_422(data: &[u8], cols: usize) -> Vec<u8> {
     debug_assert!(cols % 2 == 0);
-    data.chunks_exact(4)
-        .flat_map(|q| [q[0], q[2], q[3], q[1], q[2], q[3]])
-        .collect()
+    data.chunks_exact(4).flat_map(|q| [q[0], q[2], q[3], q[1], q[2], q[3]]).collect()
 }
 
 /// YCbCr (full range, BT.601) to RGB, as PS3.3 C.7.6.3.1.2 defines YBR_FULL.
 fn ybr_to_rgb(ybr: &[u8]) -> Vec<u8> {
     ybr.chunks_exact(3)
         .flat_map(|p| {
-            let (y, cb, cr) = (
-                f64::from(p[0]),
-                f64::from(p[1]) - 128.0,
-                f64::from(p[2]) - 128.0,
-            );
+            let (y, cb, cr) = (f64::from(p[0]), f64::from(p[1]) - 128.0, f64::from(p[2]) - 128.0);
             let c = |v: f64| v.round().clamp(0.0, 255.0) as u8;
-            [
-                c(y + 1.402 * cr),
-                c(y - 0.344_136 * cb - 0.714_136 * cr),
-                c(y + 1.772 * cb),
-            ]
+            [c(y + 1.402 * cr), c(y - 0.344_136 * cb - 0.714_136 * cr), c(y + 1.772 * cb)]
         })
         .collect()
 }
 
 /// PALETTE COLOR: each stored index looked up in the Red/Green/Blue Palette Color LUTs.
-fn palette(
-    obj: &DefaultDicomObject,
-    data: &[u8],
-    h: &Header,
-    native: bool,
-) -> std::result::Result<Vec<u8>, String> {
-    if obj
-        .element_opt(tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA)
-        .ok()
-        .flatten()
-        .is_some()
-    {
+fn palette(obj: &DefaultDicomObject, data: &[u8], h: &Header, native: bool) -> std::result::Result<Vec<u8>, String> {
+    if obj.element_opt(tags::SEGMENTED_RED_PALETTE_COLOR_LOOKUP_TABLE_DATA).ok().flatten().is_some() {
         return Err("segmented palette colour LUTs are not supported".into());
     }
     let lut = |desc: Tag, data_tag: Tag| -> std::result::Result<(Vec<u8>, i64), String> {
@@ -718,25 +597,13 @@ fn palette(
         } else if raw.len() >= entries {
             raw[..entries].to_vec()
         } else {
-            return Err(format!(
-                "Palette Color LUT Data holds {} bytes for {entries} entries",
-                raw.len()
-            ));
+            return Err(format!("Palette Color LUT Data holds {} bytes for {entries} entries", raw.len()));
         };
         Ok((table, d[1]))
     };
-    let (r, first) = lut(
-        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-        tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
-    )?;
-    let (g, _) = lut(
-        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-        tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
-    )?;
-    let (b, _) = lut(
-        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
-        tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
-    )?;
+    let (r, first) = lut(tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
+    let (g, _) = lut(tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
+    let (b, _) = lut(tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA)?;
     Ok(stored_values(data, h, native, false)
         .flat_map(|v| {
             let at = |t: &[u8]| t[(v - first).clamp(0, t.len() as i64 - 1) as usize];
@@ -752,9 +619,7 @@ mod tests {
     #[test]
     fn reads_codestream_sizes() {
         let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE0, 0x00, 0x04, 0, 0];
-        jpeg.extend([
-            0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0x00, 0x02, 0x00, 1, 0, 0, 0,
-        ]);
+        jpeg.extend([0xFF, 0xC0, 0x00, 0x0B, 8, 0x01, 0x00, 0x02, 0x00, 1, 0, 0, 0]);
         assert_eq!(jpeg_size(&jpeg), Some((512, 256)));
         let mut j2k = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 41, 0, 0];
         j2k.extend(64u32.to_be_bytes());

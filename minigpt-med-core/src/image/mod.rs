@@ -22,7 +22,9 @@ pub const DEFAULT_MAX_PIXELS: u64 = 256 * 1024 * 1024;
 
 /// The CLIP normalisation mean used by MiniGPT-Med, per RGB channel.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
-/// The CLIP normalisation standard deviation, per RGB channel.
+/// The CLIP normalisation standard deviation, per RGB channel (written as in torchvision's
+/// config; the f32 values are what matter).
+#[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
 /// Decoded pixels, before any resizing. Row-major, top row first.
@@ -112,13 +114,7 @@ pub struct ImageOptions {
 
 impl Default for ImageOptions {
     fn default() -> Self {
-        Self {
-            window: None,
-            preset: None,
-            frame: None,
-            color: ColorMode::Gray,
-            max_pixels: DEFAULT_MAX_PIXELS,
-        }
+        Self { window: None, preset: None, frame: None, color: ColorMode::Gray, max_pixels: DEFAULT_MAX_PIXELS }
     }
 }
 
@@ -156,9 +152,9 @@ impl ImageOptions {
     /// The window the caller asked for (explicit or preset), if any.
     pub fn requested_window(&self) -> Result<Option<Window>> {
         match (self.window, self.preset) {
-            (Some(_), Some(p)) => Err(Error::InvalidOption(format!(
-                "both a window and the {p} preset were given; choose one"
-            ))),
+            (Some(_), Some(p)) => {
+                Err(Error::InvalidOption(format!("both a window and the {p} preset were given; choose one")))
+            }
             (w, p) => Ok(w.or(p.map(WindowPreset::window))),
         }
     }
@@ -180,9 +176,7 @@ impl std::str::FromStr for ColorMode {
         match s.to_ascii_lowercase().as_str() {
             "gray" | "grey" | "l" => Ok(Self::Gray),
             "rgb" | "color" | "colour" => Ok(Self::Rgb),
-            other => Err(Error::InvalidOption(format!(
-                "colour mode {other:?}: use gray or rgb"
-            ))),
+            other => Err(Error::InvalidOption(format!("colour mode {other:?}: use gray or rgb"))),
         }
     }
 }
@@ -211,24 +205,14 @@ impl Image {
         if width == 0 || height == 0 {
             return Err(Error::image(None, format!("zero size {width}x{height}")));
         }
-        let expected = width
-            .checked_mul(height)
-            .and_then(|n| n.checked_mul(per_pixel));
+        let expected = width.checked_mul(height).and_then(|n| n.checked_mul(per_pixel));
         if expected != Some(len) {
             return Err(Error::image(
                 None,
                 format!("{width}x{height} with {per_pixel} value(s) per pixel does not match a buffer of {len} values"),
             ));
         }
-        Ok(Self {
-            width,
-            height,
-            pixels,
-            window: None,
-            color: ColorMode::Gray,
-            invert: false,
-            dicom: None,
-        })
+        Ok(Self { width, height, pixels, window: None, color: ColorMode::Gray, invert: false, dicom: None })
     }
 
     /// Decodes an image file with default options (format sniffed from the content: PNG, JPEG,
@@ -241,8 +225,7 @@ impl Image {
     pub fn open_with(path: impl AsRef<Path>, opts: &ImageOptions) -> Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path)
-            .map_err(|e| Error::image(Some(&name), format!("cannot read the file: {e}")))?;
+        let bytes = std::fs::read(path).map_err(|e| Error::image(Some(&name), format!("cannot read the file: {e}")))?;
         Self::decode(&bytes, Some(&name), opts)
     }
 
@@ -270,10 +253,7 @@ impl Image {
                 Self::decode_common(bytes, name, opts.max_pixels)
             }));
             decoded.unwrap_or_else(|_| {
-                Err(Error::image(
-                    name,
-                    "the decoder failed on malformed data; the file is corrupt",
-                ))
+                Err(Error::image(name, "the decoder failed on malformed data; the file is corrupt"))
             })?
         };
         if let Some(w) = requested {
@@ -285,8 +265,7 @@ impl Image {
     #[cfg(feature = "dicom")]
     fn decode_dicom(bytes: &[u8], name: Option<&str>, opts: &ImageOptions) -> Result<Self> {
         let d = dicom::decode(bytes, opts.frame, opts.max_pixels, name)?;
-        let mut image =
-            Self::from_pixels(d.width, d.height, d.pixels).map_err(|e| rename(e, name))?;
+        let mut image = Self::from_pixels(d.width, d.height, d.pixels).map_err(|e| rename(e, name))?;
         image.invert = d.invert;
         image.window = d.info.file_window;
         image.dicom = Some(Box::new(d.info));
@@ -295,10 +274,7 @@ impl Image {
 
     #[cfg(not(feature = "dicom"))]
     fn decode_dicom(_bytes: &[u8], name: Option<&str>, _opts: &ImageOptions) -> Result<Self> {
-        Err(Error::image(
-            name,
-            "DICOM input needs minigpt-med built with the `dicom` feature (on by default)",
-        ))
+        Err(Error::image(name, "DICOM input needs minigpt-med built with the `dicom` feature (on by default)"))
     }
 
     /// PNG, JPEG, TIFF or BMP through the `image` crate.
@@ -311,14 +287,9 @@ impl Image {
         };
         let probe = reader()?;
         let Some(format) = probe.format() else {
-            return Err(Error::image(
-                name,
-                "not a PNG, JPEG, TIFF, BMP or DICOM image (unrecognised content)",
-            ));
+            return Err(Error::image(name, "not a PNG, JPEG, TIFF, BMP or DICOM image (unrecognised content)"));
         };
-        let (w, h) = probe
-            .into_dimensions()
-            .map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
+        let (w, h) = probe.into_dimensions().map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
         let pixels = u64::from(w) * u64::from(h);
         if w == 0 || h == 0 {
             return Err(Error::image(name, format!("zero size {w}x{h}")));
@@ -329,21 +300,20 @@ impl Image {
                 format!("{w}x{h} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"),
             ));
         }
-        if format == image::ImageFormat::Png
-            && pixels > (bytes.len() as u64).saturating_mul(PNG_MAX_EXPANSION)
-        {
+        if format == image::ImageFormat::Png && pixels > (bytes.len() as u64).saturating_mul(PNG_MAX_EXPANSION) {
             return Err(Error::image(
                 name,
-                format!("the PNG header declares {w}x{h} but the file holds only {} bytes; it is truncated or corrupt", bytes.len()),
+                format!(
+                    "the PNG header declares {w}x{h} but the file holds only {} bytes; it is truncated or corrupt",
+                    bytes.len()
+                ),
             ));
         }
         let mut reader = reader()?;
         let mut limits = image::Limits::default();
         limits.max_alloc = Some(max_pixels.saturating_mul(8));
         reader.limits(limits);
-        let img = reader
-            .decode()
-            .map_err(|e| Error::image(name, format!("cannot decode: {e}")))?;
+        let img = reader.decode().map_err(|e| Error::image(name, format!("cannot decode: {e}")))?;
         let (w, h) = (img.width() as usize, img.height() as usize);
         let pixels = match img {
             D::ImageLuma8(b) => Pixels::Gray8(b.into_raw()),
@@ -393,12 +363,8 @@ impl Image {
     pub fn effective_window(&self) -> Option<Window> {
         match &self.pixels {
             Pixels::Gray8(_) | Pixels::Rgb8(_) => None,
-            Pixels::Gray16(v) => self
-                .window
-                .or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
-            Pixels::GrayF32(v) => self
-                .window
-                .or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
+            Pixels::Gray16(v) => self.window.or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
+            Pixels::GrayF32(v) => self.window.or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
         }
     }
 
@@ -515,9 +481,7 @@ impl ModelView {
     /// Interleaved `size x size x 3` RGB bytes (HWC), e.g. for writing a PNG.
     pub fn to_hwc(&self) -> Vec<u8> {
         let n = self.size * self.size;
-        (0..n)
-            .flat_map(|i| [self.chw[i], self.chw[n + i], self.chw[2 * n + i]])
-            .collect()
+        (0..n).flat_map(|i| [self.chw[i], self.chw[n + i], self.chw[2 * n + i]]).collect()
     }
 
     /// Normalised pixel values `[3, size, size]` f32: `(u8 / 255 - mean) / std` with true
@@ -537,14 +501,12 @@ impl ModelView {
     /// Writes the view as an 8-bit RGB PNG (`size x size`), e.g. for `minigpt-med preprocess`.
     pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_png()?)
-            .map_err(|e| Error::io(path, e, "the directory must exist and be writable"))
+        std::fs::write(path, self.to_png()?).map_err(|e| Error::io(path, e, "the directory must exist and be writable"))
     }
 
     /// The view encoded as an 8-bit RGB PNG.
     pub fn to_png(&self) -> Result<Vec<u8>> {
-        let side =
-            u32::try_from(self.size).map_err(|_| Error::image(None, "view too large for PNG"))?;
+        let side = u32::try_from(self.size).map_err(|_| Error::image(None, "view too large for PNG"))?;
         let mut out = Vec::new();
         image::ImageEncoder::write_image(
             image::codecs::png::PngEncoder::new(&mut out),
@@ -559,10 +521,6 @@ impl ModelView {
 
     /// The normalised pixels as a `[3, size, size]` f32 tensor.
     pub fn tensor(&self, device: &Device) -> Result<Tensor> {
-        Ok(Tensor::from_vec(
-            self.normalized(),
-            (3, self.size, self.size),
-            device,
-        )?)
+        Ok(Tensor::from_vec(self.normalized(), (3, self.size, self.size), device)?)
     }
 }

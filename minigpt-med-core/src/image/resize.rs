@@ -34,9 +34,7 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
             // `as i64` truncates toward zero, as Pillow's (int) cast does.
             let xmin = ((center - support + 0.5) as i64).max(0) as usize;
             let xmax = ((center + support + 0.5) as i64).min(in_size as i64) as usize;
-            let raw: Vec<f64> = (xmin..xmax)
-                .map(|x| bicubic((x as f64 - center + 0.5) * ss))
-                .collect();
+            let raw: Vec<f64> = (xmin..xmax).map(|x| bicubic((x as f64 - center + 0.5) * ss)).collect();
             let sum: f64 = raw.iter().sum();
             let weights = raw
                 .iter()
@@ -46,10 +44,7 @@ fn taps(in_size: usize, out_size: usize) -> Vec<Taps> {
                     (if w < 0.0 { scaled - 0.5 } else { scaled + 0.5 }) as i32
                 })
                 .collect();
-            Taps {
-                start: xmin,
-                weights,
-            }
+            Taps { start: xmin, weights }
         })
         .collect()
 }
@@ -60,13 +55,7 @@ fn clip8(acc: i32) -> u8 {
 
 /// Resizes one 8-bit plane (`width * height`, row-major) to `out_w * out_h` exactly as Pillow's
 /// BICUBIC filter does. A pass whose size does not change is skipped, as in Pillow.
-pub fn resize_plane_bicubic(
-    src: &[u8],
-    width: usize,
-    height: usize,
-    out_w: usize,
-    out_h: usize,
-) -> Vec<u8> {
+pub fn resize_plane_bicubic(src: &[u8], width: usize, height: usize, out_w: usize, out_h: usize) -> Vec<u8> {
     debug_assert_eq!(src.len(), width * height);
     let rounding = 1i32 << (PRECISION_BITS - 1);
     let horizontal = if out_w != width {

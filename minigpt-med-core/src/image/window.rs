@@ -35,10 +35,7 @@ impl Window {
     /// The window spanning `min..=max` exactly: `min` maps to 0, `max` to 255, linearly between.
     pub fn min_max(min: f64, max: f64) -> Self {
         let width = (max - min + 1.0).max(1.0);
-        Self {
-            center: min + (width - 1.0) / 2.0 + 0.5,
-            width,
-        }
+        Self { center: min + (width - 1.0) / 2.0 + 0.5, width }
     }
 
     /// The min-max window of the finite values in `values` (`None` if there are none).
@@ -46,9 +43,7 @@ impl Window {
         let (lo, hi) = values
             .into_iter()
             .filter(|v| v.is_finite())
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                (lo.min(v), hi.max(v))
-            });
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
         (lo <= hi).then(|| Self::min_max(lo, hi))
     }
 }
@@ -58,18 +53,12 @@ impl Window {
 impl std::str::FromStr for Window {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        let bad = || {
-            Error::InvalidOption(format!(
-                "window {s:?}: expected CENTER,WIDTH such as -600,1500"
-            ))
-        };
+        let bad = || Error::InvalidOption(format!("window {s:?}: expected CENTER,WIDTH such as -600,1500"));
         let (c, w) = s.split_once([',', '/', ':']).ok_or_else(bad)?;
         let center: f64 = c.trim().parse().map_err(|_| bad())?;
         let width: f64 = w.trim().parse().map_err(|_| bad())?;
         if !center.is_finite() || !width.is_finite() || width <= 0.0 {
-            return Err(Error::InvalidOption(format!(
-                "window {s:?}: the width must be > 0 and both numbers finite"
-            )));
+            return Err(Error::InvalidOption(format!("window {s:?}: the width must be > 0 and both numbers finite")));
         }
         Ok(Self { center, width })
     }
@@ -98,13 +87,7 @@ pub enum WindowPreset {
 
 impl WindowPreset {
     /// Every preset, in documentation order.
-    pub const ALL: [WindowPreset; 5] = [
-        Self::Lung,
-        Self::Mediastinum,
-        Self::Bone,
-        Self::Brain,
-        Self::Abdomen,
-    ];
+    pub const ALL: [WindowPreset; 5] = [Self::Lung, Self::Mediastinum, Self::Bone, Self::Brain, Self::Abdomen];
 
     /// The preset's window (centre, width in HU).
     pub const fn window(self) -> Window {
@@ -166,44 +149,23 @@ mod tests {
         assert_eq!(w.apply(79.0), 255);
         assert_eq!(w.apply(40.0), 129); // ((40 - 39.5) / 79 + 0.5) * 255 = 129.1
         let mm = Window::min_max(-1000.0, 1000.0);
-        assert_eq!(
-            (mm.apply(-1000.0), mm.apply(1000.0), mm.apply(0.0)),
-            (0, 255, 128)
-        );
-        assert_eq!(
-            Window::of_values([f64::NAN, 3.0, 1.0]),
-            Some(Window::min_max(1.0, 3.0))
-        );
+        assert_eq!((mm.apply(-1000.0), mm.apply(1000.0), mm.apply(0.0)), (0, 255, 128));
+        assert_eq!(Window::of_values([f64::NAN, 3.0, 1.0]), Some(Window::min_max(1.0, 3.0)));
         assert_eq!(Window::of_values([f64::NAN]), None);
     }
 
     #[test]
     fn parses_windows_and_presets() {
-        assert_eq!(
-            "-600,1500".parse::<Window>().unwrap(),
-            Window::new(-600.0, 1500.0)
-        );
-        assert_eq!(
-            " 40 / 80 ".parse::<Window>().unwrap(),
-            Window::new(40.0, 80.0)
-        );
+        assert_eq!("-600,1500".parse::<Window>().unwrap(), Window::new(-600.0, 1500.0));
+        assert_eq!(" 40 / 80 ".parse::<Window>().unwrap(), Window::new(40.0, 80.0));
         assert!("40".parse::<Window>().is_err());
         assert!("40,0".parse::<Window>().is_err());
         assert!("nan,3".parse::<Window>().is_err());
         for p in WindowPreset::ALL {
             assert_eq!(p.name().parse::<WindowPreset>().unwrap(), p);
-            assert_eq!(
-                p.to_string()
-                    .to_uppercase()
-                    .parse::<WindowPreset>()
-                    .unwrap(),
-                p
-            );
+            assert_eq!(p.to_string().to_uppercase().parse::<WindowPreset>().unwrap(), p);
         }
-        assert_eq!(
-            "LUNG".parse::<WindowPreset>().unwrap().window(),
-            Window::new(-600.0, 1500.0)
-        );
+        assert_eq!("LUNG".parse::<WindowPreset>().unwrap().window(), Window::new(-600.0, 1500.0));
         assert!("liver".parse::<WindowPreset>().is_err());
     }
 }

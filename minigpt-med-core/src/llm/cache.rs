@@ -18,27 +18,14 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    pub(crate) fn new(
-        layers: usize,
-        kv_heads: usize,
-        head_dim: usize,
-        capacity: usize,
-        device: &Device,
-    ) -> Result<Self> {
+    pub(crate) fn new(layers: usize, kv_heads: usize, head_dim: usize, capacity: usize, device: &Device) -> Result<Self> {
         let layers = (0..layers)
             .map(|_| {
                 let z = || Tensor::zeros((kv_heads, capacity, head_dim), DType::F32, device);
                 Ok((z()?, z()?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self {
-            layers,
-            len: 0,
-            capacity,
-            kv_heads,
-            head_dim,
-            device: device.clone(),
-        })
+        Ok(Self { layers, len: 0, capacity, kv_heads, head_dim, device: device.clone() })
     }
 
     /// Positions currently held.
@@ -70,11 +57,7 @@ impl KvCache {
         let new_cap = needed.max(self.capacity * 2);
         for (k, v) in &mut self.layers {
             for t in [k, v] {
-                let grown = Tensor::zeros(
-                    (self.kv_heads, new_cap, self.head_dim),
-                    DType::F32,
-                    &self.device,
-                )?;
+                let grown = Tensor::zeros((self.kv_heads, new_cap, self.head_dim), DType::F32, &self.device)?;
                 grown.slice_set(&t.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 *t = grown;
             }
@@ -85,20 +68,12 @@ impl KvCache {
 
     /// Writes `k, v: [kv_heads, n, head_dim]` of `layer` at the current end and returns views
     /// of everything held for that layer, `[kv_heads, len + n, head_dim]`.
-    pub(crate) fn append(
-        &mut self,
-        layer: usize,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = k.dim(1)?;
         let (kc, vc) = &self.layers[layer];
         kc.slice_set(k, 1, self.len)?;
         vc.slice_set(v, 1, self.len)?;
-        Ok((
-            kc.narrow(1, 0, self.len + n)?,
-            vc.narrow(1, 0, self.len + n)?,
-        ))
+        Ok((kc.narrow(1, 0, self.len + n)?, vc.narrow(1, 0, self.len + n)?))
     }
 
     /// Marks `n` positions (just appended in every layer) as valid.

@@ -26,23 +26,12 @@ pub(crate) struct LoraDeltas<'a> {
 impl<'a> LoraDeltas<'a> {
     /// Finds every `...layers.{i}.{module}.lora_{A,B}[.default].weight` pair in `src` and checks
     /// them against the LLaMA dimensions.
-    pub(crate) fn find(
-        src: &'a dyn TensorSource,
-        lora: &LoraConfig,
-        llama: &LlamaConfig,
-        device: &Device,
-    ) -> Result<Self> {
+    pub(crate) fn find(src: &'a dyn TensorSource, lora: &LoraConfig, llama: &LlamaConfig, device: &Device) -> Result<Self> {
         let mut a_keys = HashMap::new();
         let mut b_keys = HashMap::new();
         for name in src.shapes().keys() {
-            let Some((layer, module, which)) = parse_key(name) else {
-                continue;
-            };
-            let slot = if which == 'A' {
-                &mut a_keys
-            } else {
-                &mut b_keys
-            };
+            let Some((layer, module, which)) = parse_key(name) else { continue };
+            let slot = if which == 'A' { &mut a_keys } else { &mut b_keys };
             slot.insert((layer, module), name.clone());
         }
         let mut pairs = HashMap::new();
@@ -76,9 +65,7 @@ impl<'a> LoraDeltas<'a> {
                     hint: format!("lora.r is {} in the model config; B is {:?}", lora.r, b),
                 });
             }
-            if (module.starts_with("self_attn.") && in_dim != h)
-                || *layer >= llama.num_hidden_layers
-            {
+            if (module.starts_with("self_attn.") && in_dim != h) || *layer >= llama.num_hidden_layers {
                 return Err(Error::ShapeMismatch {
                     name: pair.a.clone(),
                     expected: vec![lora.r, h],
@@ -94,31 +81,19 @@ impl<'a> LoraDeltas<'a> {
             }
         }
         for target in &lora.targets {
-            if !pairs
-                .keys()
-                .any(|(_, m)| m.ends_with(&format!(".{target}")) || m == target)
-            {
+            if !pairs.keys().any(|(_, m)| m.ends_with(&format!(".{target}")) || m == target) {
                 return Err(Error::Config {
                     path: src.origin().to_owned(),
-                    reason: format!(
-                        "lora.targets lists {target} but the checkpoint has no adapter for it"
-                    ),
+                    reason: format!("lora.targets lists {target} but the checkpoint has no adapter for it"),
                 });
             }
         }
-        Ok(Self {
-            src,
-            pairs,
-            scale: lora.scale(),
-            device: device.clone(),
-        })
+        Ok(Self { src, pairs, scale: lora.scale(), device: device.clone() })
     }
 
     /// `(B @ A) * alpha / r` for `module` of `layer` (f32), or `None` without an adapter there.
     pub(crate) fn delta(&self, layer: usize, module: &str) -> Result<Option<Tensor>> {
-        let Some(pair) = self.pairs.get(&(layer, module.to_owned())) else {
-            return Ok(None);
-        };
+        let Some(pair) = self.pairs.get(&(layer, module.to_owned())) else { return Ok(None) };
         let a = self.src.read(&pair.a, &self.device)?.to_dtype(DType::F32)?;
         let b = self.src.read(&pair.b, &self.device)?.to_dtype(DType::F32)?;
         Ok(Some((b.matmul(&a)? * self.scale)?))
@@ -147,8 +122,7 @@ mod tests {
     #[test]
     fn parses_old_and_new_peft_keys() {
         let old = "llama_model.base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight";
-        let new =
-            "llama_model.base_model.model.model.layers.31.self_attn.v_proj.lora_B.default.weight";
+        let new = "llama_model.base_model.model.model.layers.31.self_attn.v_proj.lora_B.default.weight";
         assert_eq!(parse_key(old), Some((3, "self_attn.q_proj".into(), 'A')));
         assert_eq!(parse_key(new), Some((31, "self_attn.v_proj".into(), 'B')));
         assert_eq!(parse_key("llama_proj.weight"), None);

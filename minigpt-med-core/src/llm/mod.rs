@@ -65,16 +65,9 @@ impl Llama {
                 ),
             });
         }
-        let get =
-            |name: &str, shape: &[usize]| src.get(name, shape, DType::F32, device, LLAMA_HINT);
+        let get = |name: &str, shape: &[usize]| src.get(name, shape, DType::F32, device, LLAMA_HINT);
         let float = dtype.float();
-        let embed = src.get(
-            "model.embed_tokens.weight",
-            &[v, h],
-            float,
-            device,
-            LLAMA_HINT,
-        )?;
+        let embed = src.get("model.embed_tokens.weight", &[v, h], float, device, LLAMA_HINT)?;
         progress();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
@@ -91,10 +84,7 @@ impl Llama {
                 k: lin("self_attn.k_proj", [kv, h])?,
                 v: lin("self_attn.v_proj", [kv, h])?,
                 o: lin("self_attn.o_proj", [h, h])?,
-                post_norm: get(
-                    &format!("model.layers.{l}.post_attention_layernorm.weight"),
-                    &[h],
-                )?,
+                post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
                 gate: lin("mlp.gate_proj", [i, h])?,
                 up: lin("mlp.up_proj", [i, h])?,
                 down: lin("mlp.down_proj", [h, i])?,
@@ -110,16 +100,7 @@ impl Llama {
         let lm_head = Linear::new(get(head_name, &[v, h])?, None, dtype)?;
         let (cos, sin) = rope_tables(cfg, device)?;
         progress();
-        Ok(Self {
-            cfg: cfg.clone(),
-            embed,
-            layers,
-            norm,
-            lm_head,
-            cos,
-            sin,
-            device: device.clone(),
-        })
+        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
     }
 
     pub(crate) fn config(&self) -> &LlamaConfig {
@@ -128,22 +109,13 @@ impl Llama {
 
     /// A cache with room for `capacity` positions.
     pub(crate) fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::new(
-            self.cfg.num_hidden_layers,
-            self.cfg.kv_heads(),
-            self.cfg.head_dim(),
-            capacity,
-            &self.device,
-        )
+        KvCache::new(self.cfg.num_hidden_layers, self.cfg.kv_heads(), self.cfg.head_dim(), capacity, &self.device)
     }
 
     /// Token embeddings `[ids.len(), hidden]` f32.
     pub(crate) fn embed(&self, ids: &[u32]) -> Result<Tensor> {
         if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
-            return Err(Error::InvalidOption(format!(
-                "token id {bad} is outside the vocabulary of {}",
-                self.cfg.vocab_size
-            )));
+            return Err(Error::InvalidOption(format!("token id {bad} is outside the vocabulary of {}", self.cfg.vocab_size)));
         }
         let ids = Tensor::new(ids, &self.device)?;
         Ok(self.embed.index_select(&ids, 0)?.to_dtype(DType::F32)?)
@@ -156,10 +128,7 @@ impl Llama {
             .layers
             .iter()
             .map(|l| {
-                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down]
-                    .iter()
-                    .map(|x| x.bytes())
-                    .sum::<usize>()
+                [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down].iter().map(|x| x.bytes()).sum::<usize>()
                     + t(&l.input_norm)
                     + t(&l.post_norm)
             })
@@ -182,11 +151,7 @@ impl Llama {
         cache.reserve(n)?;
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 {
-            Some(causal_mask(n, pos, &self.device)?)
-        } else {
-            None
-        };
+        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = x.clone();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -194,9 +159,7 @@ impl Llama {
             let att = self.attention(li, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            let mlp = layer.down.forward(
-                &(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?,
-            )?;
+            let mlp = layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
             x = (x + mlp)?;
         }
         cache.advance(n);
@@ -217,27 +180,19 @@ impl Llama {
         cache: &mut KvCache,
     ) -> Result<Tensor> {
         let n = h.dim(0)?;
-        let (heads, kv_heads, hd) = (
-            self.cfg.num_attention_heads,
-            self.cfg.kv_heads(),
-            self.cfg.head_dim(),
-        );
+        let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
         let shape = |t: Tensor, nh: usize| -> Result<Tensor> {
             Ok(t.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = candle_nn::rotary_emb::rope(&shape(layer.q.forward(h)?, heads)?, cos, sin)?
-            .squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?
-            .squeeze(0)?;
+        let q = candle_nn::rotary_emb::rope(&shape(layer.q.forward(h)?, heads)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?.squeeze(0)?;
         let v = shape(layer.v.forward(h)?, kv_heads)?.squeeze(0)?;
         let (k, v) = cache.append(li, &k, &v)?;
         let (k, v) = if heads != kv_heads {
             let rep = heads / kv_heads;
             let expand = |t: Tensor| -> Result<Tensor> {
                 let (_, l, d) = t.dims3()?;
-                Ok(t.unsqueeze(1)?
-                    .expand((kv_heads, rep, l, d))?
-                    .reshape((heads, l, d))?)
+                Ok(t.unsqueeze(1)?.expand((kv_heads, rep, l, d))?.reshape((heads, l, d))?)
             };
             (expand(k)?, expand(v)?)
         } else {
@@ -249,10 +204,7 @@ impl Llama {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(&v.contiguous()?)?
-            .transpose(0, 1)?
-            .reshape((n, heads * hd))?;
+        let out = probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((n, heads * hd))?;
         layer.o.forward(&out)
     }
 }
@@ -269,9 +221,8 @@ fn causal_mask(n: usize, pos: usize, device: &Device) -> Result<Tensor> {
 /// RoPE cos/sin `[max_positions, head_dim / 2]`, computed in f32 as HF does.
 fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let hd = cfg.head_dim();
-    let inv_freq: Vec<f32> = (0..hd / 2)
-        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32))
-        .collect();
+    let inv_freq: Vec<f32> =
+        (0..hd / 2).map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / hd as f32)).collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, hd / 2), device)?;
     let t = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
         .to_dtype(DType::F32)?
@@ -290,3 +241,4 @@ pub(crate) fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+

@@ -43,37 +43,21 @@ impl EvaVit {
         device: &Device,
         mut progress: impl FnMut(),
     ) -> Result<Self> {
-        let prefix = if src.shapes().contains_key("cls_token") {
-            ""
-        } else {
-            "visual_encoder."
-        };
+        let prefix = if src.shapes().contains_key("cls_token") { "" } else { "visual_encoder." };
         let key = |k: &str| format!("{prefix}{k}");
         let d = cfg.width;
         let p = cfg.patch_size;
-        let pe_shape = src
-            .shape_of(&key("patch_embed.proj.weight"), VIT_HINT)?
-            .to_vec();
-        if pe_shape.len() != 4
-            || pe_shape[1] != 3
-            || pe_shape[0] != d
-            || pe_shape[2] != p
-            || pe_shape[3] != p
-        {
+        let pe_shape = src.shape_of(&key("patch_embed.proj.weight"), VIT_HINT)?.to_vec();
+        if pe_shape.len() != 4 || pe_shape[1] != 3 || pe_shape[0] != d || pe_shape[2] != p || pe_shape[3] != p {
             return Err(Error::ShapeMismatch {
                 name: key("patch_embed.proj.weight"),
                 expected: vec![d, 3, p, p],
                 found: pe_shape,
-                hint:
-                    "vision.width / vision.patch_size in the model config do not match the ViT file"
-                        .into(),
+                hint: "vision.width / vision.patch_size in the model config do not match the ViT file".into(),
             });
         }
         let in_file = (0..)
-            .take_while(|i| {
-                src.shapes()
-                    .contains_key(&key(&format!("blocks.{i}.norm1.weight")))
-            })
+            .take_while(|i| src.shapes().contains_key(&key(&format!("blocks.{i}.norm1.weight"))))
             .count();
         if in_file < cfg.depth {
             return Err(Error::Config {
@@ -84,8 +68,7 @@ impl EvaVit {
                 ),
             });
         }
-        let f32_get =
-            |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
+        let f32_get = |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
 
         let patch_w = f32_get("patch_embed.proj.weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?;
         let patch_b = f32_get("patch_embed.proj.bias", &[d])?;
@@ -104,9 +87,7 @@ impl EvaVit {
                 })
             }
         };
-        let pos_raw = f32_get("pos_embed", &pos_shape)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let pos_raw = f32_get("pos_embed", &pos_shape)?.flatten_all()?.to_vec1::<f32>()?;
         let g = cfg.grid();
         let pos = interpolate_pos_embed(&pos_raw, d, g_in, g);
         let pos = Tensor::from_vec(pos, (1 + g * g, d), device)?;
@@ -117,11 +98,7 @@ impl EvaVit {
         for i in 0..cfg.depth {
             let b = |n: &str, shape: &[usize]| f32_get(&format!("blocks.{i}.{n}"), shape);
             let ln = |n: &str| -> Result<LayerNorm> {
-                LayerNorm::new(
-                    b(&format!("{n}.weight"), &[d])?,
-                    b(&format!("{n}.bias"), &[d])?,
-                    cfg.layer_norm_eps,
-                )
+                LayerNorm::new(b(&format!("{n}.weight"), &[d])?, b(&format!("{n}.bias"), &[d])?, cfg.layer_norm_eps)
             };
             let fc1_shape = src.shape_of(&key(&format!("blocks.{i}.mlp.fc1.weight")), VIT_HINT)?;
             if fc1_shape != [mlp, d] {
@@ -129,48 +106,22 @@ impl EvaVit {
                     name: key(&format!("blocks.{i}.mlp.fc1.weight")),
                     expected: vec![mlp, d],
                     found: fc1_shape.to_vec(),
-                    hint: "vision.mlp_hidden in the model config does not match the ViT file"
-                        .into(),
+                    hint: "vision.mlp_hidden in the model config does not match the ViT file".into(),
                 });
             }
             // The key bias is fixed at zero: qkv bias = cat(q_bias, 0, v_bias).
-            let qkv_bias = Tensor::cat(
-                &[
-                    b("attn.q_bias", &[d])?,
-                    Tensor::zeros(d, DType::F32, device)?,
-                    b("attn.v_bias", &[d])?,
-                ],
-                0,
-            )?;
+            let qkv_bias = Tensor::cat(&[b("attn.q_bias", &[d])?, Tensor::zeros(d, DType::F32, device)?, b("attn.v_bias", &[d])?], 0)?;
             blocks.push(Block {
                 norm1: ln("norm1")?,
                 qkv: Linear::new(b("attn.qkv.weight", &[3 * d, d])?, Some(qkv_bias), dtype)?,
-                proj: Linear::new(
-                    b("attn.proj.weight", &[d, d])?,
-                    Some(b("attn.proj.bias", &[d])?),
-                    dtype,
-                )?,
+                proj: Linear::new(b("attn.proj.weight", &[d, d])?, Some(b("attn.proj.bias", &[d])?), dtype)?,
                 norm2: ln("norm2")?,
-                fc1: Linear::new(
-                    b("mlp.fc1.weight", &[mlp, d])?,
-                    Some(b("mlp.fc1.bias", &[mlp])?),
-                    dtype,
-                )?,
-                fc2: Linear::new(
-                    b("mlp.fc2.weight", &[d, mlp])?,
-                    Some(b("mlp.fc2.bias", &[d])?),
-                    dtype,
-                )?,
+                fc1: Linear::new(b("mlp.fc1.weight", &[mlp, d])?, Some(b("mlp.fc1.bias", &[mlp])?), dtype)?,
+                fc2: Linear::new(b("mlp.fc2.weight", &[d, mlp])?, Some(b("mlp.fc2.bias", &[d])?), dtype)?,
             });
             progress();
         }
-        Ok(Self {
-            cfg: cfg.clone(),
-            patch,
-            cls,
-            pos,
-            blocks,
-        })
+        Ok(Self { cfg: cfg.clone(), patch, cls, pos, blocks })
     }
 
     /// The interpolated position table `[1 + grid^2, width]` (row 0 = cls).
@@ -196,11 +147,7 @@ impl EvaVit {
         let n = x.dim(0)?;
         for blk in &self.blocks {
             let h = blk.norm1.forward(&x)?;
-            let qkv = blk
-                .qkv
-                .forward(&h)?
-                .reshape((n, 3, heads, hd))?
-                .permute((1, 2, 0, 3))?;
+            let qkv = blk.qkv.forward(&h)?.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
             let q = (qkv.get(0)? * scale)?.contiguous()?;
             let k = qkv.get(1)?.contiguous()?;
             let v = qkv.get(2)?.contiguous()?;
@@ -224,11 +171,7 @@ pub(crate) struct Connector {
 
 impl Connector {
     pub(crate) fn new(ln_vision: LayerNorm, cfg: &ConnectorConfig, proj: Linear) -> Self {
-        Self {
-            ln_vision,
-            group: cfg.tokens_per_group,
-            proj,
-        }
+        Self { ln_vision, group: cfg.tokens_per_group, proj }
     }
 
     /// `ln_vision(vit_tokens)` `[1 + n, width]` (the features the reference calls `vit_features`).
@@ -240,10 +183,7 @@ impl Connector {
     pub(crate) fn project(&self, features: &Tensor) -> Result<Tensor> {
         let (n1, d) = features.dims2()?;
         let n = n1 - 1;
-        let grouped = features
-            .narrow(D::Minus2, 1, n)?
-            .contiguous()?
-            .reshape((n / self.group, self.group * d))?;
+        let grouped = features.narrow(D::Minus2, 1, n)?.contiguous()?.reshape((n / self.group, self.group * d))?;
         self.proj.forward(&grouped)
     }
 }

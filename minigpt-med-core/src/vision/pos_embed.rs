@@ -21,9 +21,7 @@ fn taps(in_size: usize, out_size: usize) -> Vec<([usize; 4], [f32; 4])> {
             let base = real.floor();
             let t = real - base;
             let w = [cubic2(t + 1.0), cubic1(t), cubic1(1.0 - t), cubic2(2.0 - t)];
-            let idx = std::array::from_fn(|k| {
-                (base as i64 - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize
-            });
+            let idx = std::array::from_fn(|k| (base as i64 - 1 + k as i64).clamp(0, in_size as i64 - 1) as usize);
             (idx, w)
         })
         .collect()

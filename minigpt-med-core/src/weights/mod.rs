@@ -26,25 +26,15 @@ pub(crate) trait TensorSource: Send + Sync {
 
     /// The stored shape of `name`, or a typed error naming the file.
     fn shape_of(&self, name: &str, hint: &str) -> Result<&[usize]> {
-        self.shapes()
-            .get(name)
-            .map(Vec::as_slice)
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.to_owned(),
-                path: self.origin().to_owned(),
-                hint: hint.to_owned(),
-            })
+        self.shapes().get(name).map(Vec::as_slice).ok_or_else(|| Error::MissingTensor {
+            name: name.to_owned(),
+            path: self.origin().to_owned(),
+            hint: hint.to_owned(),
+        })
     }
 
     /// Reads `name`, checks its shape and converts it to `dtype`.
-    fn get(
-        &self,
-        name: &str,
-        expected: &[usize],
-        dtype: DType,
-        device: &Device,
-        hint: &str,
-    ) -> Result<Tensor> {
+    fn get(&self, name: &str, expected: &[usize], dtype: DType, device: &Device, hint: &str) -> Result<Tensor> {
         let found = self.shape_of(name, hint)?;
         if found != expected {
             return Err(Error::ShapeMismatch {
@@ -73,11 +63,7 @@ pub(crate) fn open_llama_dir(dir: &Path) -> Result<Box<dyn TensorSource>> {
         let files = shard_files(&index_bin, dir)?;
         Ok(Box::new(MultiSource::pth_shards(dir, &files)?))
     } else if single_bin.exists() {
-        Ok(Box::new(PthFile::open(
-            &single_bin,
-            None,
-            "LLaMA weights (pytorch_model.bin)",
-        )?))
+        Ok(Box::new(PthFile::open(&single_bin, None, "LLaMA weights (pytorch_model.bin)")?))
     } else {
         Err(Error::WeightsFormat {
             path: dir.to_owned(),
@@ -95,8 +81,7 @@ fn shard_files(index: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
     struct Index {
         weight_map: HashMap<String, String>,
     }
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| Error::io(index, e, "expected a shard index"))?;
+    let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e, "expected a shard index"))?;
     let idx: Index = serde_json::from_str(&text).map_err(|e| Error::WeightsFormat {
         path: index.to_owned(),
         expected: "shard index (weight_map)".into(),
@@ -138,12 +123,7 @@ impl MultiSource {
             }
             parts.push(part);
         }
-        Ok(Self {
-            origin: dir.to_owned(),
-            parts,
-            owner,
-            shapes,
-        })
+        Ok(Self { origin: dir.to_owned(), parts, owner, shapes })
     }
 }
 

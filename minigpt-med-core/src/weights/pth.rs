@@ -25,8 +25,7 @@ pub(crate) struct PthFile {
 impl PthFile {
     /// Reads the tensor index of `path`; `key` selects a nested state dict (e.g. `model`).
     pub(crate) fn open(path: &Path, key: Option<&str>, expected: &str) -> Result<Self> {
-        let file = std::fs::File::open(path)
-            .map_err(|e| Error::io(path, e, format!("expected {expected}")))?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, format!("expected {expected}")))?;
         drop(file);
         let format_err = |reason: String| Error::WeightsFormat {
             path: path.to_owned(),
@@ -52,12 +51,7 @@ impl PthFile {
                 None => "no tensors found".into(),
             }));
         }
-        Ok(Self {
-            path: path.to_owned(),
-            expected: expected.to_owned(),
-            inner,
-            shapes,
-        })
+        Ok(Self { path: path.to_owned(), expected: expected.to_owned(), inner, shapes })
     }
 }
 
@@ -77,11 +71,7 @@ impl TensorSource for PthFile {
         let t = std::panic::catch_unwind(|| self.inner.get(name))
             .map_err(|_| format_err(format!("tensor `{name}` is malformed")))?
             .map_err(|e| format_err(format!("tensor `{name}`: {e} (truncated or corrupt file?)")))?
-            .ok_or_else(|| Error::MissingTensor {
-                name: name.into(),
-                path: self.path.clone(),
-                hint: String::new(),
-            })?;
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone(), hint: String::new() })?;
         Ok(t.to_device(device)?)
     }
 }

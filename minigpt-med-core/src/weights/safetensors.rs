@@ -23,30 +23,23 @@ impl SafetensorsFiles {
         let mut owner = HashMap::new();
         let mut shapes = HashMap::new();
         for (i, path) in paths.iter().enumerate() {
-            let file = std::fs::File::open(path)
-                .map_err(|e| Error::io(path, e, "expected a safetensors weights file"))?;
+            let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, "expected a safetensors weights file"))?;
             // SAFETY: the mapping is read-only; like every mmap-based loader we rely on the
             // file not being truncated by another process while the model is loading.
             let mmap = unsafe { memmap2::Mmap::map(&file) }
                 .map_err(|e| Error::io(path, e, "could not memory-map the safetensors file"))?;
-            let st =
-                safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::WeightsFormat {
-                    path: path.clone(),
-                    expected: "safetensors file".into(),
-                    reason: format!("{e} (truncated or corrupt download? re-download it)"),
-                })?;
+            let st = safetensors::SafeTensors::deserialize(&mmap).map_err(|e| Error::WeightsFormat {
+                path: path.clone(),
+                expected: "safetensors file".into(),
+                reason: format!("{e} (truncated or corrupt download? re-download it)"),
+            })?;
             for (name, view) in st.tensors() {
                 shapes.insert(name.clone(), view.shape().to_vec());
                 owner.insert(name, i);
             }
             files.push((path.clone(), mmap));
         }
-        Ok(Self {
-            origin: origin.to_owned(),
-            files,
-            owner,
-            shapes,
-        })
+        Ok(Self { origin: origin.to_owned(), files, owner, shapes })
     }
 }
 
@@ -69,8 +62,7 @@ impl TensorSource for SafetensorsFiles {
             expected: "safetensors file".into(),
             reason,
         };
-        let st =
-            safetensors::SafeTensors::deserialize(mmap).map_err(|e| format_err(e.to_string()))?;
+        let st = safetensors::SafeTensors::deserialize(mmap).map_err(|e| format_err(e.to_string()))?;
         let view = st.tensor(name).map_err(|e| format_err(e.to_string()))?;
         candle_core::safetensors::Load::load(&view, device)
             .map_err(|e| format_err(format!("tensor `{name}`: {e}")))

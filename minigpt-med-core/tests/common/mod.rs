@@ -22,55 +22,26 @@ pub fn golden_json() -> &'static serde_json::Value {
 
 pub fn golden() -> &'static HashMap<String, Tensor> {
     static G: OnceLock<HashMap<String, Tensor>> = OnceLock::new();
-    G.get_or_init(|| {
-        minigpt_med::candle::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu)
-            .unwrap()
-    })
+    G.get_or_init(|| minigpt_med::candle::safetensors::load(fixtures().join("golden.safetensors"), &Device::Cpu).unwrap())
 }
 
 pub fn tensor(name: &str) -> &'static Tensor {
-    golden()
-        .get(name)
-        .unwrap_or_else(|| panic!("golden tensor {name} missing"))
+    golden().get(name).unwrap_or_else(|| panic!("golden tensor {name} missing"))
 }
 
 pub fn model() -> &'static Model {
     static M: OnceLock<Model> = OnceLock::new();
-    M.get_or_init(|| {
-        Model::load_dir(fixtures(), &LoadOptions::default()).expect("tiny model loads")
-    })
+    M.get_or_init(|| Model::load_dir(fixtures(), &LoadOptions::default()).expect("tiny model loads"))
 }
 
 /// Largest absolute difference between two tensors of equal shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a
-        .to_dtype(minigpt_med::candle::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    let b = b
-        .to_dtype(minigpt_med::candle::DType::F32)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
-    a.iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    let a = a.to_dtype(minigpt_med::candle::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = b.to_dtype(minigpt_med::candle::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 pub fn ids(name: &str) -> Vec<u32> {
-    tensor(name)
-        .to_dtype(minigpt_med::candle::DType::I64)
-        .unwrap()
-        .to_vec1::<i64>()
-        .unwrap()
-        .into_iter()
-        .map(|v| v as u32)
-        .collect()
+    tensor(name).to_dtype(minigpt_med::candle::DType::I64).unwrap().to_vec1::<i64>().unwrap().into_iter().map(|v| v as u32).collect()
 }
