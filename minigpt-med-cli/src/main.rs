@@ -10,8 +10,8 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
-    Answer, ColorMode, Device, GenerateOptions, Image, LoadOptions, LoadProgress, Model, ModelFiles, Region, Sampling,
-    Task, WeightDType,
+    Answer, ColorMode, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model, ModelFiles,
+    Region, Sampling, Task, WeightDType, Window, WindowPreset,
 };
 use serde_json::json;
 
@@ -210,17 +210,37 @@ struct OutputArgs {
 
 #[derive(Args)]
 struct ImageArgs {
-    /// The input image (PNG, JPEG, TIFF, BMP).
+    /// The input image (DICOM, PNG, JPEG, TIFF, BMP; sniffed by content).
     #[arg(long)]
     image: PathBuf,
     /// gray (the original evaluation: luma replicated) or rgb (the original demo).
     #[arg(long, default_value = "gray")]
     color: ColorMode,
+    /// Intensity window CENTER,WIDTH on the image's real values (DICOM, 16-bit images).
+    #[arg(long, value_name = "C,W", allow_hyphen_values = true)]
+    window: Option<Window>,
+    /// Named window: lung, mediastinum, bone, brain or abdomen.
+    #[arg(long, value_name = "NAME", conflicts_with = "window")]
+    window_preset: Option<WindowPreset>,
+    /// Frame of a multi-frame DICOM (default: the middle one).
+    #[arg(long)]
+    frame: Option<usize>,
 }
 
 impl ImageArgs {
     fn open(&self) -> Result<Image, minigpt_med::Error> {
-        Ok(Image::open(&self.image)?.with_color(self.color))
+        let opts = ImageOptions {
+            window: self.window,
+            preset: self.window_preset,
+            frame: self.frame,
+            color: self.color,
+            ..ImageOptions::default()
+        };
+        let image = Image::open_with(&self.image, &opts)?;
+        if (self.window.is_some() || self.window_preset.is_some()) && image.effective_window().is_none() {
+            eprintln!("note: {} is an 8-bit or colour image; the window is ignored", self.image.display());
+        }
+        Ok(image)
     }
 }
 
@@ -367,6 +387,8 @@ fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<()
 
 fn preprocess(a: PreprocessArgs) -> Result<(), minigpt_med::Error> {
     let image = a.image.open()?;
-    let view = image.model_view(a.size);
-    save_png(&a.out, a.size, a.size, &view.to_hwc())
+    if let Some(w) = image.effective_window() {
+        eprintln!("window {w}");
+    }
+    image.model_view(a.size).save_png(&a.out)
 }

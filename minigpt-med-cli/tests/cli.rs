@@ -127,3 +127,27 @@ fn errors_exit_non_zero_with_the_reason() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("x1,y1,x2,y2"));
 }
+
+#[test]
+fn preprocess_reads_dicom_with_windows() {
+    let dcm = tiny().join("../dicom/CT_small.dcm");
+    let run = |extra: &[&str], name: &str| {
+        let out = std::env::temp_dir().join(format!("mgm-dcm-{name}-{}.png", std::process::id()));
+        let o = bin().arg("preprocess").arg("--image").arg(&dcm).args(extra).arg("--out").arg(&out).output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        std::fs::read(out).unwrap()
+    };
+    let preset = run(&["--window-preset", "lung"], "preset");
+    let explicit = run(&["--window", "-600,1500"], "explicit");
+    let file_window = run(&[], "file");
+    assert_eq!(preset, explicit, "the lung preset is C -600, W 1500");
+    assert_ne!(preset, file_window, "the file's own window differs from the lung window");
+    let bad = bin()
+        .arg("preprocess")
+        .arg("--image")
+        .arg(&dcm)
+        .args(["--frame", "3", "--out", "/tmp/x.png"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}

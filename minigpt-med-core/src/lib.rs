@@ -41,7 +41,7 @@ pub use config::{ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, Mod
 pub use draw::{draw_boxes, PALETTE};
 pub use error::{Error, Result};
 pub use generate::{GenerateOptions, Sampling};
-pub use image::{ColorMode, Image, ModelView, Pixels, Window};
+pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, Window, WindowPreset};
 pub use llm::KvCache;
 pub use model::{
     Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn,

@@ -1,17 +1,23 @@
-//! Input images: decoding, colour handling and the exact preprocessing of MiniGPT-Med
-//! (`Blip2ImageEvalProcessor`: Pillow bicubic resize to 448x448, ToTensor, CLIP normalisation).
+//! Input images: decoding (PNG, JPEG, TIFF, BMP, DICOM), intensity windowing, colour handling
+//! and the exact preprocessing of MiniGPT-Med (`Blip2ImageEvalProcessor`: Pillow bicubic resize
+//! to 448x448, ToTensor, CLIP normalisation).
 
+#[cfg(feature = "dicom")]
+mod dicom;
 mod resize;
+mod window;
 
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
 pub use resize::resize_plane_bicubic;
+pub use window::{Window, WindowPreset};
 
 use crate::error::{Error, Result};
 
-/// Largest accepted input, in pixels (width * height); protects against decompression bombs.
+/// Default largest accepted input, in pixels (width * height); protects against
+/// decompression bombs. See [`ImageOptions::max_pixels`].
 pub const DEFAULT_MAX_PIXELS: u64 = 256 * 1024 * 1024;
 
 /// The CLIP normalisation mean used by MiniGPT-Med, per RGB channel.
@@ -21,45 +27,136 @@ pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
 #[allow(clippy::excessive_precision)]
 pub const CLIP_STD: [f32; 3] = [0.268_629_54, 0.261_302_58, 0.275_777_11];
 
-/// Decoded pixels, before any resizing.
+/// Decoded pixels, before any resizing. Row-major, top row first.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Pixels {
-    /// 8-bit grayscale, `width * height` values.
+    /// 8-bit grayscale, `width * height` values; used as is (windows do not apply).
     Gray8(Vec<u8>),
     /// 8-bit RGB, interleaved, `width * height * 3` values.
     Rgb8(Vec<u8>),
-    /// 16-bit grayscale (e.g. a 16-bit PNG), `width * height` values; mapped to 8 bits by a
-    /// window (by default the min-max of the stored values).
+    /// 16-bit grayscale (e.g. a 16-bit PNG or TIFF), `width * height` values; mapped to 8 bits
+    /// by a window on the stored values (by default their min-max).
     Gray16(Vec<u16>),
+    /// Real-valued grayscale, `width * height` values: DICOM modality values (after Rescale
+    /// Slope/Intercept, e.g. Hounsfield units for CT). Mapped to 8 bits by a window (by
+    /// default the file's, else the min-max of the finite values).
+    GrayF32(Vec<f32>),
 }
 
-/// A linear intensity window (DICOM PS3.3 C.11.2.1.2 semantics, applied to stored values).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Window {
-    /// Window centre.
-    pub center: f64,
-    /// Window width (> 0).
-    pub width: f64,
-}
-
-impl Window {
-    /// Maps `v` to 0..=255 with the DICOM linear VOI function.
-    pub fn apply(&self, v: f64) -> u8 {
-        let (c, w) = (self.center, self.width.max(1.0));
-        let y = if v <= c - 0.5 - (w - 1.0) / 2.0 {
-            0.0
-        } else if v > c - 0.5 + (w - 1.0) / 2.0 {
-            255.0
-        } else {
-            ((v - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
-        };
-        y.round().clamp(0.0, 255.0) as u8
+impl Pixels {
+    /// Values per pixel: 1 for grayscale, 3 for RGB.
+    pub fn channels(&self) -> usize {
+        match self {
+            Pixels::Rgb8(_) => 3,
+            _ => 1,
+        }
     }
 
-    /// The window spanning `min..=max` exactly.
-    pub fn min_max(min: f64, max: f64) -> Self {
-        let width = (max - min + 1.0).max(1.0);
-        Self { center: min + (width - 1.0) / 2.0 + 0.5, width }
+    /// Number of stored values (`width * height * channels`).
+    pub fn len(&self) -> usize {
+        match self {
+            Pixels::Gray8(v) | Pixels::Rgb8(v) => v.len(),
+            Pixels::Gray16(v) => v.len(),
+            Pixels::GrayF32(v) => v.len(),
+        }
+    }
+
+    /// Whether there are no values at all.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a DICOM file declared, kept with the decoded [`Image`] for reporting
+/// (e.g. `minigpt-med preprocess` printing the window it used).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DicomInfo {
+    /// Transfer Syntax UID, e.g. `1.2.840.10008.1.2.1`.
+    pub transfer_syntax: String,
+    /// Its name, e.g. `Explicit VR Little Endian` (the UID again when unknown).
+    pub transfer_syntax_name: String,
+    /// Photometric Interpretation as stored, e.g. `MONOCHROME2`, `YBR_FULL_422`.
+    pub photometric: String,
+    /// Modality (e.g. `CT`, `MR`), when present.
+    pub modality: Option<String>,
+    /// Number of frames in the file (>= 1).
+    pub frames: usize,
+    /// The 0-based frame that was decoded.
+    pub frame: usize,
+    /// Bits Allocated per sample (1, 8, 16 or 32).
+    pub bits_allocated: u16,
+    /// Bits Stored per sample.
+    pub bits_stored: u16,
+    /// Rescale Slope applied (1 when absent or for colour images).
+    pub rescale_slope: f64,
+    /// Rescale Intercept applied (0 when absent or for colour images).
+    pub rescale_intercept: f64,
+    /// The file's first Window Center/Width for this frame, if any (monochrome only).
+    pub file_window: Option<Window>,
+}
+
+/// How an image is decoded and rendered to 8 bits. `Default` gives: the file's own window
+/// (DICOM) or min-max, the middle frame, [`ColorMode::Gray`], [`DEFAULT_MAX_PIXELS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageOptions {
+    /// An explicit window on the image's real values (CLI `--window C,W`); overrides the file's.
+    pub window: Option<Window>,
+    /// A named window (CLI `--window-preset NAME`); giving both this and `window` is an error.
+    pub preset: Option<WindowPreset>,
+    /// 0-based frame of a multi-frame DICOM (CLI `--frame N`); `None`: the middle one
+    /// (`frames / 2`). Non-DICOM inputs only have frame 0.
+    pub frame: Option<usize>,
+    /// How colour is fed to the model.
+    pub color: ColorMode,
+    /// Largest accepted `width * height`; larger inputs fail before pixels are allocated.
+    pub max_pixels: u64,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        Self { window: None, preset: None, frame: None, color: ColorMode::Gray, max_pixels: DEFAULT_MAX_PIXELS }
+    }
+}
+
+impl ImageOptions {
+    /// Sets an explicit window.
+    pub fn with_window(mut self, window: Window) -> Self {
+        self.window = Some(window);
+        self
+    }
+
+    /// Sets a named window.
+    pub fn with_preset(mut self, preset: WindowPreset) -> Self {
+        self.preset = Some(preset);
+        self
+    }
+
+    /// Selects a frame (0-based).
+    pub fn with_frame(mut self, frame: usize) -> Self {
+        self.frame = Some(frame);
+        self
+    }
+
+    /// Sets the colour mode.
+    pub fn with_color(mut self, color: ColorMode) -> Self {
+        self.color = color;
+        self
+    }
+
+    /// Sets the pixel limit.
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
+    /// The window the caller asked for (explicit or preset), if any.
+    pub fn requested_window(&self) -> Result<Option<Window>> {
+        match (self.window, self.preset) {
+            (Some(_), Some(p)) => {
+                Err(Error::InvalidOption(format!("both a window and the {p} preset were given; choose one")))
+            }
+            (w, p) => Ok(w.or(p.map(WindowPreset::window))),
+        }
     }
 }
 
@@ -92,19 +189,19 @@ pub struct Image {
     pixels: Pixels,
     window: Option<Window>,
     color: ColorMode,
+    /// MONOCHROME1 DICOM: invert after windowing.
+    invert: bool,
+    dicom: Option<Box<DicomInfo>>,
 }
+
+/// PNG's deflate cannot expand more than ~1032:1; a header promising more pixels than that
+/// from the bytes present is corrupt or a bomb, rejected before the decoder allocates.
+const PNG_MAX_EXPANSION: u64 = 1100;
 
 impl Image {
     /// Wraps raw pixels; `pixels` must hold exactly `width * height` (x3 for RGB) values.
     pub fn from_pixels(width: usize, height: usize, pixels: Pixels) -> Result<Self> {
-        let per_pixel = match &pixels {
-            Pixels::Gray8(_) | Pixels::Gray16(_) => 1,
-            Pixels::Rgb8(_) => 3,
-        };
-        let len = match &pixels {
-            Pixels::Gray8(v) | Pixels::Rgb8(v) => v.len(),
-            Pixels::Gray16(v) => v.len(),
-        };
+        let (per_pixel, len) = (pixels.channels(), pixels.len());
         if width == 0 || height == 0 {
             return Err(Error::image(None, format!("zero size {width}x{height}")));
         }
@@ -112,48 +209,109 @@ impl Image {
         if expected != Some(len) {
             return Err(Error::image(
                 None,
-                format!("{width}x{height} needs {} values, the buffer holds {len}", width * height * per_pixel),
+                format!("{width}x{height} with {per_pixel} value(s) per pixel does not match a buffer of {len} values"),
             ));
         }
-        Ok(Self { width, height, pixels, window: None, color: ColorMode::Gray })
+        Ok(Self { width, height, pixels, window: None, color: ColorMode::Gray, invert: false, dicom: None })
     }
 
-    /// Decodes an image file (PNG, JPEG, TIFF, BMP; format sniffed from the content).
+    /// Decodes an image file with default options (format sniffed from the content: PNG, JPEG,
+    /// TIFF, BMP, or DICOM with the `dicom` feature).
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with(path, &ImageOptions::default())
+    }
+
+    /// Decodes an image file with the given window, frame, colour and size options.
+    pub fn open_with(path: impl AsRef<Path>, opts: &ImageOptions) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| Error::Image {
-            source_name: Some(path.display().to_string()),
-            reason: format!("cannot read the file: {e}"),
-        })?;
-        Self::decode(&bytes, Some(&path.display().to_string()))
+        let name = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Error::image(Some(&name), format!("cannot read the file: {e}")))?;
+        Self::decode(&bytes, Some(&name), opts)
     }
 
-    /// Decodes an encoded image held in memory.
+    /// Decodes an encoded image held in memory, with default options.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        Self::decode(bytes, None)
+        Self::decode(bytes, None, &ImageOptions::default())
     }
 
-    fn decode(bytes: &[u8], name: Option<&str>) -> Result<Self> {
-        use image::DynamicImage as D;
-        let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| Error::image(name, e.to_string()))?;
-        if reader.format().is_none() {
-            return Err(Error::image(name, "not a PNG, JPEG, TIFF or BMP image (unrecognised content)"));
+    /// Decodes an encoded image held in memory with the given options.
+    pub fn from_bytes_with(bytes: &[u8], opts: &ImageOptions) -> Result<Self> {
+        Self::decode(bytes, None, opts)
+    }
+
+    fn decode(bytes: &[u8], name: Option<&str>, opts: &ImageOptions) -> Result<Self> {
+        let requested = opts.requested_window()?;
+        let mut image = if looks_like_dicom(bytes) {
+            Self::decode_dicom(bytes, name, opts)?
+        } else {
+            if let Some(f) = opts.frame.filter(|&f| f > 0) {
+                return Err(Error::InvalidOption(format!(
+                    "frame {f} requested, but only DICOM inputs have several frames (this one has frame 0 only)"
+                )));
+            }
+            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                Self::decode_common(bytes, name, opts.max_pixels)
+            }));
+            decoded.unwrap_or_else(|_| {
+                Err(Error::image(name, "the decoder failed on malformed data; the file is corrupt"))
+            })?
+        };
+        if let Some(w) = requested {
+            image.window = Some(w);
         }
-        let (w, h) =
-            reader.into_dimensions().map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
-        if u64::from(w) * u64::from(h) > DEFAULT_MAX_PIXELS {
+        Ok(image.with_color(opts.color))
+    }
+
+    #[cfg(feature = "dicom")]
+    fn decode_dicom(bytes: &[u8], name: Option<&str>, opts: &ImageOptions) -> Result<Self> {
+        let d = dicom::decode(bytes, opts.frame, opts.max_pixels, name)?;
+        let mut image = Self::from_pixels(d.width, d.height, d.pixels).map_err(|e| rename(e, name))?;
+        image.invert = d.invert;
+        image.window = d.info.file_window;
+        image.dicom = Some(Box::new(d.info));
+        Ok(image)
+    }
+
+    #[cfg(not(feature = "dicom"))]
+    fn decode_dicom(_bytes: &[u8], name: Option<&str>, _opts: &ImageOptions) -> Result<Self> {
+        Err(Error::image(name, "DICOM input needs minigpt-med built with the `dicom` feature (on by default)"))
+    }
+
+    /// PNG, JPEG, TIFF or BMP through the `image` crate.
+    fn decode_common(bytes: &[u8], name: Option<&str>, max_pixels: u64) -> Result<Self> {
+        use image::DynamicImage as D;
+        let reader = || {
+            image::ImageReader::new(std::io::Cursor::new(bytes))
+                .with_guessed_format()
+                .map_err(|e| Error::image(name, e.to_string()))
+        };
+        let probe = reader()?;
+        let Some(format) = probe.format() else {
+            return Err(Error::image(name, "not a PNG, JPEG, TIFF, BMP or DICOM image (unrecognised content)"));
+        };
+        let (w, h) = probe.into_dimensions().map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
+        let pixels = u64::from(w) * u64::from(h);
+        if w == 0 || h == 0 {
+            return Err(Error::image(name, format!("zero size {w}x{h}")));
+        }
+        if pixels > max_pixels {
             return Err(Error::image(
                 name,
-                format!("{w}x{h} exceeds the {DEFAULT_MAX_PIXELS}-pixel limit; downscale it first"),
+                format!("{w}x{h} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"),
             ));
         }
-        reader = image::ImageReader::new(std::io::Cursor::new(bytes))
-            .with_guessed_format()
-            .map_err(|e| Error::image(name, e.to_string()))?;
+        if format == image::ImageFormat::Png && pixels > (bytes.len() as u64).saturating_mul(PNG_MAX_EXPANSION) {
+            return Err(Error::image(
+                name,
+                format!(
+                    "the PNG header declares {w}x{h} but the file holds only {} bytes; it is truncated or corrupt",
+                    bytes.len()
+                ),
+            ));
+        }
+        let mut reader = reader()?;
         let mut limits = image::Limits::default();
-        limits.max_alloc = Some(DEFAULT_MAX_PIXELS * 8);
+        limits.max_alloc = Some(max_pixels.saturating_mul(8));
         reader.limits(limits);
         let img = reader.decode().map_err(|e| Error::image(name, format!("cannot decode: {e}")))?;
         let (w, h) = (img.width() as usize, img.height() as usize);
@@ -165,10 +323,7 @@ impl Image {
             D::ImageLumaA16(b) => Pixels::Gray16(b.pixels().map(|p| p.0[0]).collect()),
             other => Pixels::Rgb8(other.to_rgb8().into_raw()),
         };
-        Self::from_pixels(w, h, pixels).map_err(|e| match e {
-            Error::Image { reason, .. } => Error::image(name, reason),
-            e => e,
-        })
+        Self::from_pixels(w, h, pixels).map_err(|e| rename(e, name))
     }
 
     /// Width in pixels of the input (box pixel coordinates refer to it).
@@ -186,10 +341,36 @@ impl Image {
         &self.pixels
     }
 
-    /// Sets the intensity window used for 16-bit inputs (ignored for 8-bit ones).
+    /// What the DICOM header said (transfer syntax, frames, rescale, file window), for DICOM inputs.
+    pub fn dicom_info(&self) -> Option<&DicomInfo> {
+        self.dicom.as_deref()
+    }
+
+    /// Sets the intensity window used for 16-bit and real-valued (DICOM) inputs; ignored for
+    /// 8-bit and colour ones.
     pub fn with_window(mut self, window: Window) -> Self {
         self.window = Some(window);
         self
+    }
+
+    /// The window set on the image (by the caller or the DICOM file), if any.
+    pub fn window(&self) -> Option<Window> {
+        self.window
+    }
+
+    /// The window the 8-bit rendering uses: the one set, else the min-max of the values.
+    /// `None` for 8-bit and colour images, which are used as is.
+    pub fn effective_window(&self) -> Option<Window> {
+        match &self.pixels {
+            Pixels::Gray8(_) | Pixels::Rgb8(_) => None,
+            Pixels::Gray16(v) => self.window.or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
+            Pixels::GrayF32(v) => self.window.or_else(|| Window::of_values(v.iter().map(|&x| f64::from(x)))),
+        }
+    }
+
+    /// Whether the rendering is inverted after windowing (DICOM MONOCHROME1).
+    pub fn is_inverted(&self) -> bool {
+        self.invert
     }
 
     /// Sets how colour is fed to the model (default [`ColorMode::Gray`], as MiniGPT-Med's evaluation).
@@ -203,10 +384,46 @@ impl Image {
         self.color
     }
 
-    /// The luma plane as Pillow's `convert("L")` computes it.
-    fn luma8(&self) -> Vec<u8> {
+    /// The image rendered to 8 bits at full resolution: windowed (and inverted for
+    /// MONOCHROME1) grayscale as [`Pixels::Gray8`], colour as [`Pixels::Rgb8`]; 8-bit inputs
+    /// unchanged. This is what [`Image::model_view`] resizes.
+    pub fn to_8bit(&self) -> Image {
+        let pixels = match &self.pixels {
+            Pixels::Rgb8(v) => Pixels::Rgb8(v.clone()),
+            _ => Pixels::Gray8(self.gray8()),
+        };
+        Image {
+            width: self.width,
+            height: self.height,
+            pixels,
+            window: None,
+            color: self.color,
+            invert: false,
+            dicom: self.dicom.clone(),
+        }
+    }
+
+    /// Grayscale planes windowed to 8 bits (8-bit gray as is).
+    fn gray8(&self) -> Vec<u8> {
+        let window = self.effective_window();
+        let flip = |y: u8| if self.invert { 255 - y } else { y };
         match &self.pixels {
             Pixels::Gray8(v) => v.clone(),
+            Pixels::Rgb8(_) => self.luma8(),
+            Pixels::Gray16(v) => {
+                let w = window.unwrap_or(Window::min_max(0.0, 0.0));
+                v.iter().map(|&x| flip(w.apply(f64::from(x)))).collect()
+            }
+            Pixels::GrayF32(v) => {
+                let w = window.unwrap_or(Window::min_max(0.0, 0.0));
+                v.iter().map(|&x| flip(w.apply(f64::from(x)))).collect()
+            }
+        }
+    }
+
+    /// The luma plane as Pillow's `convert("L")` computes it (windowed for non-8-bit gray).
+    fn luma8(&self) -> Vec<u8> {
+        match &self.pixels {
             Pixels::Rgb8(v) => v
                 .chunks_exact(3)
                 .map(|p| {
@@ -214,13 +431,7 @@ impl Image {
                     ((19595 * r + 38470 * g + 7471 * b + 32768) >> 16) as u8
                 })
                 .collect(),
-            Pixels::Gray16(v) => {
-                let window = self.window.unwrap_or_else(|| {
-                    let (min, max) = v.iter().fold((u16::MAX, 0u16), |(lo, hi), &x| (lo.min(x), hi.max(x)));
-                    Window::min_max(f64::from(min), f64::from(max))
-                });
-                v.iter().map(|&x| window.apply(f64::from(x))).collect()
-            }
+            _ => self.gray8(),
         }
     }
 
@@ -254,12 +465,41 @@ impl Image {
     }
 }
 
+/// Interleaved RGB bytes (`[height, width, 3]`) encoded as an 8-bit PNG.
+pub fn encode_rgb_png(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>> {
+    let dims = (u32::try_from(width), u32::try_from(height));
+    let (Ok(w), Ok(h)) = dims else { return Err(Error::image(None, "image too large for PNG")) };
+    if rgb.len() != width * height * 3 {
+        return Err(Error::image(None, format!("{} bytes do not make a {width}x{height} RGB image", rgb.len())));
+    }
+    let mut out = Vec::new();
+    image::ImageEncoder::write_image(
+        image::codecs::png::PngEncoder::new(&mut out),
+        rgb,
+        w,
+        h,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| Error::image(None, format!("cannot encode the PNG: {e}")))?;
+    Ok(out)
+}
+
 /// Writes interleaved RGB bytes (`[height, width, 3]`) as a PNG file.
 pub fn save_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
-    let err = |reason: String| Error::image(Some(&path.display().to_string()), reason);
-    let buf = image::RgbImage::from_raw(width as u32, height as u32, rgb.to_vec())
-        .ok_or_else(|| err(format!("{} bytes do not make a {width}x{height} RGB image", rgb.len())))?;
-    buf.save_with_format(path, image::ImageFormat::Png).map_err(|e| err(format!("cannot write the PNG: {e}")))
+    let png = encode_rgb_png(width, height, rgb)?;
+    std::fs::write(path, png).map_err(|e| Error::io(path, e, "the directory must exist and be writable"))
+}
+
+/// Whether `bytes` is a DICOM file (`DICM` at offset 128, or at 0 when the preamble is missing).
+pub fn looks_like_dicom(bytes: &[u8]) -> bool {
+    bytes.get(128..132) == Some(b"DICM") || bytes.starts_with(b"DICM")
+}
+
+fn rename(e: Error, name: Option<&str>) -> Error {
+    match e {
+        Error::Image { reason, .. } => Error::image(name, reason),
+        e => e,
+    }
 }
 
 /// The resized RGB image the vision encoder receives, before normalisation.
@@ -290,6 +530,16 @@ impl ModelView {
                 (f32::from(v) / 255.0 - CLIP_MEAN[c]) / CLIP_STD[c]
             })
             .collect()
+    }
+
+    /// Writes the view as an 8-bit RGB PNG (`size x size`), e.g. for `minigpt-med preprocess`.
+    pub fn save_png(&self, path: impl AsRef<Path>) -> Result<()> {
+        save_rgb_png(path.as_ref(), self.size, self.size, &self.to_hwc())
+    }
+
+    /// The view encoded as an 8-bit RGB PNG.
+    pub fn to_png(&self) -> Result<Vec<u8>> {
+        encode_rgb_png(self.size, self.size, &self.to_hwc())
     }
 
     /// The normalised pixels as a `[3, size, size]` f32 tensor.

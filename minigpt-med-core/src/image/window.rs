@@ -1,0 +1,171 @@
+//! Intensity windows (DICOM VOI LUT, linear function) and the usual CT presets.
+
+use crate::error::{Error, Result};
+
+/// A linear intensity window: DICOM PS3.3 C.11.2.1.2 ("LINEAR") semantics, applied to the
+/// image's real values (modality values, e.g. Hounsfield units, for DICOM; stored values for a
+/// 16-bit PNG or TIFF).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    /// Window centre.
+    pub center: f64,
+    /// Window width (>= 1; smaller widths are treated as 1, as the standard requires).
+    pub width: f64,
+}
+
+impl Window {
+    /// A window of the given centre and width.
+    pub const fn new(center: f64, width: f64) -> Self {
+        Self { center, width }
+    }
+
+    /// Maps `v` to 0..=255 with the DICOM linear VOI function (output rounded half up).
+    pub fn apply(&self, v: f64) -> u8 {
+        let (c, w) = (self.center, self.width.max(1.0));
+        let y = if v <= c - 0.5 - (w - 1.0) / 2.0 {
+            0.0
+        } else if v > c - 0.5 + (w - 1.0) / 2.0 {
+            255.0
+        } else {
+            ((v - (c - 0.5)) / (w - 1.0) + 0.5) * 255.0
+        };
+        y.round().clamp(0.0, 255.0) as u8
+    }
+
+    /// The window spanning `min..=max` exactly: `min` maps to 0, `max` to 255, linearly between.
+    pub fn min_max(min: f64, max: f64) -> Self {
+        let width = (max - min + 1.0).max(1.0);
+        Self { center: min + (width - 1.0) / 2.0 + 0.5, width }
+    }
+
+    /// The min-max window of the finite values in `values` (`None` if there are none).
+    pub fn of_values(values: impl IntoIterator<Item = f64>) -> Option<Self> {
+        let (lo, hi) = values
+            .into_iter()
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| (lo.min(v), hi.max(v)));
+        (lo <= hi).then(|| Self::min_max(lo, hi))
+    }
+}
+
+/// Parses `"CENTER,WIDTH"` (e.g. `"-600,1500"`; `/` or `:` also separate), as a CLI
+/// `--window C,W` gives it. The width must be positive and both numbers finite.
+impl std::str::FromStr for Window {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || Error::InvalidOption(format!("window {s:?}: expected CENTER,WIDTH such as -600,1500"));
+        let (c, w) = s.split_once([',', '/', ':']).ok_or_else(bad)?;
+        let center: f64 = c.trim().parse().map_err(|_| bad())?;
+        let width: f64 = w.trim().parse().map_err(|_| bad())?;
+        if !center.is_finite() || !width.is_finite() || width <= 0.0 {
+            return Err(Error::InvalidOption(format!("window {s:?}: the width must be > 0 and both numbers finite")));
+        }
+        Ok(Self { center, width })
+    }
+}
+
+impl std::fmt::Display for Window {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{},{}", self.center, self.width)
+    }
+}
+
+/// Named CT windows, in Hounsfield units (centre/width as commonly used in radiology).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WindowPreset {
+    /// Lung parenchyma: -600/1500.
+    Lung,
+    /// Mediastinum / soft tissue of the chest: 50/350.
+    Mediastinum,
+    /// Bone: 400/1800.
+    Bone,
+    /// Brain: 40/80.
+    Brain,
+    /// Abdomen / soft tissue: 40/400.
+    Abdomen,
+}
+
+impl WindowPreset {
+    /// Every preset, in documentation order.
+    pub const ALL: [WindowPreset; 5] = [Self::Lung, Self::Mediastinum, Self::Bone, Self::Brain, Self::Abdomen];
+
+    /// The preset's window (centre, width in HU).
+    pub const fn window(self) -> Window {
+        match self {
+            Self::Lung => Window::new(-600.0, 1500.0),
+            Self::Mediastinum => Window::new(50.0, 350.0),
+            Self::Bone => Window::new(400.0, 1800.0),
+            Self::Brain => Window::new(40.0, 80.0),
+            Self::Abdomen => Window::new(40.0, 400.0),
+        }
+    }
+
+    /// The lower-case name `FromStr` accepts.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Lung => "lung",
+            Self::Mediastinum => "mediastinum",
+            Self::Bone => "bone",
+            Self::Brain => "brain",
+            Self::Abdomen => "abdomen",
+        }
+    }
+}
+
+/// Parses a preset name, case-insensitively (`lung`, `mediastinum`, `bone`, `brain`, `abdomen`;
+/// also `mediastinal`, `soft-tissue` for abdomen).
+impl std::str::FromStr for WindowPreset {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "lung" | "lungs" => Ok(Self::Lung),
+            "mediastinum" | "mediastinal" => Ok(Self::Mediastinum),
+            "bone" => Ok(Self::Bone),
+            "brain" => Ok(Self::Brain),
+            "abdomen" | "abdominal" | "soft-tissue" | "soft_tissue" => Ok(Self::Abdomen),
+            other => Err(Error::InvalidOption(format!(
+                "window preset {other:?}: use one of {}",
+                Self::ALL.map(Self::name).join(", ")
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for WindowPreset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_function_matches_the_standard() {
+        let w = Window::new(40.0, 80.0);
+        assert_eq!(w.apply(-1.0), 0);
+        assert_eq!(w.apply(0.0), 0);
+        assert_eq!(w.apply(79.0), 255);
+        assert_eq!(w.apply(40.0), 129); // ((40 - 39.5) / 79 + 0.5) * 255 = 129.1
+        let mm = Window::min_max(-1000.0, 1000.0);
+        assert_eq!((mm.apply(-1000.0), mm.apply(1000.0), mm.apply(0.0)), (0, 255, 128));
+        assert_eq!(Window::of_values([f64::NAN, 3.0, 1.0]), Some(Window::min_max(1.0, 3.0)));
+        assert_eq!(Window::of_values([f64::NAN]), None);
+    }
+
+    #[test]
+    fn parses_windows_and_presets() {
+        assert_eq!("-600,1500".parse::<Window>().unwrap(), Window::new(-600.0, 1500.0));
+        assert_eq!(" 40 / 80 ".parse::<Window>().unwrap(), Window::new(40.0, 80.0));
+        assert!("40".parse::<Window>().is_err());
+        assert!("40,0".parse::<Window>().is_err());
+        assert!("nan,3".parse::<Window>().is_err());
+        for p in WindowPreset::ALL {
+            assert_eq!(p.name().parse::<WindowPreset>().unwrap(), p);
+            assert_eq!(p.to_string().to_uppercase().parse::<WindowPreset>().unwrap(), p);
+        }
+        assert_eq!("LUNG".parse::<WindowPreset>().unwrap().window(), Window::new(-600.0, 1500.0));
+        assert!("liver".parse::<WindowPreset>().is_err());
+    }
+}
