@@ -107,10 +107,12 @@ fn array_values<T: numpy::Element + Copy>(
     let view = typed
         .try_readonly()
         .map_err(|e| image_error(what, format!("cannot read the array: {e}")))?;
-    Ok(match view.as_slice() {
-        Ok(s) => s.to_vec(),
-        // Non-contiguous (a slice, a transpose): ndarray iterates in logical order.
-        Err(_) => view.as_array().iter().copied().collect(),
+    let array = view.as_array();
+    // ndarray's `as_slice` is C order only (numpy's also accepts Fortran order, which would
+    // transpose the image); anything else (slices, transposes) is iterated in logical order.
+    Ok(match array.as_slice() {
+        Some(s) => s.to_vec(),
+        None => array.iter().copied().collect(),
     })
 }
 
