@@ -2,9 +2,14 @@
 
 use minigpt_med::{Answer, BoundingBox, Region, StopReason};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyString};
 
 use crate::errors::options_error;
+
+/// Python's `repr()` of a string (Rust's `{:?}` escapes differently).
+fn py_repr(py: Python<'_>, s: &str) -> PyResult<String> {
+    Ok(PyString::new(py, s).repr()?.to_string())
+}
 
 /// A box the model wrote.
 ///
@@ -46,13 +51,16 @@ impl PyBoundingBox {
             .is_ok_and(|o| o.get().inner == self.inner)
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "BoundingBox(label={:?}, grid={:?}, pixels={:?})",
-            self.inner.label,
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let label = match &self.inner.label {
+            Some(l) => py_repr(py, l)?,
+            None => "None".to_owned(),
+        };
+        Ok(format!(
+            "BoundingBox(label={label}, grid={:?}, pixels={:?})",
             self.grid(),
             self.pixels()
-        )
+        ))
     }
 }
 
@@ -127,14 +135,14 @@ impl PyAnswer {
         &self.inner.text
     }
 
-    fn __repr__(&self) -> String {
-        format!(
-            "Answer(text={:?}, tokens={}, boxes={}, stop_reason={:?})",
-            self.inner.text,
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "Answer(text={}, tokens={}, boxes={}, stop_reason='{}')",
+            py_repr(py, &self.inner.text)?,
             self.inner.token_ids.len(),
             self.inner.boxes.len(),
             self.stop_reason()
-        )
+        ))
     }
 }
 

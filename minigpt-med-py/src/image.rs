@@ -86,7 +86,7 @@ impl PyImage {
 
     fn __repr__(&self) -> String {
         format!(
-            "Image(width={}, height={}, pixel_format={:?}, color={:?})",
+            "Image(width={}, height={}, pixel_format='{}', color='{}')",
             self.inner.width(),
             self.inner.height(),
             self.pixel_format(),

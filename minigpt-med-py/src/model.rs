@@ -10,30 +10,7 @@ use pyo3::types::PyDict;
 use crate::answer::PyAnswer;
 use crate::convert::{to_image, to_task, Decoding, StopArg};
 use crate::errors::{options_error, IntoPyResult};
-use crate::stream::{Job, PyTextStream};
-
-/// Runs `f` with the GIL released. Its text callback briefly re-attaches to let Python handle
-/// Ctrl-C between pieces; a pending `KeyboardInterrupt` cancels the generation and is raised.
-fn run_interruptible<T: Send>(
-    py: Python<'_>,
-    f: impl FnOnce(&mut dyn FnMut(&str) -> bool) -> minigpt_med::Result<T> + Send,
-) -> PyResult<T> {
-    let mut interrupt: Option<PyErr> = None;
-    let result = py.detach(|| {
-        let mut on_text = |_: &str| match Python::attach(|py| py.check_signals()) {
-            Ok(()) => true,
-            Err(e) => {
-                interrupt = Some(e);
-                false
-            }
-        };
-        f(&mut on_text)
-    });
-    match interrupt {
-        Some(e) => Err(e),
-        None => result.py(),
-    }
-}
+use crate::stream::{run_blocking, Job, PyTextStream};
 
 /// Forwards load progress to a Python callable, keeping its first error for after the load.
 struct Progress {
@@ -251,10 +228,11 @@ impl PyModel {
         }
         .to_options()?;
         let image = to_image(image, color, window)?;
-        let model = &*self.inner;
-        run_interruptible(py, |on_text| {
-            model.generate_stream(&image, &task, &opts, on_text)
-        })
+        let model = Arc::clone(&self.inner);
+        run_blocking(
+            py,
+            Box::new(move |on_text| model.generate_stream(&image, &task, &opts, on_text)),
+        )
         .map(PyAnswer::from)
     }
 
@@ -471,10 +449,14 @@ impl PyChat {
             context_limit,
         }
         .to_options()?;
-        let cell = &*self.cell;
-        run_interruptible(py, |on_text| {
-            lock(cell).with_dependent_mut(|_, chat| chat.ask_stream(&instruction, &opts, on_text))
-        })
+        let cell = Arc::clone(&self.cell);
+        run_blocking(
+            py,
+            Box::new(move |on_text| {
+                lock(&cell)
+                    .with_dependent_mut(|_, chat| chat.ask_stream(&instruction, &opts, on_text))
+            }),
+        )
         .map(PyAnswer::from)
     }
 

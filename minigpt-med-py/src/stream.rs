@@ -44,27 +44,70 @@ pub(crate) struct PyTextStream {
     worker: Mutex<Option<JoinHandle<()>>>,
 }
 
+fn spawn_worker(f: impl FnOnce() + Send + 'static) -> PyResult<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("minigpt-med-generate".into())
+        .spawn(f)
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "cannot start a generation thread: {e}"
+            ))
+        })
+}
+
+/// The error for a worker that ended without sending its result.
+fn worker_panicked() -> PyErr {
+    to_py_err(Error::Tensor(minigpt_med::candle::Error::Msg(
+        "the generation thread ended without an answer (it panicked; see stderr)".into(),
+    )))
+}
+
+/// Runs a generation on a worker thread and waits for its answer with the GIL released.
+///
+/// The wait wakes every [`SIGNAL_POLL`] so that Ctrl-C raises `KeyboardInterrupt` at once,
+/// even during image encoding or a long prefill where the core calls no callback; the worker
+/// is then told to stop and is cancelled at its next text piece (it owns everything it uses).
+pub(crate) fn run_blocking(py: Python<'_>, job: Job) -> PyResult<Answer> {
+    let (tx, mut rx) = channel();
+    let cancel = Arc::new(AtomicBool::new(false));
+    let stop = Arc::clone(&cancel);
+    spawn_worker(move || {
+        let _ = tx.send(job(&mut |_| !stop.load(Ordering::Relaxed)));
+    })?;
+    loop {
+        // `Receiver` is not `Sync`: move it into the detached closure and back out.
+        let (back, msg) = py.detach(move || {
+            let msg = rx.recv_timeout(SIGNAL_POLL);
+            (rx, msg)
+        });
+        rx = back;
+        match msg {
+            Ok(result) => return result.map_err(to_py_err),
+            Err(RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    cancel.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => return Err(worker_panicked()),
+        }
+    }
+}
+
 impl PyTextStream {
     /// Starts `job` on a worker thread.
     pub(crate) fn spawn(job: Job) -> PyResult<Self> {
         let (tx, rx) = channel();
         let cancel = Arc::new(AtomicBool::new(false));
         let stop = Arc::clone(&cancel);
-        let worker = std::thread::Builder::new()
-            .name("minigpt-med-stream".into())
-            .spawn(move || {
-                // A failed send means the iterator is gone: stop generating.
-                let mut on_text = |piece: &str| {
-                    !stop.load(Ordering::Relaxed) && tx.send(Msg::Piece(piece.to_owned())).is_ok()
-                };
-                let result = job(&mut on_text);
-                let _ = tx.send(Msg::Done(result));
-            })
-            .map_err(|e| {
-                pyo3::exceptions::PyRuntimeError::new_err(format!(
-                    "cannot start a generation thread: {e}"
-                ))
-            })?;
+        let worker = spawn_worker(move || {
+            // A failed send means the iterator is gone: stop generating.
+            let mut on_text = |piece: &str| {
+                !stop.load(Ordering::Relaxed) && tx.send(Msg::Piece(piece.to_owned())).is_ok()
+            };
+            let result = job(&mut on_text);
+            let _ = tx.send(Msg::Done(result));
+        })?;
         Ok(Self {
             rx: Mutex::new(rx),
             cancel,
