@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import _thread
 import json
-import os
 import pathlib
 import struct
 import threading
@@ -577,8 +576,7 @@ def test_ctrl_c_interrupts_stream(model):
     assert len(stream.answer.token_ids) < 100
 
 
-@pytest.mark.skipif(os.name != "posix", reason="uses fork-free subprocess + SIGINT semantics of POSIX")
-def test_bad_inputs_never_crash_the_interpreter(tmp_path):
+def test_bad_inputs_never_crash_the_interpreter():
     # A fuzz-ish sweep in a child process: whatever happens, it must exit normally.
     import subprocess
     import sys
