@@ -151,3 +151,20 @@ fn preprocess_reads_dicom_with_windows() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
+
+#[test]
+fn bench_smoke_test_on_the_tiny_model() {
+    let out = bin().args(["bench", "--repeats", "2", "--decode-tokens", "4", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["repeats"], 2);
+    for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
+        assert!(v[k]["best"].as_f64().unwrap() >= v[k]["median"].as_f64().unwrap(), "{k}");
+    }
+    assert!(v["encode_ms"]["min"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+    // 8 + 256 + 34 positions: the tokenized prompt around the image.
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 256);
+    let bad = bin().args(["bench", "--synthetic", "13b"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+}

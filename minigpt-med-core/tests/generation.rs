@@ -24,7 +24,7 @@ fn streamed_pieces_concatenate_to_the_answer() {
     let image = ct();
     for (task, opts) in [
         (Task::Refer("give me the location of tumor ".into()), GenerateOptions::greedy(20)),
-        (Task::Report(None), GenerateOptions::greedy(40)),
+        (Task::Report(None), GenerateOptions::greedy(300)),
         (Task::Vqa("what is shown?".into()), sampled(3)),
     ] {
         let mut pieces = Vec::new();

@@ -1,0 +1,32 @@
+//! Python bindings for minigpt-med: the `minigpt_med._native` extension module.
+//!
+//! Thin by design: argument conversion and the Python protocols (iterators, exceptions, the
+//! GIL) live here; every behaviour of the engine is the core crate's. The pure-Python package
+//! `minigpt_med` (in `python/`) re-exports these classes and holds the exception classes,
+//! the PIL conversion and the tqdm progress bar.
+
+mod answer;
+mod convert;
+mod errors;
+mod image;
+mod model;
+mod stream;
+
+use pyo3::prelude::*;
+
+/// The native part of the `minigpt_med` package; import `minigpt_med` instead.
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", minigpt_med::VERSION)?;
+    m.add_class::<model::PyModel>()?;
+    m.add_class::<model::PyChat>()?;
+    m.add_class::<answer::PyAnswer>()?;
+    m.add_class::<answer::PyBoundingBox>()?;
+    m.add_class::<answer::PyRegion>()?;
+    m.add_class::<image::PyImage>()?;
+    m.add_class::<stream::PyTextStream>()?;
+    m.add_function(wrap_pyfunction!(image::preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(answer::parse_boxes, m)?)?;
+    Ok(())
+}
