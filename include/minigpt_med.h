@@ -692,6 +692,15 @@ mgm_Status mgm_answer_box_count(const struct mgm_Answer *answer, size_t *out_cou
 mgm_Status mgm_answer_box(const struct mgm_Answer *answer, size_t index, struct mgm_BoundingBox *out_box);
 
 /**
+ * Writes the answer's boxes drawn over `image` (the input it answers about; one colour per
+ * label, as the original demo draws them) to a PNG file at `path`.
+ *
+ * # Safety
+ * `answer` and `image` are NULL or live handles; `path` is NULL or a NUL-terminated string.
+ */
+mgm_Status mgm_answer_draw_png(const struct mgm_Answer *answer, const struct mgm_Image *image, const char *path);
+
+/**
  * Why generation stopped.
  *
  * # Safety

@@ -154,6 +154,28 @@ pub unsafe extern "C" fn mgm_answer_box(answer: *const Answer, index: usize, out
     })
 }
 
+/// Writes the answer's boxes drawn over `image` (the input it answers about; one colour per
+/// label, as the original demo draws them) to a PNG file at `path`.
+///
+/// # Safety
+/// `answer` and `image` are NULL or live handles; `path` is NULL or a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_answer_draw_png(
+    answer: *const Answer,
+    image: *const crate::image::Image,
+    path: *const c_char,
+) -> Status {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let a = unsafe { ptr::arg(answer, "answer") }?;
+        let img = unsafe { ptr::arg(image, "image") }?;
+        let path = unsafe { ptr::string(path, "path") }?;
+        let rgb = a.inner.draw(&img.inner);
+        engine::image::save_rgb_png(std::path::Path::new(path), img.inner.width(), img.inner.height(), &rgb)?;
+        Ok(())
+    })
+}
+
 /// Why generation stopped.
 ///
 /// # Safety

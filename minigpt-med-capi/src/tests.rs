@@ -591,3 +591,29 @@ fn cuda_without_the_feature_is_unsupported() {
     expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::Unsupported, "cuda");
     assert!(m.is_null());
 }
+
+#[test]
+fn draw_writes_a_png_of_the_input_and_dicom_opens() {
+    let gradient = open_image("synthetic_gradient.png");
+    let a = generate(&gradient, Task::Report, None, None, &greedy(2)).unwrap();
+    let out = std::env::temp_dir().join(format!("mgm-capi-draw-{}.png", std::process::id()));
+    let path = cpath(out.clone());
+    // SAFETY: live handles and a valid path.
+    assert_eq!(unsafe { mgm_answer_draw_png(a, gradient.0, path.as_ptr()) }, Status::Ok, "{}", last_error());
+    let drawn = engine::Image::open(&out).unwrap();
+    assert_eq!((drawn.width(), drawn.height()), (300, 200));
+    // SAFETY: NULLs are reported, not dereferenced.
+    expect(unsafe { mgm_answer_draw_png(a, null(), path.as_ptr()) }, Status::InvalidArgument, "image");
+    let bad_dir = cpath(PathBuf::from("/nonexistent/dir/x.png"));
+    // SAFETY: live handles.
+    expect(unsafe { mgm_answer_draw_png(a, gradient.0, bad_dir.as_ptr()) }, Status::Io, "nonexistent");
+    take(a);
+
+    let dcm = cpath(fixtures().join("../dicom/CT_small.dcm"));
+    let mut img = null_mut();
+    // SAFETY: valid arguments.
+    assert_eq!(unsafe { mgm_image_open(dcm.as_ptr(), &mut img) }, Status::Ok, "{}", last_error());
+    let img = OwnedImage(img);
+    let a = generate(&img, Task::Vqa, Some("what is shown?"), None, &greedy(3)).unwrap();
+    assert_eq!(take(a).0.len(), 3);
+}
