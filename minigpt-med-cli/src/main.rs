@@ -287,9 +287,11 @@ struct PreprocessArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(n) = cli.threads {
-        // Both of candle's CPU pools read these once, on first use; nothing has run yet.
-        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+        // Nothing has touched candle yet, so both of its pools will see this.
+        if let Err(e) = minigpt_med::set_threads(n) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
     }
     let result = match cli.command {
         Command::Generate(a) => generate(*a),

@@ -54,5 +54,17 @@ pub use vision::interpolate_pos_embed;
 /// The tensor library the engine is built on, re-exported for callers that inspect stages.
 pub use candle_core as candle;
 
+/// Sets the CPU threads used for matrix work (candle's rayon pool and its quantized-matmul
+/// pool). Both pools read this once, when first used: call it before loading a model. Same as
+/// setting `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS`; the default is every physical core.
+pub fn set_threads(n: usize) -> Result<()> {
+    if n == 0 {
+        return Err(Error::InvalidOption("threads must be at least 1".into()));
+    }
+    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    Ok(())
+}
+
 /// Crate version (`CARGO_PKG_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
