@@ -10,6 +10,7 @@ from __future__ import annotations
 import _thread
 import json
 import pathlib
+import signal
 import struct
 import threading
 import time
@@ -523,6 +524,9 @@ def test_generation_releases_the_gil(model):
 
 def interrupt_after(seconds: float) -> threading.Timer:
     """Makes the main thread see SIGINT, as if Ctrl-C was pressed, after `seconds`."""
+    # A process started in the background (CI runners, nohup) inherits SIGINT as ignored, and
+    # then interrupt_main() does nothing; restore Python's own handler, as a terminal has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     timer = threading.Timer(seconds, _thread.interrupt_main)
     timer.start()
     return timer
