@@ -85,6 +85,8 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         }
     };
     let load_ms = model.info().load_ms;
+    // A 7B run takes minutes: say where it stands.
+    eprintln!("loaded in {:.1} s; timing {} repeats", load_ms / 1e3, a.repeats);
     let rss_after_load = peak_rss();
     let image = match &a.image {
         Some(p) => Image::open(p)?,

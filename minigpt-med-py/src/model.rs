@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use minigpt_med::{Answer, Chat, ChatHistory, LoadOptions, LoadProgress, Model, ModelFiles, Task};
+use minigpt_med::{Chat, ChatHistory, LoadOptions, LoadProgress, Model, ModelFiles, Task};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -340,6 +340,21 @@ pub(crate) struct PyChat {
 }
 
 impl PyChat {
+    /// The work of answering one question, run by `ask` (blocking) or `stream` (iterated).
+    fn job(
+        &self,
+        instruction: Option<String>,
+        task: Option<&str>,
+        prompt: Option<&str>,
+        region: Option<&Bound<'_, PyAny>>,
+        decoding: Decoding,
+    ) -> PyResult<Job> {
+        let instruction = self.instruction(instruction, task, prompt, region)?;
+        let opts = decoding.to_options()?;
+        let cell = Arc::clone(&self.cell);
+        Ok(Box::new(move |on_text| lock(&cell).ask_stream(&instruction, &opts, on_text)))
+    }
+
     /// The instruction for either a verbatim `instruction` or a `task` (built for this image).
     fn instruction(
         &self,
@@ -394,8 +409,7 @@ impl PyChat {
         stop: Option<StopArg>,
         context_limit: Option<i64>,
     ) -> PyResult<PyAnswer> {
-        let instruction = self.instruction(instruction, task, prompt, region)?;
-        let opts = Decoding {
+        let decoding = Decoding {
             preset,
             max_new_tokens,
             temperature,
@@ -405,11 +419,8 @@ impl PyChat {
             repetition_penalty,
             stop,
             context_limit,
-        }
-        .to_options()?;
-        let cell = Arc::clone(&self.cell);
-        run_blocking(py, Box::new(move |on_text| lock(&cell).ask_stream(&instruction, &opts, on_text)))
-            .map(PyAnswer::from)
+        };
+        run_blocking(py, self.job(instruction, task, prompt, region, decoding)?).map(PyAnswer::from)
     }
 
     /// Like :meth:`ask`, but returns a :class:`TextStream` of the answer's pieces.
@@ -432,8 +443,7 @@ impl PyChat {
         stop: Option<StopArg>,
         context_limit: Option<i64>,
     ) -> PyResult<PyTextStream> {
-        let instruction = self.instruction(instruction, task, prompt, region)?;
-        let opts = Decoding {
+        let decoding = Decoding {
             preset,
             max_new_tokens,
             temperature,
@@ -443,13 +453,8 @@ impl PyChat {
             repetition_penalty,
             stop,
             context_limit,
-        }
-        .to_options()?;
-        let cell = Arc::clone(&self.cell);
-        let job: Job = Box::new(move |on_text| -> minigpt_med::Result<Answer> {
-            lock(&cell).ask_stream(&instruction, &opts, on_text)
-        });
-        PyTextStream::spawn(job)
+        };
+        PyTextStream::spawn(self.job(instruction, task, prompt, region, decoding)?)
     }
 
     /// Questions answered so far.

@@ -78,16 +78,46 @@ impl Llama {
                 }
                 Linear::new(w, None, dtype)
             };
+            // Converting and quantizing a matrix is CPU-bound and independent of the others:
+            // the seven projections of a layer are built side by side.
+            let specs = [
+                ("self_attn.q_proj", [h, h]),
+                ("self_attn.k_proj", [kv, h]),
+                ("self_attn.v_proj", [kv, h]),
+                ("self_attn.o_proj", [h, h]),
+                ("mlp.gate_proj", [i, h]),
+                ("mlp.up_proj", [i, h]),
+                ("mlp.down_proj", [h, i]),
+            ];
+            let built: Vec<Result<Linear>> = std::thread::scope(|scope| {
+                let lin = &lin;
+                let handles: Vec<_> =
+                    specs.iter().map(|&(module, shape)| scope.spawn(move || lin(module, shape))).collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::WeightsFormat {
+                                path: src.origin().to_owned(),
+                                expected: "LLaMA weights".into(),
+                                reason: format!("converting layer {l} failed unexpectedly"),
+                            })
+                        })
+                    })
+                    .collect()
+            });
+            let mut built = built.into_iter();
+            let mut next = || built.next().expect("seven projections were built");
             layers.push(Layer {
                 input_norm: get(&format!("model.layers.{l}.input_layernorm.weight"), &[h])?,
-                q: lin("self_attn.q_proj", [h, h])?,
-                k: lin("self_attn.k_proj", [kv, h])?,
-                v: lin("self_attn.v_proj", [kv, h])?,
-                o: lin("self_attn.o_proj", [h, h])?,
+                q: next()?,
+                k: next()?,
+                v: next()?,
+                o: next()?,
                 post_norm: get(&format!("model.layers.{l}.post_attention_layernorm.weight"), &[h])?,
-                gate: lin("mlp.gate_proj", [i, h])?,
-                up: lin("mlp.up_proj", [i, h])?,
-                down: lin("mlp.down_proj", [h, i])?,
+                gate: next()?,
+                up: next()?,
+                down: next()?,
             });
             progress();
         }
