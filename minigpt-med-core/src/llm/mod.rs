@@ -5,6 +5,7 @@ mod cache;
 mod lora;
 
 use candle_core::{DType, Device, Tensor};
+use rayon::prelude::*;
 
 pub use cache::KvCache;
 pub(crate) use lora::LoraDeltas;
@@ -89,23 +90,8 @@ impl Llama {
                 ("mlp.up_proj", [i, h]),
                 ("mlp.down_proj", [h, i]),
             ];
-            let built: Vec<Result<Linear>> = std::thread::scope(|scope| {
-                let lin = &lin;
-                let handles: Vec<_> =
-                    specs.iter().map(|&(module, shape)| scope.spawn(move || lin(module, shape))).collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(Error::WeightsFormat {
-                                path: src.origin().to_owned(),
-                                expected: "LLaMA weights".into(),
-                                reason: format!("converting layer {l} failed unexpectedly"),
-                            })
-                        })
-                    })
-                    .collect()
-            });
+            // On rayon's pool (which the matmuls use anyway): no threads of our own to manage.
+            let built: Vec<Result<Linear>> = specs.par_iter().map(|&(module, shape)| lin(module, shape)).collect();
             let mut built = built.into_iter();
             let mut next = || built.next().expect("seven projections were built");
             layers.push(Layer {
