@@ -46,8 +46,12 @@ fn peak_rss() -> Option<u64> {
     Some(kb * 1024)
 }
 
-fn stats(mut v: Vec<f64>) -> (f64, f64) {
+/// (best, median) of the repeats; best is the smallest time or the highest rate.
+fn best_median(mut v: Vec<f64>, higher_is_better: bool) -> (f64, f64) {
     v.sort_by(f64::total_cmp);
+    if higher_is_better {
+        v.reverse();
+    }
     (v[0], v[v.len() / 2])
 }
 
@@ -109,11 +113,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         let steps = answer.token_ids.len().saturating_sub(1).max(1);
         decode.push(steps as f64 / (answer.timings.decode_ms / 1e3));
     }
-    let (enc_min, enc_med) = stats(encode);
-    let (pre_min, pre_med) = stats(prefill.iter().map(|v| -v).collect());
-    let (dec_min, dec_med) = stats(decode.iter().map(|v| -v).collect());
-    // Throughputs: "best" is the highest rate, reported first.
-    let (pre_best, pre_med, dec_best, dec_med) = (-pre_min, -pre_med, -dec_min, -dec_med);
+    let (enc_min, enc_med) = best_median(encode, false);
+    let (pre_best, pre_med) = best_median(prefill, true);
+    let (dec_best, dec_med) = best_median(decode, true);
     let peak = peak_rss();
     let weights = model.info().llm_weight_bytes;
     if a.json {

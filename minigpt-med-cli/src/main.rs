@@ -6,7 +6,6 @@ mod demo;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
@@ -343,7 +342,6 @@ fn run(
     opts: &GenerateOptions,
     out: &OutputArgs,
 ) -> Result<(), minigpt_med::Error> {
-    let t = Instant::now();
     let answer = if out.stream {
         use std::io::Write;
         let a = model.generate_stream(image, task, opts, &mut |piece| {
@@ -355,7 +353,6 @@ fn run(
     } else {
         model.generate(image, task, opts)?
     };
-    let _ = t;
     if let Some(path) = &out.draw {
         save_png(path, image.width(), image.height(), &answer.draw(image))?;
     }

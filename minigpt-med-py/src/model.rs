@@ -93,6 +93,27 @@ pub(crate) struct PyModel {
     inner: Arc<Model>,
 }
 
+impl PyModel {
+    /// The work of one generation, run by `generate` (blocking) or `stream` (iterated).
+    #[allow(clippy::too_many_arguments)]
+    fn job(
+        &self,
+        image: &Bound<'_, PyAny>,
+        task: &str,
+        prompt: Option<&str>,
+        region: Option<&Bound<'_, PyAny>>,
+        color: Option<&str>,
+        window: Option<(f64, f64)>,
+        decoding: Decoding,
+    ) -> PyResult<Job> {
+        let task = to_task(task, prompt, region)?;
+        let opts = decoding.to_options()?;
+        let image = to_image(image, color, window)?;
+        let model = Arc::clone(&self.inner);
+        Ok(Box::new(move |on_text| model.generate_stream(&image, &task, &opts, on_text)))
+    }
+}
+
 // The keyword lists mirror every core option, so the methods have many parameters by design.
 #[allow(clippy::too_many_arguments)]
 #[pymethods]
@@ -195,8 +216,7 @@ impl PyModel {
         stop: Option<StopArg>,
         context_limit: Option<i64>,
     ) -> PyResult<PyAnswer> {
-        let task = to_task(task, prompt, region)?;
-        let opts = Decoding {
+        let decoding = Decoding {
             preset,
             max_new_tokens,
             temperature,
@@ -206,12 +226,8 @@ impl PyModel {
             repetition_penalty,
             stop,
             context_limit,
-        }
-        .to_options()?;
-        let image = to_image(image, color, window)?;
-        let model = Arc::clone(&self.inner);
-        run_blocking(py, Box::new(move |on_text| model.generate_stream(&image, &task, &opts, on_text)))
-            .map(PyAnswer::from)
+        };
+        run_blocking(py, self.job(image, task, prompt, region, color, window, decoding)?).map(PyAnswer::from)
     }
 
     /// Like :meth:`generate`, but returns a :class:`TextStream` yielding the answer text piece
@@ -238,8 +254,7 @@ impl PyModel {
         stop: Option<StopArg>,
         context_limit: Option<i64>,
     ) -> PyResult<PyTextStream> {
-        let task = to_task(task, prompt, region)?;
-        let opts = Decoding {
+        let decoding = Decoding {
             preset,
             max_new_tokens,
             temperature,
@@ -249,11 +264,8 @@ impl PyModel {
             repetition_penalty,
             stop,
             context_limit,
-        }
-        .to_options()?;
-        let image = to_image(image, color, window)?;
-        let model = Arc::clone(&self.inner);
-        PyTextStream::spawn(Box::new(move |on_text| model.generate_stream(&image, &task, &opts, on_text)))
+        };
+        PyTextStream::spawn(self.job(image, task, prompt, region, color, window, decoding)?)
     }
 
     /// Starts a conversation about one image: the image is encoded once and every turn stays
