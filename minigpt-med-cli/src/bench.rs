@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time only the quantized matrix kernels at LLaMA-2-7B shapes (ours beside candle's
+    /// `QMatMul`), for decode (1 row) and prefill (298 rows); no model is loaded.
+    #[arg(long, conflicts_with_all = ["synthetic", "model_dir"])]
+    kernels: bool,
 }
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
@@ -59,6 +63,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     let bad = |m: String| minigpt_med::Error::InvalidOption(m);
     if a.repeats == 0 || a.decode_tokens == 0 {
         return Err(bad("--repeats and --decode-tokens must be at least 1".into()));
+    }
+    if a.kernels {
+        return bench_kernels(&a);
     }
     let tiny = crate::demo::unpack()?;
     let opts = |default: WeightDType| LoadOptions {
@@ -147,6 +154,89 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         println!("decode           best {dec_best:.2} tok/s, median {dec_med:.2} tok/s ({} tokens)", a.decode_tokens);
         println!("LLM weights      {}", gib(Some(weights as u64)));
         println!("peak RSS         {} (after load {})", gib(peak), gib(rss_after_load));
+    }
+    Ok(())
+}
+
+/// Uniform values in [-1, 1) from a fixed seed: the kernels' speed does not depend on them.
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// `bench --kernels`: `x W^T` per format and shape, ours and candle's, best of the repeats.
+fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
+    use minigpt_med::candle::quantized::{GgmlDType, QMatMul, QTensor};
+    use minigpt_med::candle::{Device as CDevice, Module, Tensor};
+    use minigpt_med::quant::{QuantFormat, QuantMatrix};
+
+    let shapes = [("q_proj/o_proj", 4096, 4096), ("gate/up_proj", 11008, 4096), ("down_proj", 4096, 11008)];
+    let formats = [
+        (QuantFormat::Q8_0, GgmlDType::Q8_0),
+        (QuantFormat::Q4_0, GgmlDType::Q4_0),
+        (QuantFormat::Q4K, GgmlDType::Q4K),
+    ];
+    let time = |f: &mut dyn FnMut() -> Result<(), minigpt_med::Error>| -> Result<f64, minigpt_med::Error> {
+        f()?; // warm-up: caches, candle's one-time repack
+        let mut best = f64::INFINITY;
+        for _ in 0..a.repeats {
+            let t = Instant::now();
+            f()?;
+            best = best.min(t.elapsed().as_secs_f64());
+        }
+        Ok(best)
+    };
+    let mut rows_out = Vec::new();
+    for (name, rows, cols) in shapes {
+        let w = random(rows * cols, 1);
+        let wt = Tensor::from_vec(w.clone(), (rows, cols), &CDevice::Cpu)?;
+        for (format, ggml) in formats {
+            let ours = QuantMatrix::quantize(&w, rows, cols, format)?;
+            let theirs = QMatMul::from_qtensor(QTensor::quantize(&wt, ggml)?)?;
+            for m in [1usize, 298] {
+                let x = random(m * cols, 2);
+                let xt = Tensor::from_vec(x.clone(), (m, cols), &CDevice::Cpu)?;
+                let t_ours = time(&mut || ours.matmul(&x, m).map(drop))?;
+                let t_theirs = time(&mut || theirs.forward(&xt).map(drop).map_err(Into::into))?;
+                let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
+                rows_out.push(json!({
+                    "matrix": name, "rows": rows, "cols": cols, "format": format!("{format:?}"), "m": m,
+                    "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
+                    "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
+                    "ours_weight_gbps": ours.bytes() as f64 / 1e9 / t_ours,
+                }));
+            }
+        }
+    }
+    if a.json {
+        println!(
+            "{}",
+            json!({"threads": minigpt_med::candle::utils::get_num_threads(), "repeats": a.repeats, "kernels": rows_out})
+        );
+    } else {
+        println!("threads {}, best of {}", minigpt_med::candle::utils::get_num_threads(), a.repeats);
+        println!(
+            "{:<14} {:>6} {:>4} {:>10} {:>10} {:>12} {:>12} {:>9}",
+            "matrix", "format", "m", "ours ms", "candle ms", "ours GFLOP/s", "candle GFLOP/s", "ours GB/s"
+        );
+        for r in &rows_out {
+            println!(
+                "{:<14} {:>6} {:>4} {:>10.2} {:>10.2} {:>12.1} {:>14.1} {:>9.1}",
+                r["matrix"].as_str().unwrap_or(""),
+                r["format"].as_str().unwrap_or(""),
+                r["m"],
+                r["ours_ms"].as_f64().unwrap_or(0.0),
+                r["candle_ms"].as_f64().unwrap_or(0.0),
+                r["ours_gflops"].as_f64().unwrap_or(0.0),
+                r["candle_gflops"].as_f64().unwrap_or(0.0),
+                r["ours_weight_gbps"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     Ok(())
 }

@@ -32,6 +32,7 @@ mod llm;
 mod model;
 mod nn;
 pub mod prompt;
+pub mod quant;
 mod task;
 mod vision;
 mod weights;

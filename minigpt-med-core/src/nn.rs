@@ -2,9 +2,12 @@
 //! narrower dtype (f16, bf16) or quantized (Q8_0, Q4_0, Q4_K) and are widened inside the matmul.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
-use candle_core::{DType, Module, Tensor};
+use std::sync::Arc;
+
+use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
+use crate::quant::{QuantFormat, QuantMatrix};
 
 /// How a weight matrix is held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,11 +38,11 @@ impl WeightDType {
         }
     }
 
-    fn ggml(self) -> Option<GgmlDType> {
+    fn quant(self) -> Option<QuantFormat> {
         match self {
-            Self::Q8_0 => Some(GgmlDType::Q8_0),
-            Self::Q4_0 => Some(GgmlDType::Q4_0),
-            Self::Q4K => Some(GgmlDType::Q4K),
+            Self::Q8_0 => Some(QuantFormat::Q8_0),
+            Self::Q4_0 => Some(QuantFormat::Q4_0),
+            Self::Q4K => Some(QuantFormat::Q4K),
             _ => None,
         }
     }
@@ -84,6 +87,9 @@ impl std::fmt::Display for WeightDType {
 #[derive(Debug, Clone)]
 enum Weight {
     Dense(Tensor),
+    /// On the CPU: our own layout and kernels (`crate::quant`), one copy of the weights.
+    Packed(Arc<QuantMatrix>),
+    /// On a GPU: candle's quantized matmul.
     Quantized(QMatMul),
 }
 
@@ -99,11 +105,22 @@ impl Linear {
     /// Quantized formats need `in` to be a multiple of their block size; other layers fall
     /// back to f16 rather than failing.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, dtype: WeightDType) -> Result<Self> {
-        let (_, in_features) = weight.dims2()?;
-        let weight = match dtype.ggml() {
-            Some(q) if in_features % q.block_size() == 0 => {
+        let (out_features, in_features) = weight.dims2()?;
+        let weight = match dtype.quant() {
+            Some(q) if q.accepts(in_features) => {
                 let w = weight.to_dtype(DType::F32)?;
-                Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(&w, q)?)?)
+                if matches!(w.device(), Device::Cpu) {
+                    let data = w.flatten_all()?.to_vec1::<f32>()?;
+                    drop(w);
+                    Weight::Packed(Arc::new(QuantMatrix::quantize(&data, out_features, in_features, q)?))
+                } else {
+                    let ggml = match q {
+                        QuantFormat::Q8_0 => GgmlDType::Q8_0,
+                        QuantFormat::Q4_0 => GgmlDType::Q4_0,
+                        QuantFormat::Q4K => GgmlDType::Q4K,
+                    };
+                    Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(&w, ggml)?)?)
+                }
             }
             Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
             None => Weight::Dense(weight.to_dtype(dtype.float())?),
@@ -116,6 +133,7 @@ impl Linear {
     pub(crate) fn bytes(&self) -> usize {
         let w = match &self.weight {
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Weight::Packed(q) => q.bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
             Weight::Quantized(QMatMul::Tensor(t) | QMatMul::TensorF16(t)) => t.elem_count() * t.dtype().size_in_bytes(),
         };
@@ -126,6 +144,7 @@ impl Linear {
         let y = match &self.weight {
             Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
             Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
+            Weight::Packed(q) => packed_forward(q, x)?,
             Weight::Quantized(q) => q.forward(x)?,
         };
         Ok(match &self.bias {
@@ -133,6 +152,29 @@ impl Linear {
             None => y,
         })
     }
+}
+
+/// `x: [.., in]` f32 times a CPU-packed matrix, read in place from the tensor's storage.
+fn packed_forward(q: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
+    let (rows, cols) = q.dims();
+    let mut shape = x.dims().to_vec();
+    if shape.last() != Some(&cols) {
+        return Err(Error::Tensor(candle_core::Error::Msg(format!(
+            "input of shape {shape:?} for a [{rows}, {cols}] quantized matrix"
+        ))));
+    }
+    let m = x.elem_count() / cols.max(1);
+    let x = x.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = x.storage_and_layout();
+    let y = match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let all = cpu.as_slice::<f32>()?;
+            q.matmul(&all[layout.start_offset()..layout.start_offset() + m * cols], m)?
+        }
+        _ => return Err(Error::Tensor(candle_core::Error::Msg("packed quantized weights live on the CPU".into()))),
+    };
+    *shape.last_mut().expect("checked above") = rows;
+    Ok(Tensor::from_vec(y, shape, x.device())?)
 }
 
 /// LayerNorm over the last axis, f32, with optional affine parameters.

@@ -1,0 +1,635 @@
+//! Quantized weight matrices for the CPU, with our own kernels. The LLM uses them when its
+//! weights are quantized on the CPU; they are public for benchmarks and for crates that want a
+//! fast quantized `x W^T` of their own.
+//!
+//! The formats are llama.cpp's (Q8_0, Q4_0: blocks of 32 values sharing an f16 scale; Q4_K:
+//! super-blocks of 256), quantized with the same arithmetic, so a matrix holds the same numbers
+//! as llama.cpp's file would. What differs is the layout and the kernels:
+//!
+//! - candle 0.11.1's x86 path builds a second, repacked copy of every Q4_K matrix on first use
+//!   and keeps both (a third more memory than the weights), and its Q4_0/Q8_0 dot products run
+//!   one block at a time with software f16 conversion (~11 GFLOP/s on two cores).
+//! - Here each matrix is held once. Q4_0 and Q8_0 rows keep their quants and their scales in two
+//!   separate arrays, so eight block scales widen with one F16C instruction, and Q4_0 packs two
+//!   neighbouring blocks per 32 bytes (low nibbles: block `2p`, high: block `2p + 1`) so one load
+//!   and two masks unpack 64 values. Four weight rows share each activation load.
+//! - Activations are quantized once per call to 8-bit blocks (f32 scale), as llama.cpp does.
+//!
+//! Work is split over row chunks on rayon's pool, the one `set_threads` sizes.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod portable;
+
+use candle_core::quantized::k_quants::{BlockQ4K, GgmlType, QK_K};
+use half::f16;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// llama.cpp's Q4_K super-block, as candle 0.11.1's `BlockQ4K` lays it out (`#[repr(C)]`, the
+/// same field order; its fields are private to candle). `qs` holds sub-blocks `2p` and `2p + 1`
+/// in the low and high nibbles of bytes `32p..32p + 32`: our Q4_0 pair layout.
+#[repr(C)]
+struct Q4KRaw {
+    d: f16,
+    dmin: f16,
+    scales: [u8; 12],
+    qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<Q4KRaw>() == std::mem::size_of::<BlockQ4K>());
+const _: () = assert!(std::mem::align_of::<Q4KRaw>() == std::mem::align_of::<BlockQ4K>());
+
+fn q4k_raw(blocks: &[BlockQ4K]) -> &[Q4KRaw] {
+    // SAFETY: same size, alignment and field layout (checked above; the tests compare our
+    // dequantization with candle's `to_float`); all bit patterns are valid for both.
+    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q4KRaw, blocks.len()) }
+}
+
+impl Q4KRaw {
+    /// The eight sub-block scales `d * sc` and mins `dmin * m` (llama.cpp's
+    /// `get_scale_min_k4`): value `i` of the super-block is `sc[i / 32] * q - mn[i / 32]`.
+    fn scales_mins(&self, sc: &mut [f32], mn: &mut [f32]) {
+        let (d, dmin, s) = (self.d.to_f32(), self.dmin.to_f32(), &self.scales);
+        for j in 0..8 {
+            let (a, b) = if j < 4 {
+                (s[j] & 63, s[j + 4] & 63)
+            } else {
+                ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
+            };
+            sc[j] = d * a as f32;
+            mn[j] = dmin * b as f32;
+        }
+    }
+}
+
+/// One activation row: quants `[kp]`, block scales `[kp / 32]`, block sums `[kp / 32]`.
+type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+
+/// Values per Q8_0 / Q4_0 block.
+pub const BLOCK: usize = 32;
+/// Rows of `Q4_0`/`Q8_0` matrices are padded with zeros to a multiple of this many values
+/// (Q4_0 stores blocks in pairs).
+const PAIR: usize = 2 * BLOCK;
+
+/// A quantized storage format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// 8-bit, blocks of 32 with an f16 scale (8.5 bits per weight).
+    Q8_0,
+    /// 4-bit, blocks of 32 with an f16 scale (4.5 bits per weight).
+    Q4_0,
+    /// 4-bit k-quants: super-blocks of 256 with 6-bit sub-block scales and mins (4.5 bits).
+    Q4K,
+}
+
+impl QuantFormat {
+    /// Values per block (32, or 256 for Q4_K).
+    pub fn block_size(self) -> usize {
+        match self {
+            Self::Q8_0 | Self::Q4_0 => BLOCK,
+            Self::Q4K => QK_K,
+        }
+    }
+
+    /// Whether a matrix with `cols` inputs can be held in this format.
+    pub fn accepts(self, cols: usize) -> bool {
+        match self {
+            Self::Q8_0 | Self::Q4_0 => cols > 0,
+            Self::Q4K => cols > 0 && cols % QK_K == 0,
+        }
+    }
+}
+
+enum Data {
+    /// `qs: [rows, kp]`, `d: [rows, kp / 32]`.
+    Q8_0 { qs: Vec<i8>, d: Vec<f16> },
+    /// `qs: [rows, kp / 2]` (block pairs, see the module docs), `d: [rows, kp / 32]`.
+    Q4_0 { qs: Vec<u8>, d: Vec<f16> },
+    /// `[rows, cols / 256]` llama.cpp blocks; candle's AVX2/NEON dot product reads them.
+    Q4K(Vec<BlockQ4K>),
+}
+
+/// A weight matrix `[rows, cols]` (rows = outputs) held quantized.
+pub struct QuantMatrix {
+    rows: usize,
+    cols: usize,
+    /// `cols` rounded up to [`PAIR`] for Q8_0/Q4_0; `cols` for Q4_K.
+    kp: usize,
+    data: Data,
+}
+
+impl std::fmt::Debug for QuantMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "QuantMatrix({:?}, [{}, {}])", self.format(), self.rows, self.cols)
+    }
+}
+
+/// Which kernels run: AVX2+FMA+F16C where the CPU has them, plain Rust elsewhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen 1).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    /// Plain Rust (the reference the SIMD kernels are tested against).
+    Portable,
+}
+
+impl Kernels {
+    /// The fastest kernels this CPU runs.
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            return Self::Avx2;
+        }
+        Self::Portable
+    }
+}
+
+/// Activations quantized to 8-bit blocks: `qs: [m, kp]`, `d: [m, kp / 32]`, and each block's
+/// sum `ys = d * sum(qs)` (`[m, kp / 32]`) for formats whose weights carry an offset.
+struct Q8Rows {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    ys: Vec<f32>,
+}
+
+/// Raw output pointer shared by the row-chunk workers; each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: workers write disjoint (row, column) elements of one live buffer (see `matmul`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl QuantMatrix {
+    /// Quantizes `w: [rows, cols]` (row-major f32), rows in parallel.
+    pub fn quantize(w: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<Self> {
+        if w.len() != rows * cols {
+            return Err(Error::InvalidOption(format!("{} values given for a [{rows}, {cols}] matrix", w.len())));
+        }
+        if !format.accepts(cols) {
+            return Err(Error::InvalidOption(format!(
+                "{format:?} needs a column count that is a multiple of {}; {cols} given",
+                format.block_size()
+            )));
+        }
+        let kp = match format {
+            QuantFormat::Q4K => cols,
+            _ => cols.div_ceil(PAIR) * PAIR,
+        };
+        let nb = kp / BLOCK;
+        let data = match format {
+            QuantFormat::Q8_0 => {
+                let mut qs = vec![0i8; rows * kp];
+                let mut d = vec![f16::ZERO; rows * nb];
+                qs.par_chunks_mut(kp).zip(d.par_chunks_mut(nb)).zip(w.par_chunks(cols)).for_each(|((qs, d), w)| {
+                    for (b, (q, d)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).enumerate() {
+                        *d = quantize_q8_block(padded_block(w, b), q);
+                    }
+                });
+                Data::Q8_0 { qs, d }
+            }
+            QuantFormat::Q4_0 => {
+                let mut qs = vec![0u8; rows * kp / 2];
+                let mut d = vec![f16::ZERO; rows * nb];
+                qs.par_chunks_mut(kp / 2).zip(d.par_chunks_mut(nb)).zip(w.par_chunks(cols)).for_each(|((qs, d), w)| {
+                    for (p, pair) in qs.chunks_mut(BLOCK).enumerate() {
+                        let (lo, hi) = (
+                            quantize_q4_0_block(padded_block(w, 2 * p)),
+                            quantize_q4_0_block(padded_block(w, 2 * p + 1)),
+                        );
+                        d[2 * p] = lo.0;
+                        d[2 * p + 1] = hi.0;
+                        for (j, byte) in pair.iter_mut().enumerate() {
+                            *byte = lo.1[j] | (hi.1[j] << 4);
+                        }
+                    }
+                });
+                Data::Q4_0 { qs, d }
+            }
+            QuantFormat::Q4K => {
+                let per_row = cols / QK_K;
+                let mut blocks = vec![BlockQ4K::zeros(); rows * per_row];
+                blocks.par_chunks_mut(per_row).zip(w.par_chunks(cols)).for_each(|(b, w)| BlockQ4K::from_float(w, b));
+                Data::Q4K(blocks)
+            }
+        };
+        Ok(Self { rows, cols, kp, data })
+    }
+
+    /// The storage format.
+    pub fn format(&self) -> QuantFormat {
+        match self.data {
+            Data::Q8_0 { .. } => QuantFormat::Q8_0,
+            Data::Q4_0 { .. } => QuantFormat::Q4_0,
+            Data::Q4K(_) => QuantFormat::Q4K,
+        }
+    }
+
+    /// `(rows, cols)`: outputs and inputs.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+
+    /// Bytes held (padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.data {
+            Data::Q8_0 { qs, d } => qs.len() + 2 * d.len(),
+            Data::Q4_0 { qs, d } => qs.len() + 2 * d.len(),
+            Data::Q4K(b) => std::mem::size_of_val(b.as_slice()),
+        }
+    }
+
+    /// The weights as f32 `[rows, cols]`: what the quantized numbers stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        self.dequantize_rows(0, &mut out);
+        out
+    }
+
+    /// Rows `r0..r0 + out.len() / cols` as f32 into `out`, rows in parallel.
+    fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        let (cols, kp) = (self.cols, self.kp);
+        let nb = kp / BLOCK;
+        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
+            let r = r0 + i;
+            match &self.data {
+                Data::Q8_0 { qs, d } => {
+                    for (b, (v, q)) in row.chunks_mut(BLOCK).zip(qs[r * kp..].chunks(BLOCK)).enumerate() {
+                        let d = d[r * nb + b].to_f32();
+                        v.iter_mut().zip(q).for_each(|(v, &q)| *v = q as f32 * d);
+                    }
+                }
+                Data::Q4_0 { qs, d } => {
+                    let q = &qs[r * kp / 2..(r + 1) * kp / 2];
+                    for (b, v) in row.chunks_mut(BLOCK).enumerate() {
+                        let d = d[r * nb + b].to_f32();
+                        v.iter_mut()
+                            .enumerate()
+                            .for_each(|(j, v)| *v = (q4_0_nibble(q, b * BLOCK + j) as f32 - 8.0) * d);
+                    }
+                }
+                Data::Q4K(b) => {
+                    let per_row = cols / QK_K;
+                    for (blk, v) in q4k_raw(&b[r * per_row..(r + 1) * per_row]).iter().zip(row.chunks_mut(QK_K)) {
+                        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
+                        blk.scales_mins(&mut sc, &mut mn);
+                        v.iter_mut()
+                            .enumerate()
+                            .for_each(|(i, v)| *v = sc[i / BLOCK] * q4_0_nibble(&blk.qs, i) as f32 - mn[i / BLOCK]);
+                    }
+                }
+            }
+        });
+    }
+
+    /// `y = x W^T` for `x: [m, cols]` row-major f32; returns `[m, rows]`.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        self.matmul_with(Kernels::detect(), x, m)
+    }
+
+    /// [`Self::matmul`] on the given kernels; `kernels` must be [`Kernels::detect`]'s or
+    /// `Portable` (Q4_K always uses candle's dot product, which picks its own SIMD).
+    pub fn matmul_with(&self, kernels: Kernels, x: &[f32], m: usize) -> Result<Vec<f32>> {
+        if x.len() != m * self.cols {
+            return Err(Error::InvalidOption(format!("{} input values for [{m}, {}]", x.len(), self.cols)));
+        }
+        #[cfg(target_arch = "x86_64")]
+        if kernels == Kernels::Avx2 && !avx2::available() {
+            return Err(Error::InvalidOption("this CPU lacks AVX2, FMA or F16C".into()));
+        }
+        let mut out = vec![0f32; m * self.rows];
+        if m == 0 || self.rows == 0 {
+            return Ok(out);
+        }
+        // Decode (m = 1) is bound by reading the weights: small chunks keep both cores busy to
+        // the end. Prefill is bound by arithmetic: a chunk's rows stay in cache across all m.
+        let chunk = if m == 1 { 32 } else { 16 };
+        let n_chunks = self.rows.div_ceil(chunk);
+        let ptr = OutPtr(out.as_mut_ptr());
+        let (rows, kp) = (self.rows, self.kp);
+        match &self.data {
+            Data::Q8_0 { qs, d } => {
+                let act = self.quantize_rows(x, m);
+                let nb = kp / BLOCK;
+                (0..n_chunks).into_par_iter().for_each(|c| {
+                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+                    for i in 0..m {
+                        let y = (
+                            &act.qs[i * kp..(i + 1) * kp],
+                            &act.d[i * nb..(i + 1) * nb],
+                            &act.ys[i * nb..(i + 1) * nb],
+                        );
+                        for r in (r0..r1).step_by(4) {
+                            let idx = row_quad(r, r1);
+                            let w = idx.map(|j| &qs[j * kp..(j + 1) * kp]);
+                            let s = idx.map(|j| &d[j * nb..(j + 1) * nb]);
+                            let dots = match kernels {
+                                #[cfg(target_arch = "x86_64")]
+                                // SAFETY: `Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+                                Kernels::Avx2 => unsafe { avx2::q8_0_dot4(w, s, y) },
+                                Kernels::Portable => portable::q8_0_dot4(w, s, y, 0),
+                            };
+                            // SAFETY: row `i`, columns `r..r1` belong to this chunk only.
+                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
+                        }
+                    }
+                });
+            }
+            Data::Q4_0 { qs, d } => {
+                let act = self.quantize_rows(x, m);
+                let nb = kp / BLOCK;
+                (0..n_chunks).into_par_iter().for_each(|c| {
+                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+                    for i in 0..m {
+                        let y = (
+                            &act.qs[i * kp..(i + 1) * kp],
+                            &act.d[i * nb..(i + 1) * nb],
+                            &act.ys[i * nb..(i + 1) * nb],
+                        );
+                        for r in (r0..r1).step_by(4) {
+                            let idx = row_quad(r, r1);
+                            let w = idx.map(|j| &qs[j * kp / 2..(j + 1) * kp / 2]);
+                            let s = idx.map(|j| &d[j * nb..(j + 1) * nb]);
+                            let dots = match kernels {
+                                #[cfg(target_arch = "x86_64")]
+                                // SAFETY: as above.
+                                Kernels::Avx2 => unsafe { avx2::q4_0_dot4(w, s, y) },
+                                Kernels::Portable => portable::q4_0_dot4(w, s, y, 0),
+                            };
+                            // SAFETY: as above.
+                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
+                        }
+                    }
+                });
+            }
+            Data::Q4K(blocks) => {
+                let act = self.quantize_rows(x, m);
+                let blocks = q4k_raw(blocks);
+                let (per_row, nb) = (kp / QK_K, kp / BLOCK);
+                (0..n_chunks).into_par_iter().for_each(|c| {
+                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
+                    for i in 0..m {
+                        let y = (
+                            &act.qs[i * kp..(i + 1) * kp],
+                            &act.d[i * nb..(i + 1) * nb],
+                            &act.ys[i * nb..(i + 1) * nb],
+                        );
+                        for r in (r0..r1).step_by(4) {
+                            let idx = row_quad(r, r1);
+                            let w = idx.map(|j| &blocks[j * per_row..(j + 1) * per_row]);
+                            let dots = match kernels {
+                                #[cfg(target_arch = "x86_64")]
+                                // SAFETY: as above.
+                                Kernels::Avx2 => unsafe { avx2::q4k_dot4(w, y) },
+                                Kernels::Portable => portable::q4k_dot4(w, y),
+                            };
+                            // SAFETY: as above.
+                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
+                        }
+                    }
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`).
+    fn quantize_rows(&self, x: &[f32], m: usize) -> Q8Rows {
+        let (cols, kp) = (self.cols, self.kp);
+        let nb = kp / BLOCK;
+        let mut qs = vec![0i8; m * kp];
+        let mut d = vec![0f32; m * nb];
+        let mut ys = vec![0f32; m * nb];
+        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], x: &[f32]| {
+            for (b, ((q, d), ys)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
+                *d = quantize_act_block(padded_block(x, b), q);
+                *ys = *d * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
+            }
+        };
+        if m == 1 {
+            work(&mut qs, &mut d, &mut ys, x);
+        } else {
+            qs.par_chunks_mut(kp)
+                .zip(d.par_chunks_mut(nb))
+                .zip(ys.par_chunks_mut(nb))
+                .zip(x.par_chunks(cols))
+                .for_each(|(((qs, d), ys), x)| work(qs, d, ys, x));
+        }
+        Q8Rows { qs, d, ys }
+    }
+}
+
+/// Indices of the four rows starting at `r`; past `end` the last row is repeated (its results
+/// are computed and dropped) so the kernels only ever see four rows.
+fn row_quad(r: usize, end: usize) -> [usize; 4] {
+    [r, (r + 1).min(end - 1), (r + 2).min(end - 1), (r + 3).min(end - 1)]
+}
+
+/// Writes `vals[..n.min(4)]` at `ptr + at`.
+///
+/// # Safety
+/// The elements written must be inside the output buffer and written by no other worker.
+unsafe fn store(ptr: OutPtr, at: usize, vals: &[f32; 4], n: usize) {
+    for (j, &v) in vals.iter().take(n.min(4)).enumerate() {
+        unsafe { *ptr.0.add(at + j) = v };
+    }
+}
+
+/// Block `b` of a row, zero-padded past the row's end.
+fn padded_block(row: &[f32], b: usize) -> [f32; BLOCK] {
+    let mut out = [0f32; BLOCK];
+    let start = (b * BLOCK).min(row.len());
+    let end = ((b + 1) * BLOCK).min(row.len());
+    out[..end - start].copy_from_slice(&row[start..end]);
+    out
+}
+
+/// llama.cpp's `quantize_row_q8_0`: scale `amax / 127`, values rounded half away from zero.
+fn quantize_q8_block(x: [f32; BLOCK], q: &mut [i8]) -> f16 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    f16::from_f32(d)
+}
+
+/// llama.cpp's `quantize_row_q4_0`: the value of largest magnitude maps to -8, the scale is
+/// `max / -8`, and each value becomes `min(15, (x / d + 8.5) as i8)`.
+fn quantize_q4_0_block(x: [f32; BLOCK]) -> (f16, [u8; BLOCK]) {
+    let (mut amax, mut max) = (0f32, 0f32);
+    for v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let mut q = [0u8; BLOCK];
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = ((v * id + 8.5) as i8).min(15) as u8;
+    }
+    (f16::from_f32(d), q)
+}
+
+/// An activation block: like Q8_0 but the scale stays f32 (it is never stored).
+fn quantize_act_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (q, v) in q.iter_mut().zip(x) {
+        *q = (v * id).round() as i8;
+    }
+    d
+}
+
+/// Nibble `i` of a Q4_0 row (pair layout).
+fn q4_0_nibble(row: &[u8], i: usize) -> u8 {
+    let (b, j) = (i / BLOCK, i % BLOCK);
+    let byte = row[(b / 2) * BLOCK + j];
+    if b % 2 == 0 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+
+    fn random(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// candle's own quantizer (a port of llama.cpp's) must produce the same scales and quants
+    /// as ours, block by block: our layout holds llama.cpp's numbers.
+    #[test]
+    fn same_numbers_as_llama_cpp_blocks() {
+        let (rows, cols) = (8, 512);
+        let w = random(rows * cols, 1);
+        let t = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
+        for (format, ggml, block_bytes) in
+            [(QuantFormat::Q8_0, GgmlDType::Q8_0, 34), (QuantFormat::Q4_0, GgmlDType::Q4_0, 18)]
+        {
+            let ours = QuantMatrix::quantize(&w, rows, cols, format).unwrap();
+            let theirs = QTensor::quantize(&t, ggml).unwrap().data().unwrap().into_owned();
+            let nb = cols / BLOCK;
+            for r in 0..rows {
+                for b in 0..nb {
+                    let blk = &theirs[(r * nb + b) * block_bytes..(r * nb + b + 1) * block_bytes];
+                    let d = f16::from_le_bytes([blk[0], blk[1]]);
+                    match &ours.data {
+                        Data::Q8_0 { qs, d: ds } => {
+                            assert_eq!(ds[r * nb + b], d, "{format:?} scale of block {r},{b}");
+                            let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
+                            assert_eq!(&qs[r * ours.kp + b * BLOCK..][..BLOCK], &q[..], "{format:?} block {r},{b}");
+                        }
+                        Data::Q4_0 { qs, d: ds } => {
+                            assert_eq!(ds[r * nb + b], d, "{format:?} scale of block {r},{b}");
+                            for j in 0..16 {
+                                let row = &qs[r * ours.kp / 2..];
+                                assert_eq!(q4_0_nibble(row, b * BLOCK + j), blk[2 + j] & 0x0F);
+                                assert_eq!(q4_0_nibble(row, b * BLOCK + j + 16), blk[2 + j] >> 4);
+                            }
+                        }
+                        Data::Q4K(_) => unreachable!(),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Our reading of the Q4_K blocks (layout, scale unpacking) gives candle's dequantization.
+    #[test]
+    fn q4k_dequantizes_as_candle_does() {
+        let (rows, cols) = (3, 512);
+        let w = random(rows * cols, 3);
+        let q = QuantMatrix::quantize(&w, rows, cols, QuantFormat::Q4K).unwrap();
+        let Data::Q4K(blocks) = &q.data else { unreachable!() };
+        let mut theirs = vec![0f32; rows * cols];
+        BlockQ4K::to_float(blocks, &mut theirs);
+        assert_eq!(q.dequantize(), theirs);
+        let err = w.iter().zip(&theirs).fold(0f32, |a, (w, t)| a.max((w - t).abs()));
+        assert!(err < 0.1, "Q4_K error {err} on values in [-1, 1)");
+    }
+
+    #[test]
+    fn q4_0_represents_a_block_of_integers_exactly() {
+        // Largest magnitude -8 gives d = 1: every integer in -8..=7 is held exactly.
+        let w: Vec<f32> = (0..64).map(|i| (i % 16) as f32 - 8.0).collect();
+        let m = QuantMatrix::quantize(&w, 1, 64, QuantFormat::Q4_0).unwrap();
+        assert_eq!(m.dequantize(), w);
+    }
+
+    /// Every kernel against the f32 product of the dequantized weights with the activations.
+    /// Each output may differ only by the rounding of the activations to 8 bits: at most half a
+    /// step (`amax / 254` of the activation's block) times `|w|`, summed over the row.
+    #[test]
+    fn kernels_agree_with_dequantized_product() {
+        let mut kernels = vec![Kernels::Portable];
+        if Kernels::detect() != Kernels::Portable {
+            kernels.push(Kernels::detect());
+        }
+        // Odd shapes on purpose: rows not a multiple of 4 or of a chunk; columns padded, or
+        // not a multiple of 256 (the kernels' tail).
+        for (rows, cols, m) in
+            [(37, 512, 1), (37, 448, 3), (20, 96, 2), (130, 768, 5), (3, 256, 1), (70, 512, 40), (9, 64, 2)]
+        {
+            let w = random(rows * cols, 7);
+            let x = random(m * cols, 9);
+            let half_step: Vec<f32> = x
+                .chunks(cols)
+                .flat_map(|row| {
+                    (0..cols).map(move |c| {
+                        let b = c / BLOCK * BLOCK;
+                        row[b..(b + BLOCK).min(cols)].iter().fold(0f32, |a, v| a.max(v.abs())) / 254.0
+                    })
+                })
+                .collect();
+            for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4K] {
+                if !format.accepts(cols) {
+                    continue;
+                }
+                let q = QuantMatrix::quantize(&w, rows, cols, format).unwrap();
+                let wd = q.dequantize();
+                let dot = |i: usize, r: usize, f: &dyn Fn(usize, usize) -> f32| {
+                    (0..cols).map(|c| f(i * cols + c, r * cols + c)).sum::<f32>()
+                };
+                let exact: Vec<f32> =
+                    (0..m * rows).map(|o| dot(o / rows, o % rows, &|xi, wi| x[xi] * wd[wi])).collect();
+                let bound: Vec<f32> = (0..m * rows)
+                    .map(|o| 1e-5 + 1.01 * dot(o / rows, o % rows, &|xi, wi| half_step[xi] * wd[wi].abs()))
+                    .collect();
+                let mut previous: Option<Vec<f32>> = None;
+                for &k in &kernels {
+                    let y = q.matmul_with(k, &x, m).unwrap();
+                    for (o, ((y, e), b)) in y.iter().zip(&exact).zip(&bound).enumerate() {
+                        assert!(
+                            (y - e).abs() <= *b,
+                            "{format:?} {k:?} [{rows},{cols}] m={m} output {o}: {y} vs {e} (bound {b})"
+                        );
+                    }
+                    if let Some(p) = &previous {
+                        // Same integer sums, only the f32 summation order differs.
+                        for (y, p) in y.iter().zip(p) {
+                            assert!((y - p).abs() <= 1e-5 * (1.0 + p.abs()), "{format:?} kernels disagree: {y} vs {p}");
+                        }
+                    }
+                    previous = Some(y);
+                }
+            }
+        }
+    }
+}
