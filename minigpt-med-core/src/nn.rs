@@ -110,9 +110,8 @@ impl Linear {
             Some(q) if q.accepts(in_features) => {
                 let w = weight.to_dtype(DType::F32)?;
                 if matches!(w.device(), Device::Cpu) {
-                    let data = w.flatten_all()?.to_vec1::<f32>()?;
-                    drop(w);
-                    Weight::Packed(Arc::new(QuantMatrix::quantize(&data, out_features, in_features, q)?))
+                    let packed = with_f32_slice(&w, |data| QuantMatrix::quantize(data, out_features, in_features, q))?;
+                    Weight::Packed(Arc::new(packed))
                 } else {
                     let ggml = match q {
                         QuantFormat::Q8_0 => GgmlDType::Q8_0,
@@ -164,17 +163,23 @@ fn packed_forward(q: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
         ))));
     }
     let m = x.elem_count() / cols.max(1);
-    let x = x.to_dtype(DType::F32)?.contiguous()?;
-    let (storage, layout) = x.storage_and_layout();
-    let y = match &*storage {
-        candle_core::Storage::Cpu(cpu) => {
-            let all = cpu.as_slice::<f32>()?;
-            q.matmul(&all[layout.start_offset()..layout.start_offset() + m * cols], m)?
-        }
-        _ => return Err(Error::Tensor(candle_core::Error::Msg("packed quantized weights live on the CPU".into()))),
-    };
+    let y = with_f32_slice(x, |x| q.matmul(x, m))?;
     *shape.last_mut().expect("checked above") = rows;
     Ok(Tensor::from_vec(y, shape, x.device())?)
+}
+
+/// Runs `f` on the values of a CPU tensor as one f32 slice, in place when the tensor already
+/// is contiguous f32 (no copy of a weight matrix at load, nor of activations).
+fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+    let t = t.to_dtype(DType::F32)?.contiguous()?;
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        candle_core::Storage::Cpu(cpu) => {
+            let start = layout.start_offset();
+            f(&cpu.as_slice::<f32>()?[start..start + t.elem_count()])
+        }
+        _ => Err(Error::Tensor(candle_core::Error::Msg("quantized weights are packed on the CPU only".into()))),
+    }
 }
 
 /// LayerNorm over the last axis, f32, with optional affine parameters.
