@@ -24,44 +24,54 @@ unsafe fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Eight f16 scales from `d` times eight f32 activation scales `yd`.
-#[inline(always)]
-unsafe fn scales8(d: *const f16, yd: __m256) -> __m256 {
-    _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(d as *const __m128i)), yd)
-}
-
 /// See `portable::q8_0_dot4`. Products use `vpmaddubsw`, which wants one unsigned operand:
 /// |w| times y with w's sign moved onto y (Q8_0 never holds -128, so |w| fits in a byte and a
 /// pair sums to at most 2 * 127 * 127, within i16).
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; rows hold `yq.len()` values, a multiple of 256.
+/// The CPU must have AVX2, FMA and F16C; `w` and `d` form one quad of a matrix whose rows hold
+/// `yq.len()` values.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_0_dot4(w: [&[i8]; 4], d: [&[f16]; 4], y: ActRow) -> [f32; 4] {
+pub(super) unsafe fn q8_0_dot4(w: &[i8], d: &[f16], y: ActRow) -> [f32; 4] {
     let (yq, yd, _) = y;
     let nb = yd.len();
-    debug_assert!(yq.len() == nb * BLOCK);
-    debug_assert!(w.iter().all(|w| w.len() == yq.len()) && d.iter().all(|d| d.len() == nb));
+    assert!(yq.len() == nb * BLOCK && w.len() == 4 * nb * BLOCK && d.len() >= nb / 8 * 32);
+    let (wp, dp, yq, yd) = (w.as_ptr(), d.as_ptr() as *const __m128i, yq.as_ptr(), yd.as_ptr());
     let ones = _mm256_set1_epi16(1);
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut a0, mut a1, mut a2, mut a3) =
+        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
     for g in 0..nb / 8 {
-        let dy = _mm256_loadu_ps(yd.as_ptr().add(8 * g));
-        let s: [__m256; 4] = std::array::from_fn(|r| scales8(d[r].as_ptr().add(8 * g), dy));
-        for j in 0..8 {
-            let b = 8 * g + j;
-            let y = _mm256_loadu_si256(yq.as_ptr().add(b * BLOCK) as *const __m256i);
-            let lane = _mm256_set1_epi32(j as i32);
-            for r in 0..4 {
-                let x = _mm256_loadu_si256(w[r].as_ptr().add(b * BLOCK) as *const __m256i);
-                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-                let p = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                acc[r] = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s[r], lane), p, acc[r]);
-            }
+        let dy = _mm256_loadu_ps(yd.add(8 * g));
+        let s = |r: usize| _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r))), dy);
+        let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
+        macro_rules! block {
+            ($j:literal) => {{
+                let b = 8 * g + $j;
+                let yv = _mm256_loadu_si256(yq.add(b * BLOCK) as *const __m256i);
+                let lane = _mm256_set1_epi32($j);
+                let dot = |r: usize| {
+                    let x = _mm256_loadu_si256(wp.add((4 * b + r) * BLOCK) as *const __m256i);
+                    let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(yv, x));
+                    _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones))
+                };
+                a0 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s0, lane), dot(0), a0);
+                a1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s1, lane), dot(1), a1);
+                a2 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s2, lane), dot(2), a2);
+                a3 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s3, lane), dot(3), a3);
+            }};
         }
+        block!(0);
+        block!(1);
+        block!(2);
+        block!(3);
+        block!(4);
+        block!(5);
+        block!(6);
+        block!(7);
     }
     // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
     let tail = super::portable::q8_0_dot4(w, d, y, nb / 8 * 8);
-    std::array::from_fn(|r| hsum(acc[r]) + tail[r])
+    [hsum(a0) + tail[0], hsum(a1) + tail[1], hsum(a2) + tail[2], hsum(a3) + tail[3]]
 }
 
 /// Unsigned nibbles (0..15) of one block pair (32 bytes) times two activation blocks, each
@@ -88,40 +98,54 @@ unsafe fn nibble_pair(
 }
 
 /// See `portable::q4_0_dot4`. The nibbles stay unsigned for `vpmaddubsw`; the offset of 8 is
-/// taken off once per eight blocks as `8 * d * ys` (lane-wise, before the final sum).
+/// taken off once per eight blocks as `8 * d * ys` (lane-wise, before the final sum). Four named
+/// accumulators and raw pointers keep everything in registers.
 ///
 /// # Safety
-/// As [`q8_0_dot4`]; weight rows hold `yq.len() / 2` bytes in the pair layout.
+/// As [`q8_0_dot4`]; `w` holds the quad's block pairs.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_dot4(w: [&[u8]; 4], d: [&[f16]; 4], y: ActRow) -> [f32; 4] {
+pub(super) unsafe fn q4_0_dot4(w: &[u8], d: &[f16], y: ActRow) -> [f32; 4] {
     let (yq, yd, ys) = y;
     let nb = yd.len();
-    debug_assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && ys.len() == nb);
-    debug_assert!(w.iter().all(|w| 2 * w.len() == yq.len()) && d.iter().all(|d| d.len() == nb));
+    assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && ys.len() == nb);
+    assert!(w.len() == 2 * nb * BLOCK && d.len() >= nb / 8 * 32);
+    let (wp, dp) = (w.as_ptr(), d.as_ptr() as *const __m128i);
+    let (yq, yd, ys) = (yq.as_ptr(), yd.as_ptr(), ys.as_ptr());
     let eight = _mm256_set1_ps(8.0);
-    let mut acc = [_mm256_setzero_ps(); 4];
+    let (mut a0, mut a1, mut a2, mut a3) =
+        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
     for g in 0..nb / 8 {
-        let dy = _mm256_loadu_ps(yd.as_ptr().add(8 * g));
-        let sy = _mm256_loadu_ps(ys.as_ptr().add(8 * g));
-        let mut s = [_mm256_setzero_ps(); 4];
-        for r in 0..4 {
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(d[r].as_ptr().add(8 * g) as *const __m128i));
-            s[r] = _mm256_mul_ps(dw, dy);
-            acc[r] = _mm256_fnmadd_ps(_mm256_mul_ps(dw, eight), sy, acc[r]);
+        let dy = _mm256_loadu_ps(yd.add(8 * g));
+        let sy = _mm256_loadu_ps(ys.add(8 * g));
+        let dw = |r: usize| _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
+        let (e0, e1, e2, e3) = (dw(0), dw(1), dw(2), dw(3));
+        a0 = _mm256_fnmadd_ps(_mm256_mul_ps(e0, eight), sy, a0);
+        a1 = _mm256_fnmadd_ps(_mm256_mul_ps(e1, eight), sy, a1);
+        a2 = _mm256_fnmadd_ps(_mm256_mul_ps(e2, eight), sy, a2);
+        a3 = _mm256_fnmadd_ps(_mm256_mul_ps(e3, eight), sy, a3);
+        let (s0, s1, s2, s3) =
+            (_mm256_mul_ps(e0, dy), _mm256_mul_ps(e1, dy), _mm256_mul_ps(e2, dy), _mm256_mul_ps(e3, dy));
+        macro_rules! pair {
+            ($p:literal) => {{
+                let y0 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p) * BLOCK) as *const __m256i);
+                let y1 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p + 1) * BLOCK) as *const __m256i);
+                let (l0, l1) = (_mm256_set1_epi32(2 * $p), _mm256_set1_epi32(2 * $p + 1));
+                // Pair `4g + p` of the quad: four rows of 32 bytes, one after the other.
+                let o = wp.add((4 * (4 * g + $p)) * BLOCK);
+                a0 = nibble_pair(o, y0, y1, s0, l0, l1, a0);
+                a1 = nibble_pair(o.add(BLOCK), y0, y1, s1, l0, l1, a1);
+                a2 = nibble_pair(o.add(2 * BLOCK), y0, y1, s2, l0, l1, a2);
+                a3 = nibble_pair(o.add(3 * BLOCK), y0, y1, s3, l0, l1, a3);
+            }};
         }
-        for p in 0..4 {
-            let b = 8 * g + 2 * p;
-            let y0 = _mm256_loadu_si256(yq.as_ptr().add(b * BLOCK) as *const __m256i);
-            let y1 = _mm256_loadu_si256(yq.as_ptr().add((b + 1) * BLOCK) as *const __m256i);
-            let (l0, l1) = (_mm256_set1_epi32(2 * p as i32), _mm256_set1_epi32(2 * p as i32 + 1));
-            for r in 0..4 {
-                acc[r] = nibble_pair(w[r].as_ptr().add(b * BLOCK / 2), y0, y1, s[r], l0, l1, acc[r]);
-            }
-        }
+        pair!(0);
+        pair!(1);
+        pair!(2);
+        pair!(3);
     }
     // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
     let tail = super::portable::q4_0_dot4(w, d, y, nb / 8 * 8);
-    std::array::from_fn(|r| hsum(acc[r]) + tail[r])
+    [hsum(a0) + tail[0], hsum(a1) + tail[1], hsum(a2) + tail[2], hsum(a3) + tail[3]]
 }
 
 /// Q4_K's eight 6-bit sub-block scales and mins (packed in 12 bytes), widened and multiplied
@@ -151,35 +175,47 @@ unsafe fn q4k_scales_mins(blk: &Q4KRaw) -> (__m256, __m256) {
 
 /// See `portable::q4k_dot4`: the Q4_0 kernel with each super-block's scales and mins widened in
 /// registers (Q4_K's nibbles are already in the pair layout, a super-block per group of eight
-/// blocks).
+/// blocks; the quad's four super-blocks of a group are adjacent).
 ///
 /// # Safety
-/// As [`q8_0_dot4`]; `w[r]` holds `yq.len() / 256` super-blocks.
+/// As [`q8_0_dot4`]; `w` holds the quad's `4 * yq.len() / 256` super-blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-#[allow(clippy::needless_range_loop)] // `g` indexes the super-blocks of four rows at once
-pub(super) unsafe fn q4k_dot4(w: [&[Q4KRaw]; 4], (yq, yd, ys): ActRow) -> [f32; 4] {
+pub(super) unsafe fn q4k_dot4(w: &[Q4KRaw], (yq, yd, ys): ActRow) -> [f32; 4] {
     let nb = yd.len();
-    debug_assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && ys.len() == nb);
-    debug_assert!(w.iter().all(|w| 8 * w.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
+    assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && ys.len() == nb && w.len() == nb / 2);
+    let (yq, yd, ys) = (yq.as_ptr(), yd.as_ptr(), ys.as_ptr());
+    let (mut a0, mut a1, mut a2, mut a3) =
+        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
     for g in 0..nb / 8 {
-        let dy = _mm256_loadu_ps(yd.as_ptr().add(8 * g));
-        let sy = _mm256_loadu_ps(ys.as_ptr().add(8 * g));
-        let mut s = [_mm256_setzero_ps(); 4];
-        for r in 0..4 {
-            let (sc, mn) = q4k_scales_mins(&w[r][g]);
-            s[r] = _mm256_mul_ps(sc, dy);
-            acc[r] = _mm256_fnmadd_ps(mn, sy, acc[r]);
+        let dy = _mm256_loadu_ps(yd.add(8 * g));
+        let sy = _mm256_loadu_ps(ys.add(8 * g));
+        let blk = w.as_ptr().add(4 * g);
+        let (b0, b1, b2, b3) = (&*blk, &*blk.add(1), &*blk.add(2), &*blk.add(3));
+        let (c0, m0) = q4k_scales_mins(b0);
+        let (c1, m1) = q4k_scales_mins(b1);
+        let (c2, m2) = q4k_scales_mins(b2);
+        let (c3, m3) = q4k_scales_mins(b3);
+        a0 = _mm256_fnmadd_ps(m0, sy, a0);
+        a1 = _mm256_fnmadd_ps(m1, sy, a1);
+        a2 = _mm256_fnmadd_ps(m2, sy, a2);
+        a3 = _mm256_fnmadd_ps(m3, sy, a3);
+        let (s0, s1, s2, s3) =
+            (_mm256_mul_ps(c0, dy), _mm256_mul_ps(c1, dy), _mm256_mul_ps(c2, dy), _mm256_mul_ps(c3, dy));
+        macro_rules! pair {
+            ($p:literal) => {{
+                let y0 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p) * BLOCK) as *const __m256i);
+                let y1 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p + 1) * BLOCK) as *const __m256i);
+                let (l0, l1) = (_mm256_set1_epi32(2 * $p), _mm256_set1_epi32(2 * $p + 1));
+                a0 = nibble_pair(b0.qs.as_ptr().add($p * BLOCK), y0, y1, s0, l0, l1, a0);
+                a1 = nibble_pair(b1.qs.as_ptr().add($p * BLOCK), y0, y1, s1, l0, l1, a1);
+                a2 = nibble_pair(b2.qs.as_ptr().add($p * BLOCK), y0, y1, s2, l0, l1, a2);
+                a3 = nibble_pair(b3.qs.as_ptr().add($p * BLOCK), y0, y1, s3, l0, l1, a3);
+            }};
         }
-        for p in 0..4 {
-            let b = 8 * g + 2 * p;
-            let y0 = _mm256_loadu_si256(yq.as_ptr().add(b * BLOCK) as *const __m256i);
-            let y1 = _mm256_loadu_si256(yq.as_ptr().add((b + 1) * BLOCK) as *const __m256i);
-            let (l0, l1) = (_mm256_set1_epi32(2 * p as i32), _mm256_set1_epi32(2 * p as i32 + 1));
-            for r in 0..4 {
-                acc[r] = nibble_pair(w[r][g].qs.as_ptr().add(p * BLOCK), y0, y1, s[r], l0, l1, acc[r]);
-            }
-        }
+        pair!(0);
+        pair!(1);
+        pair!(2);
+        pair!(3);
     }
-    [hsum(acc[0]), hsum(acc[1]), hsum(acc[2]), hsum(acc[3])]
+    [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
 }

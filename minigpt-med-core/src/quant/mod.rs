@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 /// same field order; its fields are private to candle). `qs` holds sub-blocks `2p` and `2p + 1`
 /// in the low and high nibbles of bytes `32p..32p + 32`: our Q4_0 pair layout.
 #[repr(C)]
-struct Q4KRaw {
+pub(super) struct Q4KRaw {
     d: f16,
     dmin: f16,
     scales: [u8; 12],
@@ -64,7 +64,7 @@ impl Q4KRaw {
 }
 
 /// One activation row: quants `[kp]`, block scales `[kp / 32]`, block sums `[kp / 32]`.
-type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// Values per Q8_0 / Q4_0 block.
 pub const BLOCK: usize = 32;
@@ -101,12 +101,15 @@ impl QuantFormat {
     }
 }
 
+/// The weights, rows interleaved by four ("quads", the last one zero-padded): a kernel computing
+/// four outputs reads one contiguous stream, which the hardware prefetcher follows at full speed
+/// (four separate row streams reached only ~60 % of the memory bandwidth).
 enum Data {
-    /// `qs: [rows, kp]`, `d: [rows, kp / 32]`.
+    /// `qs: [quad][block][row of 4][32]`, `d: [quad][group of 8 blocks][row of 4][8]`.
     Q8_0 { qs: Vec<i8>, d: Vec<f16> },
-    /// `qs: [rows, kp / 2]` (block pairs, see the module docs), `d: [rows, kp / 32]`.
+    /// `qs: [quad][block pair][row of 4][32 bytes]` (see the module docs), `d` as for Q8_0.
     Q4_0 { qs: Vec<u8>, d: Vec<f16> },
-    /// `[rows, cols / 256]` llama.cpp blocks; candle's AVX2/NEON dot product reads them.
+    /// `[quad][super-block][row of 4]` llama.cpp blocks.
     Q4K(Vec<BlockQ4K>),
 }
 
@@ -162,7 +165,7 @@ unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl QuantMatrix {
-    /// Quantizes `w: [rows, cols]` (row-major f32), rows in parallel.
+    /// Quantizes `w: [rows, cols]` (row-major f32), row quads in parallel.
     pub fn quantize(w: &[f32], rows: usize, cols: usize, format: QuantFormat) -> Result<Self> {
         if w.len() != rows * cols {
             return Err(Error::InvalidOption(format!("{} values given for a [{rows}, {cols}] matrix", w.len())));
@@ -177,31 +180,46 @@ impl QuantMatrix {
             QuantFormat::Q4K => cols,
             _ => cols.div_ceil(PAIR) * PAIR,
         };
+        let quads = rows.div_ceil(4);
         let nb = kp / BLOCK;
+        let groups = nb.div_ceil(8);
+        // Row `4q + r` of the quad `q`; rows past the end are zeros (their outputs are dropped).
+        let row = |q: usize, r: usize| -> Option<&[f32]> {
+            let i = 4 * q + r;
+            (i < rows).then(|| &w[i * cols..(i + 1) * cols])
+        };
         let data = match format {
             QuantFormat::Q8_0 => {
-                let mut qs = vec![0i8; rows * kp];
-                let mut d = vec![f16::ZERO; rows * nb];
-                qs.par_chunks_mut(kp).zip(d.par_chunks_mut(nb)).zip(w.par_chunks(cols)).for_each(|((qs, d), w)| {
-                    for (b, (q, d)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).enumerate() {
-                        *d = quantize_q8_block(padded_block(w, b), q);
+                let mut qs = vec![0i8; quads * 4 * kp];
+                let mut d = vec![f16::ZERO; quads * groups * 32];
+                qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
+                    for r in 0..4 {
+                        let Some(w) = row(q, r) else { continue };
+                        for b in 0..nb {
+                            let o = (4 * b + r) * BLOCK;
+                            d[scale_index(b, r)] = quantize_q8_block(padded_block(w, b), &mut qs[o..o + BLOCK]);
+                        }
                     }
                 });
                 Data::Q8_0 { qs, d }
             }
             QuantFormat::Q4_0 => {
-                let mut qs = vec![0u8; rows * kp / 2];
-                let mut d = vec![f16::ZERO; rows * nb];
-                qs.par_chunks_mut(kp / 2).zip(d.par_chunks_mut(nb)).zip(w.par_chunks(cols)).for_each(|((qs, d), w)| {
-                    for (p, pair) in qs.chunks_mut(BLOCK).enumerate() {
-                        let (lo, hi) = (
-                            quantize_q4_0_block(padded_block(w, 2 * p)),
-                            quantize_q4_0_block(padded_block(w, 2 * p + 1)),
-                        );
-                        d[2 * p] = lo.0;
-                        d[2 * p + 1] = hi.0;
-                        for (j, byte) in pair.iter_mut().enumerate() {
-                            *byte = lo.1[j] | (hi.1[j] << 4);
+                let mut qs = vec![0x88u8; quads * 4 * kp / 2];
+                let mut d = vec![f16::ZERO; quads * groups * 32];
+                qs.par_chunks_mut(2 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
+                    for r in 0..4 {
+                        let Some(w) = row(q, r) else { continue };
+                        for p in 0..nb / 2 {
+                            let (lo, hi) = (
+                                quantize_q4_0_block(padded_block(w, 2 * p)),
+                                quantize_q4_0_block(padded_block(w, 2 * p + 1)),
+                            );
+                            d[scale_index(2 * p, r)] = lo.0;
+                            d[scale_index(2 * p + 1, r)] = hi.0;
+                            let o = (4 * p + r) * BLOCK;
+                            for (j, byte) in qs[o..o + BLOCK].iter_mut().enumerate() {
+                                *byte = lo.1[j] | (hi.1[j] << 4);
+                            }
                         }
                     }
                 });
@@ -209,8 +227,17 @@ impl QuantMatrix {
             }
             QuantFormat::Q4K => {
                 let per_row = cols / QK_K;
-                let mut blocks = vec![BlockQ4K::zeros(); rows * per_row];
-                blocks.par_chunks_mut(per_row).zip(w.par_chunks(cols)).for_each(|(b, w)| BlockQ4K::from_float(w, b));
+                let mut blocks = vec![BlockQ4K::zeros(); quads * 4 * per_row];
+                blocks.par_chunks_mut(4 * per_row).enumerate().for_each(|(q, quad)| {
+                    let mut one = vec![BlockQ4K::zeros(); per_row];
+                    for r in 0..4 {
+                        let Some(w) = row(q, r) else { continue };
+                        BlockQ4K::from_float(w, &mut one);
+                        for (g, b) in one.iter().enumerate() {
+                            quad[4 * g + r] = b.clone();
+                        }
+                    }
+                });
                 Data::Q4K(blocks)
             }
         };
@@ -240,47 +267,46 @@ impl QuantMatrix {
         }
     }
 
-    /// The weights as f32 `[rows, cols]`: what the quantized numbers stand for.
-    pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0f32; self.rows * self.cols];
-        self.dequantize_rows(0, &mut out);
-        out
+    /// Row quad `q`: its weights, scales (Q8_0/Q4_0) or super-blocks (Q4_K).
+    fn quad(&self, q: usize) -> Quad<'_> {
+        let (kp, groups) = (self.kp, (self.kp / BLOCK).div_ceil(8));
+        match &self.data {
+            Data::Q8_0 { qs, d } => {
+                Quad::Q8_0(&qs[q * 4 * kp..(q + 1) * 4 * kp], &d[q * groups * 32..(q + 1) * groups * 32])
+            }
+            Data::Q4_0 { qs, d } => {
+                Quad::Q4_0(&qs[q * 2 * kp..(q + 1) * 2 * kp], &d[q * groups * 32..(q + 1) * groups * 32])
+            }
+            Data::Q4K(b) => {
+                let per = 4 * kp / QK_K;
+                Quad::Q4K(q4k_raw(&b[q * per..(q + 1) * per]))
+            }
+        }
     }
 
-    /// Rows `r0..r0 + out.len() / cols` as f32 into `out`, rows in parallel.
-    fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
-        let (cols, kp) = (self.cols, self.kp);
-        let nb = kp / BLOCK;
-        out.par_chunks_mut(cols).enumerate().for_each(|(i, row)| {
-            let r = r0 + i;
-            match &self.data {
-                Data::Q8_0 { qs, d } => {
-                    for (b, (v, q)) in row.chunks_mut(BLOCK).zip(qs[r * kp..].chunks(BLOCK)).enumerate() {
-                        let d = d[r * nb + b].to_f32();
-                        v.iter_mut().zip(q).for_each(|(v, &q)| *v = q as f32 * d);
-                    }
-                }
-                Data::Q4_0 { qs, d } => {
-                    let q = &qs[r * kp / 2..(r + 1) * kp / 2];
-                    for (b, v) in row.chunks_mut(BLOCK).enumerate() {
-                        let d = d[r * nb + b].to_f32();
-                        v.iter_mut()
-                            .enumerate()
-                            .for_each(|(j, v)| *v = (q4_0_nibble(q, b * BLOCK + j) as f32 - 8.0) * d);
-                    }
-                }
-                Data::Q4K(b) => {
-                    let per_row = cols / QK_K;
-                    for (blk, v) in q4k_raw(&b[r * per_row..(r + 1) * per_row]).iter().zip(row.chunks_mut(QK_K)) {
+    /// The weights as f32 `[rows, cols]`: what the quantized numbers stand for.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.kp / BLOCK;
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (i, row) in out.chunks_mut(self.cols).enumerate() {
+            let (quad, r) = (self.quad(i / 4), i % 4);
+            for (c, v) in row.iter_mut().enumerate() {
+                let (b, j) = (c / BLOCK, c % BLOCK);
+                *v = match quad {
+                    Quad::Q8_0(qs, d) => qs[(4 * b + r) * BLOCK + j] as f32 * d[scale_index(b, r)].to_f32(),
+                    Quad::Q4_0(qs, d) => (q4_0_nibble(qs, r, b, j) as f32 - 8.0) * d[scale_index(b, r)].to_f32(),
+                    Quad::Q4K(blocks) => {
+                        let blk = &blocks[4 * (c / QK_K) + r];
                         let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
                         blk.scales_mins(&mut sc, &mut mn);
-                        v.iter_mut()
-                            .enumerate()
-                            .for_each(|(i, v)| *v = sc[i / BLOCK] * q4_0_nibble(&blk.qs, i) as f32 - mn[i / BLOCK]);
+                        let sub = b % 8;
+                        sc[sub] * q4k_nibble(blk, sub, j) as f32 - mn[sub]
                     }
-                }
+                };
             }
-        });
+        }
+        debug_assert!(nb > 0);
+        out
     }
 
     /// `y = x W^T` for `x: [m, cols]` row-major f32; returns `[m, rows]`.
@@ -289,7 +315,7 @@ impl QuantMatrix {
     }
 
     /// [`Self::matmul`] on the given kernels; `kernels` must be [`Kernels::detect`]'s or
-    /// `Portable` (Q4_K always uses candle's dot product, which picks its own SIMD).
+    /// `Portable`.
     pub fn matmul_with(&self, kernels: Kernels, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if x.len() != m * self.cols {
             return Err(Error::InvalidOption(format!("{} input values for [{m}, {}]", x.len(), self.cols)));
@@ -298,99 +324,41 @@ impl QuantMatrix {
         if kernels == Kernels::Avx2 && !avx2::available() {
             return Err(Error::InvalidOption("this CPU lacks AVX2, FMA or F16C".into()));
         }
-        let mut out = vec![0f32; m * self.rows];
-        if m == 0 || self.rows == 0 {
+        let rows = self.rows;
+        let mut out = vec![0f32; m * rows];
+        if m == 0 || rows == 0 {
             return Ok(out);
         }
+        let act = self.quantize_rows(x, m);
+        let (kp, nb) = (self.kp, self.kp / BLOCK);
         // Decode (m = 1) is bound by reading the weights: small chunks keep both cores busy to
         // the end. Prefill is bound by arithmetic: a chunk's rows stay in cache across all m.
-        let chunk = if m == 1 { 32 } else { 16 };
-        let n_chunks = self.rows.div_ceil(chunk);
+        let chunk = if m == 1 { 8 } else { 4 };
+        let quads = rows.div_ceil(4);
         let ptr = OutPtr(out.as_mut_ptr());
-        let (rows, kp) = (self.rows, self.kp);
-        match &self.data {
-            Data::Q8_0 { qs, d } => {
-                let act = self.quantize_rows(x, m);
-                let nb = kp / BLOCK;
-                (0..n_chunks).into_par_iter().for_each(|c| {
-                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
-                    for i in 0..m {
-                        let y = (
-                            &act.qs[i * kp..(i + 1) * kp],
-                            &act.d[i * nb..(i + 1) * nb],
-                            &act.ys[i * nb..(i + 1) * nb],
-                        );
-                        for r in (r0..r1).step_by(4) {
-                            let idx = row_quad(r, r1);
-                            let w = idx.map(|j| &qs[j * kp..(j + 1) * kp]);
-                            let s = idx.map(|j| &d[j * nb..(j + 1) * nb]);
-                            let dots = match kernels {
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: `Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-                                Kernels::Avx2 => unsafe { avx2::q8_0_dot4(w, s, y) },
-                                Kernels::Portable => portable::q8_0_dot4(w, s, y, 0),
-                            };
-                            // SAFETY: row `i`, columns `r..r1` belong to this chunk only.
-                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
-                        }
-                    }
-                });
+        (0..quads.div_ceil(chunk)).into_par_iter().for_each(|c| {
+            for i in 0..m {
+                let y = (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb]);
+                for q in c * chunk..((c + 1) * chunk).min(quads) {
+                    let dots = match (kernels, self.quad(q)) {
+                        // SAFETY: `Avx2` is only used when the CPU has AVX2, FMA and F16C (checked
+                        // above); the quads and activation rows have the lengths the kernels need.
+                        #[cfg(target_arch = "x86_64")]
+                        (Kernels::Avx2, Quad::Q8_0(w, d)) => unsafe { avx2::q8_0_dot4(w, d, y) },
+                        #[cfg(target_arch = "x86_64")]
+                        (Kernels::Avx2, Quad::Q4_0(w, d)) => unsafe { avx2::q4_0_dot4(w, d, y) },
+                        #[cfg(target_arch = "x86_64")]
+                        (Kernels::Avx2, Quad::Q4K(w)) => unsafe { avx2::q4k_dot4(w, y) },
+                        (Kernels::Portable, Quad::Q8_0(w, d)) => portable::q8_0_dot4(w, d, y, 0),
+                        (Kernels::Portable, Quad::Q4_0(w, d)) => portable::q4_0_dot4(w, d, y, 0),
+                        (Kernels::Portable, Quad::Q4K(w)) => portable::q4k_dot4(w, y),
+                    };
+                    // SAFETY: row `i`, columns `4q..4q + 4` (clipped to `rows`) belong to this
+                    // chunk only, and lie inside `out`.
+                    unsafe { store(ptr, i * rows + 4 * q, &dots, rows - 4 * q) };
+                }
             }
-            Data::Q4_0 { qs, d } => {
-                let act = self.quantize_rows(x, m);
-                let nb = kp / BLOCK;
-                (0..n_chunks).into_par_iter().for_each(|c| {
-                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
-                    for i in 0..m {
-                        let y = (
-                            &act.qs[i * kp..(i + 1) * kp],
-                            &act.d[i * nb..(i + 1) * nb],
-                            &act.ys[i * nb..(i + 1) * nb],
-                        );
-                        for r in (r0..r1).step_by(4) {
-                            let idx = row_quad(r, r1);
-                            let w = idx.map(|j| &qs[j * kp / 2..(j + 1) * kp / 2]);
-                            let s = idx.map(|j| &d[j * nb..(j + 1) * nb]);
-                            let dots = match kernels {
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: as above.
-                                Kernels::Avx2 => unsafe { avx2::q4_0_dot4(w, s, y) },
-                                Kernels::Portable => portable::q4_0_dot4(w, s, y, 0),
-                            };
-                            // SAFETY: as above.
-                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
-                        }
-                    }
-                });
-            }
-            Data::Q4K(blocks) => {
-                let act = self.quantize_rows(x, m);
-                let blocks = q4k_raw(blocks);
-                let (per_row, nb) = (kp / QK_K, kp / BLOCK);
-                (0..n_chunks).into_par_iter().for_each(|c| {
-                    let (r0, r1) = (c * chunk, ((c + 1) * chunk).min(rows));
-                    for i in 0..m {
-                        let y = (
-                            &act.qs[i * kp..(i + 1) * kp],
-                            &act.d[i * nb..(i + 1) * nb],
-                            &act.ys[i * nb..(i + 1) * nb],
-                        );
-                        for r in (r0..r1).step_by(4) {
-                            let idx = row_quad(r, r1);
-                            let w = idx.map(|j| &blocks[j * per_row..(j + 1) * per_row]);
-                            let dots = match kernels {
-                                #[cfg(target_arch = "x86_64")]
-                                // SAFETY: as above.
-                                Kernels::Avx2 => unsafe { avx2::q4k_dot4(w, y) },
-                                Kernels::Portable => portable::q4k_dot4(w, y),
-                            };
-                            // SAFETY: as above.
-                            unsafe { store(ptr, i * rows + r, &dots, r1 - r) };
-                        }
-                    }
-                });
-            }
-        }
+        });
         Ok(out)
     }
 
@@ -420,10 +388,38 @@ impl QuantMatrix {
     }
 }
 
-/// Indices of the four rows starting at `r`; past `end` the last row is repeated (its results
-/// are computed and dropped) so the kernels only ever see four rows.
-fn row_quad(r: usize, end: usize) -> [usize; 4] {
-    [r, (r + 1).min(end - 1), (r + 2).min(end - 1), (r + 3).min(end - 1)]
+/// Four interleaved weight rows (see [`Data`]).
+#[derive(Clone, Copy)]
+pub(super) enum Quad<'a> {
+    Q8_0(&'a [i8], &'a [f16]),
+    Q4_0(&'a [u8], &'a [f16]),
+    Q4K(&'a [Q4KRaw]),
+}
+
+/// Where the scale of block `b` of row `r` sits in its quad's scales: groups of eight blocks,
+/// each holding four rows' eight scales (`[group][row][8]`), so one load widens a row's group.
+pub(super) fn scale_index(b: usize, r: usize) -> usize {
+    (b / 8 * 4 + r) * 8 + b % 8
+}
+
+/// Nibble `j` of block `b` of row `r` in a Q4_0 quad: pairs of blocks, four rows per pair.
+pub(super) fn q4_0_nibble(qs: &[u8], r: usize, b: usize, j: usize) -> u8 {
+    let byte = qs[(4 * (b / 2) + r) * BLOCK + j];
+    if b % 2 == 0 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
+}
+
+/// Nibble `j` of sub-block `sub` (0..8) of a Q4_K super-block.
+pub(super) fn q4k_nibble(blk: &Q4KRaw, sub: usize, j: usize) -> u8 {
+    let byte = blk.qs[(sub / 2) * BLOCK + j];
+    if sub % 2 == 0 {
+        byte & 0x0F
+    } else {
+        byte >> 4
+    }
 }
 
 /// Writes `vals[..n.min(4)]` at `ptr + at`.
@@ -486,17 +482,6 @@ fn quantize_act_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
     d
 }
 
-/// Nibble `i` of a Q4_0 row (pair layout).
-fn q4_0_nibble(row: &[u8], i: usize) -> u8 {
-    let (b, j) = (i / BLOCK, i % BLOCK);
-    let byte = row[(b / 2) * BLOCK + j];
-    if b % 2 == 0 {
-        byte & 0x0F
-    } else {
-        byte >> 4
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -517,7 +502,7 @@ mod tests {
     /// as ours, block by block: our layout holds llama.cpp's numbers.
     #[test]
     fn same_numbers_as_llama_cpp_blocks() {
-        let (rows, cols) = (8, 512);
+        let (rows, cols) = (7, 512);
         let w = random(rows * cols, 1);
         let t = Tensor::from_vec(w.clone(), (rows, cols), &Device::Cpu).unwrap();
         for (format, ggml, block_bytes) in
@@ -526,25 +511,25 @@ mod tests {
             let ours = QuantMatrix::quantize(&w, rows, cols, format).unwrap();
             let theirs = QTensor::quantize(&t, ggml).unwrap().data().unwrap().into_owned();
             let nb = cols / BLOCK;
-            for r in 0..rows {
+            for i in 0..rows {
+                let r = i % 4;
                 for b in 0..nb {
-                    let blk = &theirs[(r * nb + b) * block_bytes..(r * nb + b + 1) * block_bytes];
+                    let blk = &theirs[(i * nb + b) * block_bytes..(i * nb + b + 1) * block_bytes];
                     let d = f16::from_le_bytes([blk[0], blk[1]]);
-                    match &ours.data {
-                        Data::Q8_0 { qs, d: ds } => {
-                            assert_eq!(ds[r * nb + b], d, "{format:?} scale of block {r},{b}");
+                    match ours.quad(i / 4) {
+                        Quad::Q8_0(qs, ds) => {
+                            assert_eq!(ds[scale_index(b, r)], d, "{format:?} scale of block {i},{b}");
                             let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
-                            assert_eq!(&qs[r * ours.kp + b * BLOCK..][..BLOCK], &q[..], "{format:?} block {r},{b}");
+                            assert_eq!(&qs[(4 * b + r) * BLOCK..][..BLOCK], &q[..], "{format:?} block {i},{b}");
                         }
-                        Data::Q4_0 { qs, d: ds } => {
-                            assert_eq!(ds[r * nb + b], d, "{format:?} scale of block {r},{b}");
+                        Quad::Q4_0(qs, ds) => {
+                            assert_eq!(ds[scale_index(b, r)], d, "{format:?} scale of block {i},{b}");
                             for j in 0..16 {
-                                let row = &qs[r * ours.kp / 2..];
-                                assert_eq!(q4_0_nibble(row, b * BLOCK + j), blk[2 + j] & 0x0F);
-                                assert_eq!(q4_0_nibble(row, b * BLOCK + j + 16), blk[2 + j] >> 4);
+                                assert_eq!(q4_0_nibble(qs, r, b, j), blk[2 + j] & 0x0F);
+                                assert_eq!(q4_0_nibble(qs, r, b, j + 16), blk[2 + j] >> 4);
                             }
                         }
-                        Data::Q4K(_) => unreachable!(),
+                        Quad::Q4K(_) => unreachable!(),
                     }
                 }
             }
@@ -558,8 +543,13 @@ mod tests {
         let w = random(rows * cols, 3);
         let q = QuantMatrix::quantize(&w, rows, cols, QuantFormat::Q4K).unwrap();
         let Data::Q4K(blocks) = &q.data else { unreachable!() };
+        // Rows are interleaved by four: super-block g of row i is at [quad][g][i % 4].
+        let per_row = cols / QK_K;
         let mut theirs = vec![0f32; rows * cols];
-        BlockQ4K::to_float(blocks, &mut theirs);
+        for (i, row) in theirs.chunks_mut(cols).enumerate() {
+            let own: Vec<BlockQ4K> = (0..per_row).map(|g| blocks[(i / 4 * per_row + g) * 4 + i % 4].clone()).collect();
+            BlockQ4K::to_float(&own, row);
+        }
         assert_eq!(q.dequantize(), theirs);
         let err = w.iter().zip(&theirs).fold(0f32, |a, (w, t)| a.max((w - t).abs()));
         assert!(err < 0.1, "Q4_K error {err} on values in [-1, 1)");
