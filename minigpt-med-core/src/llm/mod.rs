@@ -207,6 +207,11 @@ impl Llama {
         let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?.squeeze(0)?;
         let v = shape(layer.v.forward(h)?, kv_heads)?.squeeze(0)?;
         let (k, v) = cache.append(li, &k, &v)?;
+        if n == 1 {
+            if let Some(out) = cache.attend_one(li, &q, heads)? {
+                return layer.o.forward(&out);
+            }
+        }
         let (k, v) = if heads != kv_heads {
             let rep = heads / kv_heads;
             let expand = |t: Tensor| -> Result<Tensor> {
