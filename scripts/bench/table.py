@@ -1,0 +1,50 @@
+"""Render the JSON files of one `peers.sh` run as the Markdown tables of docs/perf.md.
+
+    python3 scripts/bench/table.py bench-results
+"""
+
+import json
+import pathlib
+import sys
+
+GIB = 1 << 30
+
+
+def load(d, name):
+    p = d / name
+    return json.loads(p.read_text()) if p.exists() and p.stat().st_size else None
+
+
+def main(d):
+    d = pathlib.Path(d)
+    pairs = [("Q4_0", "minigpt_med_q4_0.json", "llama_cpp_q4_0.json"),
+             ("Q8_0", "minigpt_med_q8_0.json", "llama_cpp_q8_0.json"),
+             ("Q4_K (llama.cpp: Q4_K_M)", "minigpt_med_q4k.json", "llama_cpp_q4_k_m.json")]
+    print("| weights | engine | load | prefill tok/s (best / median) | decode tok/s (best / median) | peak RSS |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for fmt, ours, theirs in pairs:
+        o, t = load(d, ours), load(d, theirs)
+        if t:
+            print(f"| {fmt} | llama.cpp | {t['load_s']:.0f} s | {t['prefill_tokens_per_s']['best']:.2f} / "
+                  f"{t['prefill_tokens_per_s']['median']:.2f} | {t['decode_tokens_per_s']['best']:.2f} / "
+                  f"{t['decode_tokens_per_s']['median']:.2f} | {t['peak_rss_bytes'] / GIB:.2f} GiB |")
+        if o:
+            print(f"| {fmt} | minigpt-med | {o['load_ms'] / 1e3:.0f} s | {o['prefill_tokens_per_s']['best']:.2f} / "
+                  f"{o['prefill_tokens_per_s']['median']:.2f} | {o['decode_tokens_per_s']['best']:.2f} / "
+                  f"{o['decode_tokens_per_s']['median']:.2f} | {o['peak_rss_bytes'] / GIB:.2f} GiB "
+                  f"(LLM {o['llm_weight_bytes'] / GIB:.2f} GiB + f32 ViT) |")
+    print()
+    tv = load(d, "torch_vit.json")
+    print("| EVA ViT-g f32, one 448 px image | min | median |")
+    print("| --- | --- | --- |")
+    if tv:
+        print(f"| PyTorch {tv['torch']} eager | {tv['encode_ms']['min'] / 1e3:.1f} s | {tv['encode_ms']['median'] / 1e3:.1f} s |")
+    for fmt, ours, _ in pairs:
+        o = load(d, ours)
+        if o:
+            print(f"| minigpt-med (run with {fmt.split()[0]}) | {o['encode_ms']['min'] / 1e3:.1f} s | "
+                  f"{o['encode_ms']['median'] / 1e3:.1f} s |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
