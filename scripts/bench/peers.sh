@@ -39,3 +39,4 @@ for pair in q4_0:q4_0 q8_0:q8_0 q4_k_m:q4k; do
     "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --repeats "$REPEATS" --decode-tokens 64 --json \
         | tee "$OUT/minigpt_med_${pair##*:}.json"
 done
+"$BIN" --threads "$THREADS" bench --kernels --repeats 3 --json | tee "$OUT/kernels.json"

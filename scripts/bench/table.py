@@ -45,6 +45,16 @@ def main(d):
             print(f"| minigpt-med (run with {fmt.split()[0]}) | {o['encode_ms']['min'] / 1e3:.1f} s | "
                   f"{o['encode_ms']['median'] / 1e3:.1f} s |")
 
+    k = load(d, "kernels.json")
+    if k:
+        print()
+        print("| matrix | format | rows m | ours ms | candle ms | ours GFLOP/s | candle GFLOP/s | ours weight GB/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in k["kernels"]:
+            print(f"| {r['matrix']} {r['rows']}x{r['cols']} | {r['format']} | {r['m']} | {r['ours_ms']:.2f} | "
+                  f"{r['candle_ms']:.2f} | {r['ours_gflops']:.1f} | {r['candle_gflops']:.1f} | "
+                  f"{r['ours_weight_gbps']:.1f} |")
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "bench-results")
