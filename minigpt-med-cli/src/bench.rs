@@ -158,17 +158,6 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     Ok(())
 }
 
-/// Uniform values in [-1, 1) from a fixed seed: the kernels' speed does not depend on them.
-fn random(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 /// `bench --kernels`: `x W^T` per format and shape, ours and candle's, best of the repeats.
 fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     use minigpt_med::candle::quantized::{GgmlDType, QMatMul, QTensor};
@@ -193,14 +182,15 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     };
     let mut rows_out = Vec::new();
     for (name, rows, cols) in shapes {
-        let w = random(rows * cols, 1);
-        let wt = Tensor::from_vec(w.clone(), (rows, cols), &CDevice::Cpu)?;
+        // The kernels' speed does not depend on the values.
+        let wt = Tensor::rand(-1f32, 1.0, (rows, cols), &CDevice::Cpu)?;
+        let w = wt.flatten_all()?.to_vec1::<f32>()?;
         for (format, ggml) in formats {
             let ours = QuantMatrix::quantize(&w, rows, cols, format)?;
             let theirs = QMatMul::from_qtensor(QTensor::quantize(&wt, ggml)?)?;
             for m in [1usize, 298] {
-                let x = random(m * cols, 2);
-                let xt = Tensor::from_vec(x.clone(), (m, cols), &CDevice::Cpu)?;
+                let xt = Tensor::rand(-1f32, 1.0, (m, cols), &CDevice::Cpu)?;
+                let x = xt.flatten_all()?.to_vec1::<f32>()?;
                 let t_ours = time(&mut || ours.matmul(&x, m).map(drop))?;
                 let t_theirs = time(&mut || theirs.forward(&xt).map(drop).map_err(Into::into))?;
                 let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;

@@ -50,7 +50,8 @@ def run(path, threads, repeats, prompt_len, decode):
             llm.eval([300 + i])
         dec.append(decode / (time.perf_counter() - t))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    best_med = lambda v: {"best": max(v), "median": sorted(v)[len(v) // 2]}
+    # As `minigpt-med bench`: sorted best first, the median is the middle (of two, the worse).
+    best_med = lambda v: {"best": max(v), "median": sorted(v, reverse=True)[len(v) // 2], "all": v}
     print(json.dumps({
         "model": path, "llama_cpp_python": llama_cpp.__version__, "threads": threads, "repeats": repeats,
         "load_s": load_s, "prompt_tokens": prompt_len, "prefill_tokens_per_s": best_med(prefill),
