@@ -644,6 +644,14 @@ uint32_t mgm_abi_version(void);
 const char *mgm_version(void);
 
 /**
+ * Sets the CPU threads used for all matrix work (the engine's quantized kernels and the f32
+ * GEMM). The thread pool reads this once, when it is first used: call it before the first
+ * `mgm_model_load`. Returns `MGM_STATUS_INVALID_OPTION` for 0. Same as the environment
+ * variable `RAYON_NUM_THREADS`.
+ */
+mgm_Status mgm_set_threads(size_t threads);
+
+/**
  * The message of the last failed call on the calling thread, or "" if the last call
  * succeeded. Never NULL. The string is owned by the library and stays valid until the next
  * status-returning `mgm_*` call on the same thread; copy it to keep it.

@@ -70,6 +70,15 @@ pub extern "C" fn mgm_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+/// Sets the CPU threads used for all matrix work (the engine's quantized kernels and the f32
+/// GEMM). The thread pool reads this once, when it is first used: call it before the first
+/// `mgm_model_load`. Returns `MGM_STATUS_INVALID_OPTION` for 0. Same as the environment
+/// variable `RAYON_NUM_THREADS`.
+#[no_mangle]
+pub extern "C" fn mgm_set_threads(threads: usize) -> Status {
+    status::guard(|| Ok(engine::set_threads(threads)?))
+}
+
 /// The message of the last failed call on the calling thread, or "" if the last call
 /// succeeded. Never NULL. The string is owned by the library and stays valid until the next
 /// status-returning `mgm_*` call on the same thread; copy it to keep it.

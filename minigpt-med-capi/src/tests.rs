@@ -240,6 +240,11 @@ fn invalid_utf8_is_an_error() {
 }
 
 #[test]
+fn zero_threads_is_an_invalid_option() {
+    expect(mgm_set_threads(0), Status::InvalidOption, "threads must be at least 1");
+}
+
+#[test]
 fn out_of_range_values_are_errors() {
     let image = open_image("ct_nlst.png");
     let err = |task: u32, region: Option<Region>, p: GenerateParams| {

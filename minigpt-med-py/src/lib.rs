@@ -14,6 +14,18 @@ mod stream;
 
 use pyo3::prelude::*;
 
+/// Sets the CPU threads used for all matrix work (the quantized kernels and the f32 GEMM).
+///
+/// The thread pool reads this once, when first used: call it before loading a model. Same as
+/// the environment variable ``RAYON_NUM_THREADS``.
+///
+/// Raises:
+///     OptionsError: ``threads`` is 0.
+#[pyfunction]
+fn set_threads(threads: usize) -> PyResult<()> {
+    minigpt_med::set_threads(threads).map_err(errors::to_py_err)
+}
+
 /// The native part of the `minigpt_med` package; import `minigpt_med` instead.
 #[pymodule]
 #[pyo3(name = "_native")]
@@ -28,5 +40,6 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<stream::PyTextStream>()?;
     m.add_function(wrap_pyfunction!(image::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(answer::parse_boxes, m)?)?;
+    m.add_function(wrap_pyfunction!(set_threads, m)?)?;
     Ok(())
 }

@@ -622,3 +622,8 @@ def test_dicom_input(model):
     default = mm.preprocess(str(dcm))
     assert lung.shape == (448, 448, 3) and not (lung == default).all()
     assert model.generate(dcm.read_bytes(), "vqa", prompt="what is shown?", max_new_tokens=3).token_ids
+
+
+def test_set_threads_rejects_zero():
+    with pytest.raises(mm.OptionsError, match="at least 1"):
+        mm.set_threads(0)

@@ -39,6 +39,7 @@ from ._native import (
     __version__,
     parse_boxes,
     preprocess,
+    set_threads,
 )
 
 #: The tasks accepted by ``task=``.
@@ -65,4 +66,5 @@ __all__ = [
     "__version__",
     "parse_boxes",
     "preprocess",
+    "set_threads",
 ]
