@@ -9,13 +9,18 @@
 //! - candle 0.11.1's x86 path builds a second, repacked copy of every Q4_K matrix on first use
 //!   and keeps both (a third more memory than the weights), and its Q4_0/Q8_0 dot products run
 //!   one block at a time with software f16 conversion (~11 GFLOP/s on two cores).
-//! - Here each matrix is held once. Q4_0 and Q8_0 rows keep their quants and their scales in two
-//!   separate arrays, so eight block scales widen with one F16C instruction, and Q4_0 packs two
-//!   neighbouring blocks per 32 bytes (low nibbles: block `2p`, high: block `2p + 1`) so one load
-//!   and two masks unpack 64 values. Four weight rows share each activation load.
-//! - Activations are quantized once per call to 8-bit blocks (f32 scale), as llama.cpp does.
+//! - Here each matrix is held once, quantized from the loaded tensor in place. Rows are
+//!   interleaved by four ("quads"), so a kernel computing four outputs reads one contiguous
+//!   stream (prefetched ahead in software) and shares each activation load between four rows.
+//!   Q4_0 and Q8_0 keep quants and scales in separate arrays, so eight block scales widen with
+//!   one F16C instruction; Q4_0 packs two neighbouring blocks per 32 bytes (low nibbles: block
+//!   `2p`, high: block `2p + 1`), which is also how Q4_K's super-blocks hold their nibbles, so one
+//!   load and two masks unpack 64 values in both.
+//! - Activations are quantized once per call to 8-bit blocks with f32 scales (finer than
+//!   llama.cpp's 256-value Q8_K blocks for Q4_K).
 //!
-//! Work is split over row chunks on rayon's pool, the one `set_threads` sizes.
+//! Work is split over chunks of quads on rayon's pool, the one `set_threads` sizes. Measured
+//! speeds are in `docs/perf.md` (`minigpt-med bench --kernels`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
