@@ -51,7 +51,7 @@ pub enum Error {
     /// A configuration file is malformed or contradicts the weights.
     #[error("invalid configuration {path}: {reason}")]
     Config {
-        /// The configuration file (or "<options>" for values given in code).
+        /// The configuration file (or `"<options>"` for values given in code).
         path: PathBuf,
         /// What is wrong and how to fix it.
         reason: String,
