@@ -236,3 +236,98 @@ pub(super) unsafe fn q4k_dot4(w: &[Q4KRaw], (yq, yd, ys): ActRow) -> [f32; 4] {
     }
     [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
 }
+
+/// The block pairs of one group of eight blocks for two activation rows at once: each unpacked
+/// weight pair serves both rows, and the per-block scales are broadcast straight from memory
+/// (`sa[i][r]`: eight scales of row `r` for activation `i`) instead of permuted in registers.
+/// `wq(r, p)` points at pair `p` of row `r` of the group.
+#[inline(always)]
+unsafe fn pairs_x2(
+    wq: impl Fn(usize, usize) -> *const u8,
+    y: [*const i8; 2],
+    sa: &[[[f32; 8]; 4]; 2],
+    acc: &mut [[__m256; 4]; 2],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let low = _mm256_set1_epi8(0x0F);
+    for p in 0..4 {
+        let yv: [[__m256i; 2]; 2] = std::array::from_fn(|i| {
+            std::array::from_fn(|h| _mm256_loadu_si256(y[i].add((2 * p + h) * BLOCK) as *const __m256i))
+        });
+        for r in 0..4 {
+            let bytes = _mm256_loadu_si256(wq(r, p) as *const __m256i);
+            let lo = _mm256_and_si256(bytes, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+            for i in 0..2 {
+                let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, yv[i][0]), ones));
+                let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, yv[i][1]), ones));
+                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p]), p0, acc[i][r]);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p + 1]), p1, acc[i][r]);
+            }
+        }
+    }
+}
+
+/// [`q4_0_dot4`] for two activation rows (the prefill path).
+///
+/// # Safety
+/// As [`q4_0_dot4`], for both rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_0_dot4x2(w: &[u8], d: &[f16], y: [ActRow; 2]) -> [[f32; 4]; 2] {
+    let nb = y[0].1.len();
+    for (yq, yd, ys) in y {
+        assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+    }
+    assert!(w.len() == 2 * nb * BLOCK && d.len() >= nb / 8 * 32);
+    let (wp, dp) = (w.as_ptr(), d.as_ptr() as *const __m128i);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut sa = [[[0f32; 8]; 4]; 2];
+    for g in 0..nb / 8 {
+        for r in 0..4 {
+            let e = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
+            for i in 0..2 {
+                let (dy, sy) =
+                    (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
+                _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(e, dy));
+                acc[i][r] = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(8.0)), sy, acc[i][r]);
+            }
+        }
+        let yq = [y[0].0.as_ptr().add(8 * g * BLOCK), y[1].0.as_ptr().add(8 * g * BLOCK)];
+        pairs_x2(|r, p| wp.add((4 * (4 * g + p) + r) * BLOCK), yq, &sa, &mut acc);
+    }
+    std::array::from_fn(|i| {
+        let tail = super::portable::q4_0_dot4(w, d, y[i], nb / 8 * 8);
+        std::array::from_fn(|r| hsum(acc[i][r]) + tail[r])
+    })
+}
+
+/// [`q4k_dot4`] for two activation rows (the prefill path): each super-block's scales are
+/// unpacked once for both.
+///
+/// # Safety
+/// As [`q4k_dot4`], for both rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4k_dot4x2(w: &[Q4KRaw], y: [ActRow; 2]) -> [[f32; 4]; 2] {
+    let nb = y[0].1.len();
+    for (yq, yd, ys) in y {
+        assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+    }
+    assert!(w.len() == nb / 2);
+    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
+    let mut sa = [[[0f32; 8]; 4]; 2];
+    for g in 0..nb / 8 {
+        let blk = w.as_ptr().add(4 * g);
+        for r in 0..4 {
+            let (sc, mn) = q4k_scales_mins(&*blk.add(r));
+            for i in 0..2 {
+                let (dy, sy) =
+                    (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
+                _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(sc, dy));
+                acc[i][r] = _mm256_fnmadd_ps(mn, sy, acc[i][r]);
+            }
+        }
+        let yq = [y[0].0.as_ptr().add(8 * g * BLOCK), y[1].0.as_ptr().add(8 * g * BLOCK)];
+        pairs_x2(|r, p| (*blk.add(r)).qs.as_ptr().add(p * BLOCK), yq, &sa, &mut acc);
+    }
+    std::array::from_fn(|i| std::array::from_fn(|r| hsum(acc[i][r])))
+}

@@ -339,10 +339,38 @@ impl QuantMatrix {
         let chunk = if m == 1 { 8 } else { 4 };
         let quads = rows.div_ceil(4);
         let ptr = OutPtr(out.as_mut_ptr());
+        let row = |i: usize| -> ActRow<'_> {
+            (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
+        };
+        // Prefill: two activation rows per call where a two-row kernel exists.
+        #[cfg(target_arch = "x86_64")]
+        let pairs = kernels == Kernels::Avx2 && !matches!(self.data, Data::Q8_0 { .. });
+        #[cfg(not(target_arch = "x86_64"))]
+        let pairs = false;
         (0..quads.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            for i in 0..m {
-                let y = (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb]);
+            let mut i = 0;
+            while i < m {
+                let two = pairs && i + 1 < m;
                 for q in c * chunk..((c + 1) * chunk).min(quads) {
+                    #[cfg(target_arch = "x86_64")]
+                    if two {
+                        let two = match self.quad(q) {
+                            // SAFETY: as below, for both rows.
+                            Quad::Q4_0(w, d) => Some(unsafe { avx2::q4_0_dot4x2(w, d, [row(i), row(i + 1)]) }),
+                            Quad::Q4K(w) => Some(unsafe { avx2::q4k_dot4x2(w, [row(i), row(i + 1)]) }),
+                            Quad::Q8_0(..) => None,
+                        };
+                        if let Some([d0, d1]) = two {
+                            // SAFETY: rows `i`, `i + 1`, columns `4q..4q + 4` (clipped) belong to
+                            // this chunk only, and lie inside `out`.
+                            unsafe {
+                                store(ptr, i * rows + 4 * q, &d0, rows - 4 * q);
+                                store(ptr, (i + 1) * rows + 4 * q, &d1, rows - 4 * q);
+                            }
+                            continue;
+                        }
+                    }
+                    let y = row(i);
                     let dots = match (kernels, self.quad(q)) {
                         // SAFETY: `Avx2` is only used when the CPU has AVX2, FMA and F16C (checked
                         // above); the quads and activation rows have the lengths the kernels need.
@@ -360,6 +388,7 @@ impl QuantMatrix {
                     // chunk only, and lie inside `out`.
                     unsafe { store(ptr, i * rows + 4 * q, &dots, rows - 4 * q) };
                 }
+                i += if two { 2 } else { 1 };
             }
         });
         Ok(out)
