@@ -17,6 +17,9 @@ OUT=${OUT:-bench-results}
 WORK=${WORK:-/tmp/minigpt-med-peers}
 THREADS=${THREADS:-2}
 REPEATS=${REPEATS:-2}
+# Which llama.cpp GGUF runs beside which of our formats; TORCH=0 skips the PyTorch ViT.
+PAIRS=${PAIRS:-q4_0:q4_0 q8_0:q8_0 q4_k_m:q4k}
+TORCH=${TORCH:-1}
 mkdir -p "$OUT" "$WORK"
 
 {
@@ -32,8 +35,10 @@ for kind in q4_0 q8_0 q4_k_m; do
     [ -f "$WORK/$kind.gguf" ] || "$PY" scripts/bench/llama_cpp_bench.py quantize "$WORK/f16.gguf" "$WORK/$kind.gguf" "$kind" --threads "$THREADS"
 done
 
-"$PY" scripts/bench/torch_vit_bench.py --threads "$THREADS" --repeats "$REPEATS" | tee "$OUT/torch_vit.json"
-for pair in q4_0:q4_0 q8_0:q8_0 q4_k_m:q4k; do
+if [ "$TORCH" = 1 ]; then
+    "$PY" scripts/bench/torch_vit_bench.py --threads "$THREADS" --repeats "$REPEATS" | tee "$OUT/torch_vit.json"
+fi
+for pair in $PAIRS; do
     "$PY" scripts/bench/llama_cpp_bench.py run "$WORK/${pair%%:*}.gguf" --threads "$THREADS" --repeats "$REPEATS" \
         | tee "$OUT/llama_cpp_${pair%%:*}.json"
     "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --repeats "$REPEATS" --decode-tokens 64 --json \
