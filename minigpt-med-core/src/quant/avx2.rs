@@ -89,79 +89,74 @@ pub(super) unsafe fn q8_0_dot4(w: &[i8], d: &[f16], y: ActRow) -> [f32; 4] {
     [hsum(a0) + tail[0], hsum(a1) + tail[1], hsum(a2) + tail[2], hsum(a3) + tail[3]]
 }
 
-/// Unsigned nibbles (0..15) of one block pair (32 bytes) times two activation blocks, each
-/// block's integer sum scaled by its lane of `s` and added to `acc`.
+/// The block pairs of one group of eight blocks for `N` activation rows at once: each unpacked
+/// weight pair serves every row, and the per-block scales are broadcast straight from memory
+/// (`sa[i][r]`: the eight scales of weight row `r` times those of activation `i`). `wq(r, p)`
+/// points at pair `p` of weight row `r` in the group; `y[i]` at the group in activation `i`.
+/// The nibbles stay unsigned for `vpmaddubsw`; the callers take any offset off separately.
 #[inline(always)]
-unsafe fn nibble_pair(
-    bytes: *const u8,
-    y0: __m256i,
-    y1: __m256i,
-    s: __m256,
-    l0: __m256i,
-    l1: __m256i,
-    acc: __m256,
-) -> __m256 {
+unsafe fn pairs<const N: usize>(
+    wq: impl Fn(usize, usize) -> *const u8,
+    y: [*const i8; N],
+    sa: &[[[f32; 8]; 4]; N],
+    acc: &mut [[__m256; 4]; N],
+) {
     let ones = _mm256_set1_epi16(1);
     let low = _mm256_set1_epi8(0x0F);
-    let bytes = _mm256_loadu_si256(bytes as *const __m256i);
-    let lo = _mm256_and_si256(bytes, low);
-    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
-    let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, y0), ones));
-    let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, y1), ones));
-    let acc = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s, l0), p0, acc);
-    _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s, l1), p1, acc)
+    for p in 0..4 {
+        let yv: [[__m256i; 2]; N] = std::array::from_fn(|i| {
+            std::array::from_fn(|h| _mm256_loadu_si256(y[i].add((2 * p + h) * BLOCK) as *const __m256i))
+        });
+        for r in 0..4 {
+            let bytes = _mm256_loadu_si256(wq(r, p) as *const __m256i);
+            let lo = _mm256_and_si256(bytes, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+            for i in 0..N {
+                let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, yv[i][0]), ones));
+                let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, yv[i][1]), ones));
+                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p]), p0, acc[i][r]);
+                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p + 1]), p1, acc[i][r]);
+            }
+        }
+    }
 }
 
-/// See `portable::q4_0_dot4`. The nibbles stay unsigned for `vpmaddubsw`; the offset of 8 is
-/// taken off once per eight blocks as `8 * d * ys` (lane-wise, before the final sum). Four named
-/// accumulators and raw pointers keep everything in registers.
+/// See `portable::q4_0_dot4`, for `N` activation rows (1 to decode, 2 in the prefill). The
+/// offset of 8 is taken off once per eight blocks as `8 * d * ys` (lane-wise, before the sum).
 ///
 /// # Safety
-/// As [`q8_0_dot4`]; `w` holds the quad's block pairs.
+/// As [`q8_0_dot4`], for every row; `w` holds the quad's block pairs.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_dot4(w: &[u8], d: &[f16], y: ActRow) -> [f32; 4] {
-    let (yq, yd, ys) = y;
-    let nb = yd.len();
-    assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && ys.len() == nb);
+pub(super) unsafe fn q4_0_dots<const N: usize>(w: &[u8], d: &[f16], y: [ActRow; N]) -> [[f32; 4]; N] {
+    let nb = y[0].1.len();
+    for (yq, yd, ys) in y {
+        assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+    }
     assert!(w.len() == 2 * nb * BLOCK && d.len() >= nb / 8 * 32);
     let (wp, dp) = (w.as_ptr(), d.as_ptr() as *const __m128i);
-    let (yq, yd, ys) = (yq.as_ptr(), yd.as_ptr(), ys.as_ptr());
-    let eight = _mm256_set1_ps(8.0);
-    let (mut a0, mut a1, mut a2, mut a3) =
-        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    let mut sa = [[[0f32; 8]; 4]; N];
     for g in 0..nb / 8 {
-        let dy = _mm256_loadu_ps(yd.add(8 * g));
-        let sy = _mm256_loadu_ps(ys.add(8 * g));
-        let dw = |r: usize| _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
-        let (e0, e1, e2, e3) = (dw(0), dw(1), dw(2), dw(3));
-        a0 = _mm256_fnmadd_ps(_mm256_mul_ps(e0, eight), sy, a0);
-        a1 = _mm256_fnmadd_ps(_mm256_mul_ps(e1, eight), sy, a1);
-        a2 = _mm256_fnmadd_ps(_mm256_mul_ps(e2, eight), sy, a2);
-        a3 = _mm256_fnmadd_ps(_mm256_mul_ps(e3, eight), sy, a3);
-        let (s0, s1, s2, s3) =
-            (_mm256_mul_ps(e0, dy), _mm256_mul_ps(e1, dy), _mm256_mul_ps(e2, dy), _mm256_mul_ps(e3, dy));
-        macro_rules! pair {
-            ($p:literal) => {{
-                let y0 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p) * BLOCK) as *const __m256i);
-                let y1 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p + 1) * BLOCK) as *const __m256i);
-                let (l0, l1) = (_mm256_set1_epi32(2 * $p), _mm256_set1_epi32(2 * $p + 1));
-                // Pair `4g + p` of the quad: four rows of 32 bytes, one after the other.
-                let o = wp.add((4 * (4 * g + $p)) * BLOCK);
-                prefetch(o, 2);
-                a0 = nibble_pair(o, y0, y1, s0, l0, l1, a0);
-                a1 = nibble_pair(o.add(BLOCK), y0, y1, s1, l0, l1, a1);
-                a2 = nibble_pair(o.add(2 * BLOCK), y0, y1, s2, l0, l1, a2);
-                a3 = nibble_pair(o.add(3 * BLOCK), y0, y1, s3, l0, l1, a3);
-            }};
+        // A group is four pairs of four rows of 32 bytes: eight cache lines, one stream.
+        let group = wp.add(16 * g * BLOCK);
+        prefetch(group, 8);
+        for r in 0..4 {
+            let e = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
+            for i in 0..N {
+                let (dy, sy) =
+                    (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
+                _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(e, dy));
+                acc[i][r] = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(8.0)), sy, acc[i][r]);
+            }
         }
-        pair!(0);
-        pair!(1);
-        pair!(2);
-        pair!(3);
+        let yq = std::array::from_fn(|i| y[i].0.as_ptr().add(8 * g * BLOCK));
+        pairs(|r, p| group.add((4 * p + r) * BLOCK), yq, &sa, &mut acc);
     }
-    // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
-    let tail = super::portable::q4_0_dot4(w, d, y, nb / 8 * 8);
-    [hsum(a0) + tail[0], hsum(a1) + tail[1], hsum(a2) + tail[2], hsum(a3) + tail[3]]
+    std::array::from_fn(|i| {
+        // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
+        let tail = super::portable::q4_0_dot4(w, d, y[i], nb / 8 * 8);
+        std::array::from_fn(|r| hsum(acc[i][r]) + tail[r])
+    })
 }
 
 /// Q4_K's eight 6-bit sub-block scales and mins (packed in 12 bytes), widened and multiplied
@@ -189,145 +184,35 @@ unsafe fn q4k_scales_mins(blk: &Q4KRaw) -> (__m256, __m256) {
     (_mm256_mul_ps(sc, d), _mm256_mul_ps(mn, dmin))
 }
 
-/// See `portable::q4k_dot4`: the Q4_0 kernel with each super-block's scales and mins widened in
-/// registers (Q4_K's nibbles are already in the pair layout, a super-block per group of eight
-/// blocks; the quad's four super-blocks of a group are adjacent).
+/// See `portable::q4k_dot4`, for `N` activation rows: the Q4_0 kernel with each super-block's
+/// scales and mins widened once for all rows (Q4_K's nibbles are already in the pair layout, a
+/// super-block per group of eight blocks; a quad's four super-blocks of a group are adjacent).
 ///
 /// # Safety
-/// As [`q8_0_dot4`]; `w` holds the quad's `4 * yq.len() / 256` super-blocks.
+/// As [`q8_0_dot4`], for every row; `w` holds the quad's `4 * yq.len() / 256` super-blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4k_dot4(w: &[Q4KRaw], (yq, yd, ys): ActRow) -> [f32; 4] {
-    let nb = yd.len();
-    assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && ys.len() == nb && w.len() == nb / 2);
-    let (yq, yd, ys) = (yq.as_ptr(), yd.as_ptr(), ys.as_ptr());
-    let (mut a0, mut a1, mut a2, mut a3) =
-        (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-    for g in 0..nb / 8 {
-        let dy = _mm256_loadu_ps(yd.add(8 * g));
-        let sy = _mm256_loadu_ps(ys.add(8 * g));
-        let blk = w.as_ptr().add(4 * g);
-        prefetch(blk, 9);
-        let (b0, b1, b2, b3) = (&*blk, &*blk.add(1), &*blk.add(2), &*blk.add(3));
-        let (c0, m0) = q4k_scales_mins(b0);
-        let (c1, m1) = q4k_scales_mins(b1);
-        let (c2, m2) = q4k_scales_mins(b2);
-        let (c3, m3) = q4k_scales_mins(b3);
-        a0 = _mm256_fnmadd_ps(m0, sy, a0);
-        a1 = _mm256_fnmadd_ps(m1, sy, a1);
-        a2 = _mm256_fnmadd_ps(m2, sy, a2);
-        a3 = _mm256_fnmadd_ps(m3, sy, a3);
-        let (s0, s1, s2, s3) =
-            (_mm256_mul_ps(c0, dy), _mm256_mul_ps(c1, dy), _mm256_mul_ps(c2, dy), _mm256_mul_ps(c3, dy));
-        macro_rules! pair {
-            ($p:literal) => {{
-                let y0 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p) * BLOCK) as *const __m256i);
-                let y1 = _mm256_loadu_si256(yq.add((8 * g + 2 * $p + 1) * BLOCK) as *const __m256i);
-                let (l0, l1) = (_mm256_set1_epi32(2 * $p), _mm256_set1_epi32(2 * $p + 1));
-                a0 = nibble_pair(b0.qs.as_ptr().add($p * BLOCK), y0, y1, s0, l0, l1, a0);
-                a1 = nibble_pair(b1.qs.as_ptr().add($p * BLOCK), y0, y1, s1, l0, l1, a1);
-                a2 = nibble_pair(b2.qs.as_ptr().add($p * BLOCK), y0, y1, s2, l0, l1, a2);
-                a3 = nibble_pair(b3.qs.as_ptr().add($p * BLOCK), y0, y1, s3, l0, l1, a3);
-            }};
-        }
-        pair!(0);
-        pair!(1);
-        pair!(2);
-        pair!(3);
-    }
-    [hsum(a0), hsum(a1), hsum(a2), hsum(a3)]
-}
-
-/// The block pairs of one group of eight blocks for two activation rows at once: each unpacked
-/// weight pair serves both rows, and the per-block scales are broadcast straight from memory
-/// (`sa[i][r]`: eight scales of row `r` for activation `i`) instead of permuted in registers.
-/// `wq(r, p)` points at pair `p` of row `r` of the group.
-#[inline(always)]
-unsafe fn pairs_x2(
-    wq: impl Fn(usize, usize) -> *const u8,
-    y: [*const i8; 2],
-    sa: &[[[f32; 8]; 4]; 2],
-    acc: &mut [[__m256; 4]; 2],
-) {
-    let ones = _mm256_set1_epi16(1);
-    let low = _mm256_set1_epi8(0x0F);
-    for p in 0..4 {
-        let yv: [[__m256i; 2]; 2] = std::array::from_fn(|i| {
-            std::array::from_fn(|h| _mm256_loadu_si256(y[i].add((2 * p + h) * BLOCK) as *const __m256i))
-        });
-        for r in 0..4 {
-            let bytes = _mm256_loadu_si256(wq(r, p) as *const __m256i);
-            let lo = _mm256_and_si256(bytes, low);
-            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
-            for i in 0..2 {
-                let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, yv[i][0]), ones));
-                let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, yv[i][1]), ones));
-                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p]), p0, acc[i][r]);
-                acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p + 1]), p1, acc[i][r]);
-            }
-        }
-    }
-}
-
-/// [`q4_0_dot4`] for two activation rows (the prefill path).
-///
-/// # Safety
-/// As [`q4_0_dot4`], for both rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_dot4x2(w: &[u8], d: &[f16], y: [ActRow; 2]) -> [[f32; 4]; 2] {
-    let nb = y[0].1.len();
-    for (yq, yd, ys) in y {
-        assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
-    }
-    assert!(w.len() == 2 * nb * BLOCK && d.len() >= nb / 8 * 32);
-    let (wp, dp) = (w.as_ptr(), d.as_ptr() as *const __m128i);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-    let mut sa = [[[0f32; 8]; 4]; 2];
-    for g in 0..nb / 8 {
-        for r in 0..4 {
-            let e = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
-            for i in 0..2 {
-                let (dy, sy) =
-                    (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
-                _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(e, dy));
-                acc[i][r] = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(8.0)), sy, acc[i][r]);
-            }
-        }
-        let yq = [y[0].0.as_ptr().add(8 * g * BLOCK), y[1].0.as_ptr().add(8 * g * BLOCK)];
-        pairs_x2(|r, p| wp.add((4 * (4 * g + p) + r) * BLOCK), yq, &sa, &mut acc);
-    }
-    std::array::from_fn(|i| {
-        let tail = super::portable::q4_0_dot4(w, d, y[i], nb / 8 * 8);
-        std::array::from_fn(|r| hsum(acc[i][r]) + tail[r])
-    })
-}
-
-/// [`q4k_dot4`] for two activation rows (the prefill path): each super-block's scales are
-/// unpacked once for both.
-///
-/// # Safety
-/// As [`q4k_dot4`], for both rows.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4k_dot4x2(w: &[Q4KRaw], y: [ActRow; 2]) -> [[f32; 4]; 2] {
+pub(super) unsafe fn q4k_dots<const N: usize>(w: &[Q4KRaw], y: [ActRow; N]) -> [[f32; 4]; N] {
     let nb = y[0].1.len();
     for (yq, yd, ys) in y {
         assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
     }
     assert!(w.len() == nb / 2);
-    let mut acc = [[_mm256_setzero_ps(); 4]; 2];
-    let mut sa = [[[0f32; 8]; 4]; 2];
+    let mut acc = [[_mm256_setzero_ps(); 4]; N];
+    let mut sa = [[[0f32; 8]; 4]; N];
     for g in 0..nb / 8 {
         let blk = w.as_ptr().add(4 * g);
+        prefetch(blk, 9);
         for r in 0..4 {
             let (sc, mn) = q4k_scales_mins(&*blk.add(r));
-            for i in 0..2 {
+            for i in 0..N {
                 let (dy, sy) =
                     (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
                 _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(sc, dy));
                 acc[i][r] = _mm256_fnmadd_ps(mn, sy, acc[i][r]);
             }
         }
-        let yq = [y[0].0.as_ptr().add(8 * g * BLOCK), y[1].0.as_ptr().add(8 * g * BLOCK)];
-        pairs_x2(|r, p| (*blk.add(r)).qs.as_ptr().add(p * BLOCK), yq, &sa, &mut acc);
+        let yq = std::array::from_fn(|i| y[i].0.as_ptr().add(8 * g * BLOCK));
+        pairs(|r, p| (*blk.add(r)).qs.as_ptr().add(p * BLOCK), yq, &sa, &mut acc);
     }
     std::array::from_fn(|i| std::array::from_fn(|r| hsum(acc[i][r])))
 }

@@ -202,7 +202,8 @@ impl QuantMatrix {
                         let Some(w) = row(q, r) else { continue };
                         for b in 0..nb {
                             let o = (4 * b + r) * BLOCK;
-                            d[scale_index(b, r)] = quantize_q8_block(padded_block(w, b), &mut qs[o..o + BLOCK]);
+                            d[scale_index(b, r)] =
+                                f16::from_f32(quantize_q8_block(padded_block(w, b), &mut qs[o..o + BLOCK]));
                         }
                     }
                 });
@@ -342,56 +343,51 @@ impl QuantMatrix {
         let row = |i: usize| -> ActRow<'_> {
             (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
         };
-        // Prefill: two activation rows per call where a two-row kernel exists.
-        #[cfg(target_arch = "x86_64")]
-        let pairs = kernels == Kernels::Avx2 && !matches!(self.data, Data::Q8_0 { .. });
-        #[cfg(not(target_arch = "x86_64"))]
-        let pairs = false;
+        // Prefill: two activation rows per call where a two-row kernel exists (Q4_0, Q4_K).
+        let step = if cfg!(target_arch = "x86_64") && kernels != Kernels::Portable && self.format() != QuantFormat::Q8_0
+        {
+            2
+        } else {
+            1
+        };
         (0..quads.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            let mut i = 0;
-            while i < m {
-                let two = pairs && i + 1 < m;
+            for i in (0..m).step_by(step) {
+                let n = step.min(m - i);
                 for q in c * chunk..((c + 1) * chunk).min(quads) {
-                    #[cfg(target_arch = "x86_64")]
-                    if two {
-                        let two = match self.quad(q) {
-                            // SAFETY: as below, for both rows.
-                            Quad::Q4_0(w, d) => Some(unsafe { avx2::q4_0_dot4x2(w, d, [row(i), row(i + 1)]) }),
-                            Quad::Q4K(w) => Some(unsafe { avx2::q4k_dot4x2(w, [row(i), row(i + 1)]) }),
-                            Quad::Q8_0(..) => None,
-                        };
-                        if let Some([d0, d1]) = two {
-                            // SAFETY: rows `i`, `i + 1`, columns `4q..4q + 4` (clipped) belong to
-                            // this chunk only, and lie inside `out`.
-                            unsafe {
-                                store(ptr, i * rows + 4 * q, &d0, rows - 4 * q);
-                                store(ptr, (i + 1) * rows + 4 * q, &d1, rows - 4 * q);
-                            }
-                            continue;
-                        }
+                    let dots = self.quad_dots(kernels, q, [row(i), row(i + n - 1)], n);
+                    for (k, dots) in dots.iter().take(n).enumerate() {
+                        // SAFETY: row `i + k`, columns `4q..4q + 4` (clipped to `rows`) belong
+                        // to this chunk only, and lie inside `out`.
+                        unsafe { store(ptr, (i + k) * rows + 4 * q, dots, rows - 4 * q) };
                     }
-                    let y = row(i);
-                    let dots = match (kernels, self.quad(q)) {
-                        // SAFETY: `Avx2` is only used when the CPU has AVX2, FMA and F16C (checked
-                        // above); the quads and activation rows have the lengths the kernels need.
-                        #[cfg(target_arch = "x86_64")]
-                        (Kernels::Avx2, Quad::Q8_0(w, d)) => unsafe { avx2::q8_0_dot4(w, d, y) },
-                        #[cfg(target_arch = "x86_64")]
-                        (Kernels::Avx2, Quad::Q4_0(w, d)) => unsafe { avx2::q4_0_dot4(w, d, y) },
-                        #[cfg(target_arch = "x86_64")]
-                        (Kernels::Avx2, Quad::Q4K(w)) => unsafe { avx2::q4k_dot4(w, y) },
-                        (Kernels::Portable, Quad::Q8_0(w, d)) => portable::q8_0_dot4(w, d, y, 0),
-                        (Kernels::Portable, Quad::Q4_0(w, d)) => portable::q4_0_dot4(w, d, y, 0),
-                        (Kernels::Portable, Quad::Q4K(w)) => portable::q4k_dot4(w, y),
-                    };
-                    // SAFETY: row `i`, columns `4q..4q + 4` (clipped to `rows`) belong to this
-                    // chunk only, and lie inside `out`.
-                    unsafe { store(ptr, i * rows + 4 * q, &dots, rows - 4 * q) };
                 }
-                i += if two { 2 } else { 1 };
             }
         });
         Ok(out)
+    }
+
+    /// The four outputs of quad `q` for the first `n` (1 or 2) of the activation rows `y`.
+    fn quad_dots(&self, kernels: Kernels, q: usize, y: [ActRow; 2], n: usize) -> [[f32; 4]; 2] {
+        match (kernels, self.quad(q)) {
+            // SAFETY: `Avx2` is only used when the CPU has AVX2, FMA and F16C (checked in
+            // `matmul_with`); quads and activation rows have the lengths the kernels need.
+            #[cfg(target_arch = "x86_64")]
+            (Kernels::Avx2, Quad::Q4_0(w, d)) if n == 2 => unsafe { avx2::q4_0_dots(w, d, y) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernels::Avx2, Quad::Q4K(w)) if n == 2 => unsafe { avx2::q4k_dots(w, y) },
+            #[cfg(target_arch = "x86_64")]
+            (Kernels::Avx2, Quad::Q4_0(w, d)) => unsafe { [avx2::q4_0_dots(w, d, [y[0]])[0], [0.0; 4]] },
+            #[cfg(target_arch = "x86_64")]
+            (Kernels::Avx2, Quad::Q4K(w)) => unsafe { [avx2::q4k_dots(w, [y[0]])[0], [0.0; 4]] },
+            #[cfg(target_arch = "x86_64")]
+            (Kernels::Avx2, Quad::Q8_0(w, d)) => unsafe { [avx2::q8_0_dot4(w, d, y[0]), [0.0; 4]] },
+            (Kernels::Portable, quad) => std::array::from_fn(|k| match quad {
+                _ if k >= n => [0.0; 4],
+                Quad::Q8_0(w, d) => portable::q8_0_dot4(w, d, y[k], 0),
+                Quad::Q4_0(w, d) => portable::q4_0_dot4(w, d, y[k], 0),
+                Quad::Q4K(w) => portable::q4k_dot4(w, y[k]),
+            }),
+        }
     }
 
     /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`).
@@ -403,7 +399,7 @@ impl QuantMatrix {
         let mut ys = vec![0f32; m * nb];
         let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], x: &[f32]| {
             for (b, ((q, d), ys)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
-                *d = quantize_act_block(padded_block(x, b), q);
+                *d = quantize_q8_block(padded_block(x, b), q);
                 *ys = *d * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
             }
         };
@@ -473,15 +469,16 @@ fn padded_block(row: &[f32], b: usize) -> [f32; BLOCK] {
     out
 }
 
-/// llama.cpp's `quantize_row_q8_0`: scale `amax / 127`, values rounded half away from zero.
-fn quantize_q8_block(x: [f32; BLOCK], q: &mut [i8]) -> f16 {
+/// llama.cpp's `quantize_row_q8_0` for one block: scale `amax / 127`, values rounded half away
+/// from zero; returns the scale (stored as f16 for weights, kept f32 for activations).
+fn quantize_q8_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     for (q, v) in q.iter_mut().zip(x) {
         *q = (v * id).round() as i8;
     }
-    f16::from_f32(d)
+    d
 }
 
 /// llama.cpp's `quantize_row_q4_0`: the value of largest magnitude maps to -8, the scale is
@@ -501,17 +498,6 @@ fn quantize_q4_0_block(x: [f32; BLOCK]) -> (f16, [u8; BLOCK]) {
         *q = ((v * id + 8.5) as i8).min(15) as u8;
     }
     (f16::from_f32(d), q)
-}
-
-/// An activation block: like Q8_0 but the scale stays f32 (it is never stored).
-fn quantize_act_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    for (q, v) in q.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
-    }
-    d
 }
 
 #[cfg(test)]
