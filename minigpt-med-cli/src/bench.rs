@@ -36,8 +36,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Time only the quantized matrix kernels at LLaMA-2-7B shapes (ours beside candle's
-    /// `QMatMul`), for decode (1 row) and prefill (298 rows); no model is loaded.
+    /// Time only the matrix kernels (ours beside candle's): quantized at LLaMA-2-7B shapes for
+    /// decode (1 row) and prefill (298 rows), and f32 at the ViT-g's shapes for one image
+    /// (1025 rows); no model is loaded.
     #[arg(long, conflicts_with_all = ["synthetic", "model_dir"])]
     kernels: bool,
 }
@@ -162,6 +163,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
 fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     use minigpt_med::candle::quantized::{GgmlDType, QMatMul, QTensor};
     use minigpt_med::candle::{Device as CDevice, Module, Tensor};
+    use minigpt_med::gemm::{self, Epilogue, PackedB};
     use minigpt_med::quant::{QuantFormat, QuantMatrix};
 
     let shapes = [("q_proj/o_proj", 4096, 4096), ("gate/up_proj", 11008, 4096), ("down_proj", 4096, 11008)];
@@ -202,6 +204,25 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
                 }));
             }
         }
+    }
+    // The ViT-g's f32 layers for one 448 px image (1025 tokens): our packed GEMM beside candle's
+    // matmul (the `gemm` crate).
+    let vit = [("vit qkv", 4224, 1408), ("vit proj", 1408, 1408), ("vit fc1", 6144, 1408), ("vit fc2", 1408, 6144)];
+    for (name, rows, cols) in vit {
+        let wt = Tensor::rand(-1f32, 1.0, (rows, cols), &CDevice::Cpu)?;
+        let ours = PackedB::from_nk(&wt.flatten_all()?.to_vec1::<f32>()?, rows, cols, cols);
+        let m = 1025;
+        let xt = Tensor::rand(-1f32, 1.0, (m, cols), &CDevice::Cpu)?;
+        let x = xt.flatten_all()?.to_vec1::<f32>()?;
+        let t_ours = time(&mut || gemm::linear(&x, m, &ours, None, Epilogue::Identity).map(drop))?;
+        let t_theirs = time(&mut || xt.matmul(&wt.t()?).map(drop).map_err(Into::into))?;
+        let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
+        rows_out.push(json!({
+            "matrix": name, "rows": rows, "cols": cols, "format": "F32", "m": m,
+            "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
+            "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
+            "ours_weight_gbps": ours.bytes() as f64 / 1e9 / t_ours,
+        }));
     }
     if a.json {
         println!(

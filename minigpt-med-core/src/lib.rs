@@ -26,6 +26,7 @@ mod answer;
 mod config;
 mod draw;
 mod error;
+pub mod gemm;
 mod generate;
 pub mod image;
 mod llm;

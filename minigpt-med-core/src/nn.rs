@@ -7,6 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
+use crate::gemm::{self, Epilogue, PackedB};
 use crate::quant::{QuantFormat, QuantMatrix};
 
 /// How a weight matrix is held in memory.
@@ -86,6 +87,9 @@ impl std::fmt::Display for WeightDType {
 /// A weight matrix `[out, in]`, dense or quantized.
 #[derive(Debug, Clone)]
 enum Weight {
+    /// f32 on the CPU: packed for our GEMM (`crate::gemm`), one copy, bias fused.
+    F32 { w: Arc<PackedB>, bias: Option<Arc<[f32]>> },
+    /// f16/bf16, or any dense dtype on a GPU: candle's matmul.
     Dense(Tensor),
     /// On the CPU: our own layout and kernels (`crate::quant`), one copy of the weights.
     Packed(Arc<QuantMatrix>),
@@ -122,6 +126,18 @@ impl Linear {
                 }
             }
             Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
+            None if dtype == WeightDType::F32 && matches!(weight.device(), Device::Cpu) => {
+                let w = with_f32_slice(&weight, |w| Ok(PackedB::from_nk(w, out_features, in_features, in_features)))?;
+                let bias =
+                    bias.map(|b| Ok::<_, Error>(b.to_dtype(DType::F32)?.to_vec1::<f32>()?.into())).transpose()?;
+                if bias.as_ref().is_some_and(|b: &Arc<[f32]>| b.len() != out_features) {
+                    return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                        "bias of {} values for a [{out_features}, {in_features}] weight",
+                        bias.map_or(0, |b| b.len())
+                    ))));
+                }
+                return Ok(Self { weight: Weight::F32 { w: Arc::new(w), bias }, bias: None });
+            }
             None => Weight::Dense(weight.to_dtype(dtype.float())?),
         };
         let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
@@ -131,6 +147,7 @@ impl Linear {
     /// Bytes held by the weight and bias.
     pub(crate) fn bytes(&self) -> usize {
         let w = match &self.weight {
+            Weight::F32 { w, bias } => w.bytes() + bias.as_ref().map_or(0, |b| b.len() * 4),
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Weight::Packed(q) => q.bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
@@ -140,37 +157,53 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Epilogue::Identity)
+    }
+
+    /// `epilogue(x W^T + b)`: the GELU is fused into the f32 CPU product's store.
+    pub(crate) fn forward_act(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let y = match &self.weight {
+            Weight::F32 { w, bias } => {
+                let (k, n) = w.dims();
+                return on_rows(x, k, n, |x, m| gemm::linear(x, m, w, bias.as_deref(), epilogue));
+            }
             Weight::Dense(w) if w.dtype() == DType::F32 => x.matmul(&w.t()?)?,
             Weight::Dense(w) => x.to_dtype(w.dtype())?.matmul(&w.t()?)?.to_dtype(DType::F32)?,
-            Weight::Packed(q) => packed_forward(q, x)?,
+            Weight::Packed(q) => {
+                let (n, k) = q.dims();
+                on_rows(x, k, n, |x, m| q.matmul(x, m))?
+            }
             Weight::Quantized(q) => q.forward(x)?,
         };
-        Ok(match &self.bias {
+        let y = match &self.bias {
             Some(b) => y.broadcast_add(b)?,
             None => y,
+        };
+        Ok(match epilogue {
+            Epilogue::Identity => y,
+            Epilogue::Gelu => y.gelu_erf()?,
         })
     }
 }
 
-/// `x: [.., in]` f32 times a CPU-packed matrix, read in place from the tensor's storage.
-fn packed_forward(q: &QuantMatrix, x: &Tensor) -> Result<Tensor> {
-    let (rows, cols) = q.dims();
+/// `x: [.., in]` f32 through `f(rows as one [m, in] slice, m) -> [m, out]`, read in place from
+/// the tensor's storage; returns `[.., out]`.
+fn on_rows(x: &Tensor, k: usize, n: usize, f: impl FnOnce(&[f32], usize) -> Result<Vec<f32>>) -> Result<Tensor> {
     let mut shape = x.dims().to_vec();
-    if shape.last() != Some(&cols) {
+    if shape.last() != Some(&k) {
         return Err(Error::Tensor(candle_core::Error::Msg(format!(
-            "input of shape {shape:?} for a [{rows}, {cols}] quantized matrix"
+            "input of shape {shape:?} for a [{n}, {k}] matrix"
         ))));
     }
-    let m = x.elem_count() / cols.max(1);
-    let y = with_f32_slice(x, |x| q.matmul(x, m))?;
-    *shape.last_mut().expect("checked above") = rows;
+    let m = x.elem_count() / k.max(1);
+    let y = with_f32_slice(x, |x| f(x, m))?;
+    *shape.last_mut().expect("checked above") = n;
     Ok(Tensor::from_vec(y, shape, x.device())?)
 }
 
 /// Runs `f` on the values of a CPU tensor as one f32 slice, in place when the tensor already
 /// is contiguous f32 (no copy of a weight matrix at load, nor of activations).
-fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
+pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
     let t = t.to_dtype(DType::F32)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {

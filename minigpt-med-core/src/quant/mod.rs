@@ -31,6 +31,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
+use crate::gemm::OutPtr;
 
 /// llama.cpp's Q4_K super-block, as candle 0.11.1's `BlockQ4K` lays it out (`#[repr(C)]`, the
 /// same field order; its fields are private to candle). `qs` holds sub-blocks `2p` and `2p + 1`
@@ -161,13 +162,6 @@ struct Q8Rows {
     d: Vec<f32>,
     ys: Vec<f32>,
 }
-
-/// Raw output pointer shared by the row-chunk workers; each writes disjoint elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: workers write disjoint (row, column) elements of one live buffer (see `matmul`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
 
 impl QuantMatrix {
     /// Quantizes `w: [rows, cols]` (row-major f32), row quads in parallel.

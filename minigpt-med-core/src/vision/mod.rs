@@ -1,6 +1,7 @@
 //! EVA ViT-g/14 (EVA01-CLIP-g as used by BLIP-2 and MiniGPT-v2/Med) and the connector that
 //! turns its patch tokens into LLaMA input embeddings.
 
+mod attention;
 mod pos_embed;
 
 use candle_core::{DType, Device, Tensor, D};
@@ -9,7 +10,9 @@ pub use pos_embed::interpolate_pos_embed;
 
 use crate::config::{ConnectorConfig, VisionConfig};
 use crate::error::{Error, Result};
-use crate::nn::{LayerNorm, Linear, WeightDType};
+use crate::gemm::Epilogue;
+use crate::nn::{with_f32_slice, LayerNorm, Linear, WeightDType};
+use crate::quant::Kernels;
 use crate::weights::TensorSource;
 
 struct Block {
@@ -156,15 +159,23 @@ impl EvaVit {
         let n = x.dim(0)?;
         for blk in &self.blocks {
             let h = blk.norm1.forward(&x)?;
-            let qkv = blk.qkv.forward(&h)?.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
-            let q = (qkv.get(0)? * scale)?.contiguous()?;
-            let k = qkv.get(1)?.contiguous()?;
-            let v = qkv.get(2)?.contiguous()?;
-            let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
-            let o = att.matmul(&v)?.transpose(0, 1)?.reshape((n, d))?;
+            let qkv = blk.qkv.forward(&h)?;
+            let o = if matches!(qkv.device(), Device::Cpu) {
+                let o = with_f32_slice(&qkv, |qkv| {
+                    Ok(attention::attention(Kernels::detect(), qkv, n, heads, hd, scale as f32))
+                })?;
+                Tensor::from_vec(o, (n, d), qkv.device())?
+            } else {
+                let qkv = qkv.reshape((n, 3, heads, hd))?.permute((1, 2, 0, 3))?;
+                let q = (qkv.get(0)? * scale)?.contiguous()?;
+                let k = qkv.get(1)?.contiguous()?;
+                let v = qkv.get(2)?.contiguous()?;
+                let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
+                att.matmul(&v)?.transpose(0, 1)?.reshape((n, d))?
+            };
             x = (x + blk.proj.forward(&o)?)?;
             let h = blk.norm2.forward(&x)?;
-            let h = blk.fc2.forward(&blk.fc1.forward(&h)?.gelu_erf()?)?;
+            let h = blk.fc2.forward(&blk.fc1.forward_act(&h, Epilogue::Gelu)?)?;
             x = (x + h)?;
         }
         Ok(x)

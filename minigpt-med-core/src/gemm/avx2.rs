@@ -1,0 +1,154 @@
+//! AVX2 + FMA forms of the GEMM micro-kernel and of `math.rs`'s functions.
+
+use std::arch::x86_64::*;
+
+use super::math::{ERF_A, ERF_P, EXP_MAX, EXP_MIN, EXP_POLY, LN2_HI, LN2_LO, LOG2E};
+use super::{store_tile, Tile, MR, NR};
+
+/// Whether this CPU runs these kernels.
+pub(super) fn available() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// `MR x NR` tile: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]`, 64-byte aligned
+/// rows), the whole tile in twelve registers; bias and GELU applied before the store.
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA; `a` and `b` valid for `kc * MR` and `kc * NR` reads; `t` as
+/// for [`store_tile`].
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    // The C tile is read after the loop: start fetching it now (a row spans two lines at most).
+    if !t.first {
+        for i in 0..t.mr {
+            let row = t.c.add(i * t.ldc) as *const i8;
+            _mm_prefetch::<_MM_HINT_T0>(row);
+            _mm_prefetch::<_MM_HINT_T0>(row.wrapping_add(4 * NR - 4));
+        }
+    }
+    for l in 0..t.next_lines {
+        _mm_prefetch::<_MM_HINT_T1>((t.next as *const i8).wrapping_add(64 * l));
+    }
+    let mut acc = [_mm256_setzero_ps(); 2 * MR];
+    for p in 0..kc {
+        let b0 = _mm256_load_ps(b.add(p * NR));
+        let b1 = _mm256_load_ps(b.add(p * NR + 8));
+        let ap = a.add(p * MR);
+        for i in 0..MR {
+            let ai = _mm256_broadcast_ss(&*ap.add(i));
+            acc[2 * i] = _mm256_fmadd_ps(ai, b0, acc[2 * i]);
+            acc[2 * i + 1] = _mm256_fmadd_ps(ai, b1, acc[2 * i + 1]);
+        }
+    }
+    if t.mr < MR || t.nr < NR {
+        let mut buf = [0f32; MR * NR];
+        for (i, v) in acc.iter().enumerate() {
+            _mm256_storeu_ps(buf.as_mut_ptr().add(8 * i), *v);
+        }
+        return store_tile(&buf, t);
+    }
+    for i in 0..MR {
+        let row = t.c.add(i * t.ldc);
+        let (mut lo, mut hi) = (acc[2 * i], acc[2 * i + 1]);
+        match (t.first, t.bias) {
+            (true, Some(bias)) => {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(bias));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(bias.add(8)));
+            }
+            (true, None) => {}
+            (false, _) => {
+                lo = _mm256_add_ps(lo, _mm256_loadu_ps(row));
+                hi = _mm256_add_ps(hi, _mm256_loadu_ps(row.add(8)));
+            }
+        }
+        if t.gelu {
+            lo = gelu8(lo);
+            hi = gelu8(hi);
+        }
+        _mm256_storeu_ps(row, lo);
+        _mm256_storeu_ps(row.add(8), hi);
+    }
+}
+
+/// Eight lanes of `math::exp`.
+#[inline(always)]
+unsafe fn exp8(x: __m256) -> __m256 {
+    let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(EXP_MIN)), _mm256_set1_ps(EXP_MAX));
+    let n =
+        _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(LOG2E)));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+    let mut p = _mm256_setzero_ps();
+    for c in EXP_POLY {
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
+    }
+    let one = _mm256_set1_ps(1.0);
+    let p = _mm256_fmadd_ps(_mm256_fmadd_ps(p, r, one), r, one);
+    let scale = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+    _mm256_mul_ps(p, _mm256_castsi256_ps(scale))
+}
+
+/// Eight lanes of `math::gelu`.
+#[inline(always)]
+unsafe fn gelu8(x: __m256) -> __m256 {
+    let sign = _mm256_set1_ps(-0.0);
+    let z = _mm256_andnot_ps(sign, _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::FRAC_1_SQRT_2)));
+    let one = _mm256_set1_ps(1.0);
+    let t = _mm256_div_ps(one, _mm256_fmadd_ps(_mm256_set1_ps(ERF_P), z, one));
+    let mut poly = _mm256_setzero_ps();
+    for a in ERF_A.iter().rev() {
+        poly = _mm256_fmadd_ps(poly, t, _mm256_set1_ps(*a));
+    }
+    let poly = _mm256_mul_ps(poly, t);
+    let e = exp8(_mm256_mul_ps(_mm256_xor_ps(z, sign), z));
+    let erf = _mm256_fnmadd_ps(poly, e, one);
+    // erf takes x's sign (z is |x| / sqrt 2).
+    let erf = _mm256_or_ps(erf, _mm256_and_ps(x, sign));
+    _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(0.5), x), _mm256_add_ps(one, erf))
+}
+
+/// `row = exp(row - max(row))`, returning the sum (see `math::softmax_rows`).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn exp_row(row: &mut [f32]) -> f32 {
+    let (body, tail) = row.split_at_mut(row.len() / 8 * 8);
+    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+    for c in body.chunks_exact(8) {
+        vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(c.as_ptr()));
+    }
+    let mut lanes = [0f32; 8];
+    _mm256_storeu_ps(lanes.as_mut_ptr(), vmax);
+    let max = lanes.iter().chain(tail.iter()).copied().fold(f32::NEG_INFINITY, f32::max);
+    let vm = _mm256_set1_ps(max);
+    let mut vsum = _mm256_setzero_ps();
+    for c in body.chunks_exact_mut(8) {
+        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), vm));
+        _mm256_storeu_ps(c.as_mut_ptr(), e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    _mm256_storeu_ps(lanes.as_mut_ptr(), vsum);
+    let mut sum: f32 = lanes.iter().sum();
+    for v in tail {
+        *v = super::math::exp(*v - max);
+        sum += *v;
+    }
+    sum
+}
+
+/// `math::gelu` over a slice.
+#[cfg(test)]
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn gelu_slice(x: &mut [f32]) {
+    let mut chunks = x.chunks_exact_mut(8);
+    for c in &mut chunks {
+        _mm256_storeu_ps(c.as_mut_ptr(), gelu8(_mm256_loadu_ps(c.as_ptr())));
+    }
+    for v in chunks.into_remainder() {
+        *v = super::math::gelu(*v);
+    }
+}

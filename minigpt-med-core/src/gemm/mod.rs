@@ -1,0 +1,512 @@
+//! f32 matrix products on the CPU, for the ViT (and every f32 `Linear`): a packed GEMM with a
+//! register-blocked micro-kernel, plus the row-wise math the ViT fuses around it (softmax, exact
+//! GELU). Public for benchmarks and for crates that want a fast f32 `x W^T` of their own.
+//!
+//! candle's f32 matmul (the `gemm` crate) reached 35-46 GFLOP/s on the ViT-g's shapes on the
+//! 2-core project machine, where PyTorch's MKL reaches 83-118, so one image took 77 s in the
+//! ViT against PyTorch's 31 s. What this module does differently:
+//!
+//! - A weight matrix is packed once, at load, into panels of [`NR`] output columns stored
+//!   k-major (`[n / NR][k][NR]`, 64-byte aligned rows), replacing the loaded tensor: the hot
+//!   loop never packs weights and the model holds one copy.
+//! - The micro-kernel keeps an [`MR`] x [`NR`] tile of C in 12 AVX2 registers: per k step two
+//!   panel loads, six broadcasts, twelve independent FMAs (two FMA pipes, four cycles latency).
+//! - Blocking: activations are packed [`MC`] rows x [`KC`] deep (96 KiB, stays in L2) and each
+//!   [`KC`] x [`NR`] weight micro-panel (16 KiB) is reused from L1 across the [`MC`] rows.
+//! - Bias and GELU are applied to the tile in registers as it is stored, after its last k block.
+//! - Work is split over (row block, column chunk) tasks on rayon's pool, the one `set_threads`
+//!   sizes; each task writes its own tile of C.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod math;
+
+use std::cell::RefCell;
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use math::gelu;
+pub(crate) use math::softmax_rows;
+
+use crate::error::{Error, Result};
+pub use crate::quant::Kernels;
+
+/// Rows of C per micro-kernel tile.
+pub(crate) const MR: usize = 6;
+/// Columns of C per micro-kernel tile (two AVX2 registers).
+pub(crate) const NR: usize = 16;
+/// Depth of one packed block of A and of one weight micro-panel.
+const KC: usize = 256;
+/// Rows of A packed at once (a multiple of [`MR`]).
+const MC: usize = 96;
+/// Columns of C per parallel task (a multiple of [`NR`]).
+const NC: usize = 1024;
+
+/// What is applied to each finished element of C.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `c = bias + a b`.
+    Identity,
+    /// `c = gelu(bias + a b)`, the exact (erf) GELU.
+    Gelu,
+}
+
+/// One row of a weight panel: [`NR`] consecutive output columns at one depth, aligned so the
+/// kernel's two 32-byte loads never straddle a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelRow([f32; NR]);
+
+/// The right operand `B: [k, n]` of `C = A B`, packed into panels of [`NR`] columns
+/// (`[ceil(n / NR)][k][NR]`, zero past column `n`).
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    rows: Vec<PanelRow>,
+}
+
+impl std::fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedB([{}, {}])", self.k, self.n)
+    }
+}
+
+impl PackedB {
+    /// Packs `w: [n, k]` (row `j` at `w[j * ld..][..k]`), for `C = A w^T`: a `Linear` weight
+    /// `[out, in]`, or the keys of an attention head.
+    pub fn from_nk(w: &[f32], n: usize, k: usize, ld: usize) -> Self {
+        assert!(n == 0 || w.len() >= (n - 1) * ld + k, "PackedB::from_nk: {} values for [{n}, {k}] / {ld}", w.len());
+        Self::build(n, k, |j0, width, panel| {
+            for c in 0..width {
+                for (row, &v) in panel.iter_mut().zip(&w[(j0 + c) * ld..][..k]) {
+                    row.0[c] = v;
+                }
+            }
+        })
+    }
+
+    /// Packs `b: [k, n]` (row `p` at `b[p * ld..][..n]`), for `C = A b`: the values of an
+    /// attention head.
+    pub fn from_kn(b: &[f32], k: usize, n: usize, ld: usize) -> Self {
+        assert!(k == 0 || b.len() >= (k - 1) * ld + n, "PackedB::from_kn: {} values for [{k}, {n}] / {ld}", b.len());
+        Self::build(n, k, |j0, width, panel| {
+            for (p, row) in panel.iter_mut().enumerate() {
+                row.0[..width].copy_from_slice(&b[p * ld + j0..][..width]);
+            }
+        })
+    }
+
+    /// Fills each zeroed panel with `fill(first column, columns in the panel, panel rows)`.
+    fn build(n: usize, k: usize, fill: impl Fn(usize, usize, &mut [PanelRow]) + Sync) -> Self {
+        let mut rows = vec![PanelRow([0.0; NR]); n.div_ceil(NR) * k];
+        if k > 0 {
+            rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| fill(p * NR, NR.min(n - p * NR), panel));
+        }
+        Self { n, k, rows }
+    }
+
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+
+    /// Bytes held (padding included).
+    pub fn bytes(&self) -> usize {
+        self.rows.len() * std::mem::size_of::<PanelRow>()
+    }
+
+    /// Panel `p` from depth `p0`: `[k - p0][NR]`.
+    fn panel(&self, p: usize, p0: usize) -> *const f32 {
+        self.rows[p * self.k + p0..].as_ptr().cast()
+    }
+}
+
+/// Raw pointer to an output buffer that parallel tasks share; each writes disjoint elements.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+// SAFETY: every user hands each task a disjoint set of elements of one live buffer.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer `offset` elements further.
+    ///
+    /// # Safety
+    /// The result must stay inside the buffer.
+    pub(crate) unsafe fn add(self, offset: usize) -> Self {
+        Self(self.0.add(offset))
+    }
+}
+
+/// One micro-kernel call's destination: `mr` x `nr` elements at `c` (row stride `ldc`).
+pub(super) struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    /// First k block: C is overwritten (with the bias added, if any) instead of accumulated.
+    first: bool,
+    /// The bias of the tile's first column, read only when `first`.
+    bias: Option<*const f32>,
+    /// Last k block with a GELU epilogue.
+    gelu: bool,
+    /// Lines (64 bytes) of the next weight micro-panel to fetch into L2 meanwhile: each of a
+    /// panel's tiles fetches its share, so the next panel never waits on L3 or DRAM.
+    next: *const f32,
+    next_lines: usize,
+}
+
+/// Stores a finished `MR x NR` accumulator tile (`acc[i * NR + j]`) into the part of `t` that
+/// exists: the edge tiles of the AVX2 kernel and every tile of the portable one.
+///
+/// # Safety
+/// `t.c` must be valid for reads and writes of `t.mr` rows of `t.nr` elements at stride `t.ldc`,
+/// and `t.bias` (when `t.first`) for `t.nr` reads.
+unsafe fn store_tile(acc: &[f32; MR * NR], t: &Tile) {
+    for i in 0..t.mr {
+        let row = t.c.add(i * t.ldc);
+        for j in 0..t.nr {
+            let base = if t.first { t.bias.map_or(0.0, |b| *b.add(j)) } else { *row.add(j) };
+            let v = base + acc[i * NR + j];
+            *row.add(j) = if t.gelu { gelu(v) } else { v };
+        }
+    }
+}
+
+/// The portable micro-kernel: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]`).
+///
+/// # Safety
+/// `a` and `b` must be valid for `kc * MR` and `kc * NR` reads; `t` as for [`store_tile`].
+unsafe fn kernel_portable(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+    let mut acc = [0f32; MR * NR];
+    for p in 0..kc {
+        let (a, b) = (std::slice::from_raw_parts(a.add(p * MR), MR), std::slice::from_raw_parts(b.add(p * NR), NR));
+        for (i, &ai) in a.iter().enumerate() {
+            for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(b) {
+                *c += ai * bj;
+            }
+        }
+    }
+    store_tile(&acc, t)
+}
+
+/// Packs rows `a[r * lda..][..kc]` for `r < live` (at most [`MR`]), times `scale`, into one
+/// panel `dst: [kc][MR]`, rows past `live` zero.
+fn pack_panel(a: &[f32], lda: usize, live: usize, kc: usize, scale: f32, dst: &mut [f32]) {
+    let rows: [&[f32]; MR] = std::array::from_fn(|r| if r < live { &a[r * lda..][..kc] } else { &[] });
+    let dst = &mut dst[..kc * MR];
+    if live == MR && scale == 1.0 {
+        for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+            for (v, row) in d.iter_mut().zip(&rows) {
+                *v = row[kk];
+            }
+        }
+    } else {
+        for (kk, d) in dst.chunks_exact_mut(MR).enumerate() {
+            for (r, v) in d.iter_mut().enumerate() {
+                *v = if r < live { rows[r][kk] * scale } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// Packs rows `a[i * lda..][..kc]` for `i < mc`, times `scale`, into `[ceil(mc / MR)][kc][MR]`.
+fn pack_block(a: &[f32], lda: usize, mc: usize, kc: usize, scale: f32, out: &mut Vec<f32>) {
+    let panels = mc.div_ceil(MR);
+    out.resize(panels * kc * MR, 0.0);
+    for (p, dst) in out.chunks_exact_mut(kc * MR).take(panels).enumerate() {
+        pack_panel(&a[p * MR * lda..], lda, MR.min(mc - p * MR), kc, scale, dst);
+    }
+}
+
+/// All of `A: [m, k]` packed once, for products whose every row block meets many column
+/// chunks: the block of depth `p0..p0 + kc` holds `ceil(m / MR)` panels `[kc][MR]` from
+/// `p0 * mp` (`mp` = `m` rounded up to [`MR`]).
+pub(crate) struct PackedA {
+    data: Vec<f32>,
+    mp: usize,
+}
+
+impl PackedA {
+    /// Packs `x: [m, k]` (row-major), blocks in parallel.
+    pub(crate) fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let mp = m.div_ceil(MR) * MR;
+        let mut data = vec![0f32; mp * k];
+        if mp > 0 && k > 0 {
+            data.par_chunks_mut(KC * mp).enumerate().for_each(|(b, block)| {
+                let p0 = b * KC;
+                let kc = KC.min(k - p0);
+                for (p, dst) in block.chunks_exact_mut(kc * MR).enumerate() {
+                    pack_panel(&x[p * MR * k + p0..], k, MR.min(m - p * MR), kc, 1.0, dst);
+                }
+            });
+        }
+        Self { data, mp }
+    }
+
+    /// The panel of rows `i..i + MR` (`i` a multiple of [`MR`]) in the block at depth `p0`.
+    fn panel(&self, p0: usize, kc: usize, i: usize) -> *const f32 {
+        self.data[p0 * self.mp + i * kc..].as_ptr()
+    }
+}
+
+thread_local! {
+    /// Each worker's packed block of A, reused across calls.
+    static A_PACK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The left operand `A: [rows, k]` of a product.
+#[derive(Clone, Copy)]
+pub(crate) enum Lhs<'a> {
+    /// Row `i` at `data[i * ld..][..k]`, times `scale`, packed block by block as it is used.
+    Rows { data: &'a [f32], ld: usize, rows: usize, scale: f32 },
+    /// Rows `first..first + rows` (`first` a multiple of [`MR`]) of a matrix packed beforehand.
+    Packed { a: &'a PackedA, first: usize, rows: usize },
+}
+
+impl Lhs<'_> {
+    fn rows(&self) -> usize {
+        match *self {
+            Self::Rows { rows, .. } | Self::Packed { rows, .. } => rows,
+        }
+    }
+}
+
+/// Where C goes: element `(i, j)` at `ptr + i * ld + j`, and what is applied to it.
+#[derive(Clone, Copy)]
+pub(crate) struct Out<'a> {
+    pub(crate) ptr: OutPtr,
+    pub(crate) ld: usize,
+    pub(crate) bias: Option<&'a [f32]>,
+    pub(crate) epilogue: Epilogue,
+}
+
+/// `C[i, j] = epilogue(bias[j] + sum_p A[i, p] B[p, j])` for every row of `a` and `j` in `cols`
+/// (`cols.start` a multiple of [`NR`]), on the calling thread.
+///
+/// # Safety
+/// `out.ptr` must be valid for writes of `a.rows` rows at stride `out.ld` over columns `cols`,
+/// and no other thread may touch those elements meanwhile.
+pub(crate) unsafe fn gemm_on_thread(kernels: Kernels, a: Lhs, b: &PackedB, cols: Range<usize>, out: Out) {
+    debug_assert_eq!(cols.start % NR, 0);
+    assert!(cols.end <= b.n && out.bias.is_none_or(|bias| bias.len() >= b.n));
+    let rows = a.rows();
+    match a {
+        Lhs::Rows { data, ld, .. } => {
+            assert!(rows == 0 || data.len() >= (rows - 1) * ld + b.k, "gemm: A too short for [{rows}, {}]", b.k)
+        }
+        Lhs::Packed { a, first, .. } => {
+            assert!(
+                first % MR == 0 && a.data.len() >= (first + rows).div_ceil(MR) * MR * b.k,
+                "gemm: packed A too short"
+            )
+        }
+    }
+    if rows == 0 || cols.is_empty() {
+        return;
+    }
+    if b.k == 0 {
+        // No depth: C is the bias alone (through the epilogue).
+        let zero = [0f32; MR * NR];
+        for i in (0..rows).step_by(MR) {
+            for j in cols.clone().step_by(NR) {
+                let t = tile(&out, i, j, MR.min(rows - i), NR.min(cols.end - j), true, true);
+                store_tile(&zero, &t);
+            }
+        }
+        return;
+    }
+    A_PACK.with(|pack| {
+        let pack = &mut *pack.borrow_mut();
+        for p0 in (0..b.k).step_by(KC) {
+            let kc = KC.min(b.k - p0);
+            let (first, last) = (p0 == 0, p0 + kc == b.k);
+            for i0 in (0..rows).step_by(MC) {
+                let mc = MC.min(rows - i0);
+                let block = match a {
+                    Lhs::Rows { data, ld, scale, .. } => {
+                        pack_block(&data[i0 * ld + p0..], ld, mc, kc, scale, pack);
+                        pack.as_ptr()
+                    }
+                    Lhs::Packed { a, first, .. } => a.panel(p0, kc, first + i0),
+                };
+                let tiles = mc.div_ceil(MR);
+                let share = kc.div_ceil(tiles);
+                for j in cols.clone().step_by(NR) {
+                    let bp = b.panel(j / NR, p0);
+                    let next = if j + NR < cols.end { b.panel(j / NR + 1, p0) } else { std::ptr::null() };
+                    for i in (0..mc).step_by(MR) {
+                        let mut t = tile(&out, i0 + i, j, MR.min(mc - i), NR.min(cols.end - j), first, last);
+                        if !next.is_null() {
+                            let from = (i / MR * share).min(kc);
+                            t.next = next.add(from * NR);
+                            t.next_lines = share.min(kc - from);
+                        }
+                        let ap = block.add(i * kc);
+                        match kernels {
+                            #[cfg(target_arch = "x86_64")]
+                            Kernels::Avx2 => avx2::kernel(kc, ap, bp, &t),
+                            Kernels::Portable => kernel_portable(kc, ap, bp, &t),
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The tile of `out` at row `i`, column `j`.
+fn tile(out: &Out, i: usize, j: usize, mr: usize, nr: usize, first: bool, last: bool) -> Tile {
+    Tile {
+        // SAFETY (of the pointer arithmetic): in bounds by `gemm_on_thread`'s contract.
+        c: unsafe { out.ptr.0.add(i * out.ld + j) },
+        ldc: out.ld,
+        mr,
+        nr,
+        first,
+        bias: out.bias.map(|b| b[j..].as_ptr()),
+        gelu: last && out.epilogue == Epilogue::Gelu,
+        next: std::ptr::null(),
+        next_lines: 0,
+    }
+}
+
+/// `epilogue(x W^T + bias)` for `x: [m, k]` row-major, a packed weight `W: [n, k]` and
+/// `bias: [n]`, on rayon's pool: returns `[m, n]`.
+pub fn linear(x: &[f32], m: usize, w: &PackedB, bias: Option<&[f32]>, epilogue: Epilogue) -> Result<Vec<f32>> {
+    linear_with(Kernels::detect(), x, m, w, bias, epilogue)
+}
+
+/// [`linear`] on the given kernels; `kernels` must be [`Kernels::detect`]'s or `Portable`.
+pub fn linear_with(
+    kernels: Kernels,
+    x: &[f32],
+    m: usize,
+    w: &PackedB,
+    bias: Option<&[f32]>,
+    epilogue: Epilogue,
+) -> Result<Vec<f32>> {
+    let (k, n) = w.dims();
+    if x.len() != m * k {
+        return Err(Error::InvalidOption(format!("{} input values for [{m}, {k}]", x.len())));
+    }
+    if let Some(b) = bias.filter(|b| b.len() != n) {
+        return Err(Error::InvalidOption(format!("a bias of {} values for {n} outputs", b.len())));
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernels == Kernels::Avx2 && !avx2::available() {
+        return Err(Error::InvalidOption("this CPU lacks AVX2 or FMA".into()));
+    }
+    let mut y = vec![0f32; m * n];
+    let ptr = OutPtr(y.as_mut_ptr());
+    let packed = PackedA::new(x, m, k);
+    let tasks: Vec<(usize, usize)> = (0..m).step_by(MC).flat_map(|i| (0..n).step_by(NC).map(move |j| (i, j))).collect();
+    tasks.par_iter().for_each(|&(i, j)| {
+        let a = Lhs::Packed { a: &packed, first: i, rows: MC.min(m - i) };
+        // SAFETY: `ptr + i * n` starts row `i` of `y`; task (i, j) writes rows `i..i + MC` and
+        // columns `j..j + NC` only, which no other task writes.
+        let out = Out { ptr: unsafe { ptr.add(i * n) }, ld: n, bias, epilogue };
+        unsafe { gemm_on_thread(kernels, a, w, j..(j + NC).min(n), out) };
+    });
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-1, 1).
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 23) as f32) - 1.0
+            })
+            .collect()
+    }
+
+    fn kernels() -> Vec<Kernels> {
+        let mut k = vec![Kernels::Portable];
+        if Kernels::detect() != Kernels::Portable {
+            k.push(Kernels::detect());
+        }
+        k
+    }
+
+    /// Every shape class (edge rows and columns, several k blocks and row blocks, more than one
+    /// column chunk) against an f64 product, within f32's summation bound
+    /// `k * eps * sum |x w|` per element.
+    #[test]
+    fn linear_matches_f64_product() {
+        for kernels in kernels() {
+            for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (13, 37, 300), (97, 33, 517), (6, 16, 256), (200, 1040, 40)] {
+                for (bias, epilogue) in
+                    [(false, Epilogue::Identity), (true, Epilogue::Identity), (true, Epilogue::Gelu)]
+                {
+                    let x = values(m * k, 1);
+                    let w = values(n * k, 2);
+                    let b = values(n, 3);
+                    let packed = PackedB::from_nk(&w, n, k, k);
+                    let y = linear_with(kernels, &x, m, &packed, bias.then_some(&b[..]), epilogue).unwrap();
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mut exact = if bias { b[j] as f64 } else { 0.0 };
+                            let mut mag = exact.abs();
+                            for p in 0..k {
+                                exact += x[i * k + p] as f64 * w[j * k + p] as f64;
+                                mag += (x[i * k + p] * w[j * k + p]).abs() as f64;
+                            }
+                            let mut bound = (k + 2) as f64 * f32::EPSILON as f64 * mag + 1e-30;
+                            if epilogue == Epilogue::Gelu {
+                                // GELU's slope is below 1.13; its own error below 3e-7 (1 + |x|).
+                                bound = 1.13 * bound + 3e-7 * (1.0 + exact.abs());
+                                exact = math::gelu_f64(exact);
+                            }
+                            let got = y[i * n + j] as f64;
+                            assert!(
+                                (got - exact).abs() <= bound,
+                                "{kernels:?} [{m}x{k}]x[{k}x{n}] {epilogue:?} bias {bias}: ({i}, {j}) = {got}, expected {exact} (bound {bound})"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Packing `[k, n]` rows gives the same panels as packing the transpose as `[n, k]`, and a
+    /// strided, scaled A reads the right elements.
+    #[test]
+    fn packings_and_strides_agree() {
+        let (m, n, k, ld) = (11, 21, 19, 30);
+        let b = values(k * ld, 4);
+        let kn = PackedB::from_kn(&b, k, n, ld);
+        let mut t = vec![0f32; n * k];
+        for p in 0..k {
+            for j in 0..n {
+                t[j * k + p] = b[p * ld + j];
+            }
+        }
+        let nk = PackedB::from_nk(&t, n, k, k);
+        assert!(kn.rows.iter().zip(&nk.rows).all(|(a, b)| a.0 == b.0));
+        let a = values(m * ld, 5);
+        for kernels in kernels() {
+            let mut c = vec![f32::NAN; m * ld];
+            let out = Out { ptr: OutPtr(c.as_mut_ptr()), ld, bias: None, epilogue: Epilogue::Identity };
+            unsafe { gemm_on_thread(kernels, Lhs::Rows { data: &a, ld, rows: m, scale: 0.5 }, &kn, 0..n, out) };
+            for i in 0..m {
+                for j in 0..ld {
+                    let got = c[i * ld + j];
+                    if j >= n {
+                        assert!(got.is_nan(), "column {j} past n was written");
+                        continue;
+                    }
+                    let exact: f64 = (0..k).map(|p| 0.5 * a[i * ld + p] as f64 * b[p * ld + j] as f64).sum();
+                    assert!((got as f64 - exact).abs() < 1e-5, "({i}, {j}): {got} vs {exact}");
+                }
+            }
+        }
+    }
+}
