@@ -162,8 +162,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
 /// `bench --kernels`: `x W^T` per format and shape, ours and candle's, best of the repeats.
 fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     use minigpt_med::candle::quantized::{GgmlDType, QMatMul, QTensor};
+    use minigpt_med::candle::DType;
     use minigpt_med::candle::{Device as CDevice, Module, Tensor};
-    use minigpt_med::gemm::{self, Epilogue, PackedB};
+    use minigpt_med::gemm::{self, Epilogue, PackedB, Precision};
     use minigpt_med::quant::{QuantFormat, QuantMatrix};
 
     let shapes = [("q_proj/o_proj", 4096, 4096), ("gate/up_proj", 11008, 4096), ("down_proj", 4096, 11008)];
@@ -205,20 +206,23 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
             }
         }
     }
-    // The ViT-g's f32 layers for one 448 px image (1025 tokens): our packed GEMM beside candle's
-    // matmul (the `gemm` crate).
+    // The ViT-g's layers for one 448 px image (1025 tokens) in f32 and f16: our packed GEMM
+    // beside candle's matmul (the `gemm` crate; f16 activations for its f16 product).
     let vit = [("vit qkv", 4224, 1408), ("vit proj", 1408, 1408), ("vit fc1", 6144, 1408), ("vit fc2", 1408, 6144)];
-    for (name, rows, cols) in vit {
+    for ((name, rows, cols), precision) in vit.into_iter().flat_map(|s| [(s, Precision::F32), (s, Precision::F16)]) {
+        let dtype = if precision == Precision::F16 { DType::F16 } else { DType::F32 };
         let wt = Tensor::rand(-1f32, 1.0, (rows, cols), &CDevice::Cpu)?;
-        let ours = PackedB::from_nk(&wt.flatten_all()?.to_vec1::<f32>()?, rows, cols, cols);
+        let ours = PackedB::from_nk(&wt.flatten_all()?.to_vec1::<f32>()?, rows, cols, cols, precision);
+        let wt = wt.to_dtype(dtype)?;
         let m = 1025;
         let xt = Tensor::rand(-1f32, 1.0, (m, cols), &CDevice::Cpu)?;
         let x = xt.flatten_all()?.to_vec1::<f32>()?;
         let t_ours = time(&mut || gemm::linear(&x, m, &ours, None, Epilogue::Identity).map(drop))?;
-        let t_theirs = time(&mut || xt.matmul(&wt.t()?).map(drop).map_err(Into::into))?;
+        let t_theirs =
+            time(&mut || xt.to_dtype(dtype)?.matmul(&wt.t()?)?.to_dtype(DType::F32).map(drop).map_err(Into::into))?;
         let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
         rows_out.push(json!({
-            "matrix": name, "rows": rows, "cols": cols, "format": "F32", "m": m,
+            "matrix": name, "rows": rows, "cols": cols, "format": format!("{precision:?}"), "m": m,
             "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
             "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
             "ours_weight_gbps": ours.bytes() as f64 / 1e9 / t_ours,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use candle_core::{DType, Device, Module, Tensor};
 
 use crate::error::{Error, Result};
-use crate::gemm::{self, Epilogue, PackedB};
+use crate::gemm::{self, Epilogue, PackedB, Precision};
 use crate::quant::{QuantFormat, QuantMatrix};
 
 /// How a weight matrix is held in memory.
@@ -87,9 +87,9 @@ impl std::fmt::Display for WeightDType {
 /// A weight matrix `[out, in]`, dense or quantized.
 #[derive(Debug, Clone)]
 enum Weight {
-    /// f32 on the CPU: packed for our GEMM (`crate::gemm`), one copy, bias fused.
-    F32 { w: Arc<PackedB>, bias: Option<Arc<[f32]>> },
-    /// f16/bf16, or any dense dtype on a GPU: candle's matmul.
+    /// f32 or f16 on the CPU: packed for our GEMM (`crate::gemm`), one copy, bias fused.
+    Gemm { w: Arc<PackedB>, bias: Option<Arc<[f32]>> },
+    /// bf16, or any dense dtype on a GPU: candle's matmul.
     Dense(Tensor),
     /// On the CPU: our own layout and kernels (`crate::quant`), one copy of the weights.
     Packed(Arc<QuantMatrix>),
@@ -126,8 +126,11 @@ impl Linear {
                 }
             }
             Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
-            None if dtype == WeightDType::F32 && matches!(weight.device(), Device::Cpu) => {
-                let w = with_f32_slice(&weight, |w| Ok(PackedB::from_nk(w, out_features, in_features, in_features)))?;
+            None if matches!(dtype, WeightDType::F32 | WeightDType::F16) && matches!(weight.device(), Device::Cpu) => {
+                let precision = if dtype == WeightDType::F16 { Precision::F16 } else { Precision::F32 };
+                let w = with_f32_slice(&weight, |w| {
+                    Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
+                })?;
                 let bias =
                     bias.map(|b| Ok::<_, Error>(b.to_dtype(DType::F32)?.to_vec1::<f32>()?.into())).transpose()?;
                 if bias.as_ref().is_some_and(|b: &Arc<[f32]>| b.len() != out_features) {
@@ -136,7 +139,7 @@ impl Linear {
                         bias.map_or(0, |b| b.len())
                     ))));
                 }
-                return Ok(Self { weight: Weight::F32 { w: Arc::new(w), bias }, bias: None });
+                return Ok(Self { weight: Weight::Gemm { w: Arc::new(w), bias }, bias: None });
             }
             None => Weight::Dense(weight.to_dtype(dtype.float())?),
         };
@@ -147,7 +150,7 @@ impl Linear {
     /// Bytes held by the weight and bias.
     pub(crate) fn bytes(&self) -> usize {
         let w = match &self.weight {
-            Weight::F32 { w, bias } => w.bytes() + bias.as_ref().map_or(0, |b| b.len() * 4),
+            Weight::Gemm { w, bias } => w.bytes() + bias.as_ref().map_or(0, |b| b.len() * 4),
             Weight::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Weight::Packed(q) => q.bytes(),
             Weight::Quantized(QMatMul::QTensor(q)) => q.storage_size_in_bytes(),
@@ -163,7 +166,7 @@ impl Linear {
     /// `epilogue(x W^T + b)`: the GELU is fused into the f32 CPU product's store.
     pub(crate) fn forward_act(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let y = match &self.weight {
-            Weight::F32 { w, bias } => {
+            Weight::Gemm { w, bias } => {
                 let (k, n) = w.dims();
                 return on_rows(x, k, n, |x, m| gemm::linear(x, m, w, bias.as_deref(), epilogue));
             }

@@ -7,17 +7,31 @@ use super::{store_tile, Tile, MR, NR};
 
 /// Whether this CPU runs these kernels.
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
-/// `MR x NR` tile: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]`, 64-byte aligned
-/// rows), the whole tile in twelve registers; bias and GELU applied before the store.
+/// `MR x NR` tile: `kc` steps over packed A (`[kc][MR]`) and f32 B (`[kc][NR]`, 64-byte
+/// aligned rows), the whole tile in twelve registers; bias and GELU applied before the store.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; `a` and `b` valid for `kc * MR` and `kc * NR` reads; `t` as
-/// for [`store_tile`].
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+/// The CPU must have AVX2, FMA and F16C; `a` and `b` valid for `kc * MR` and `kc * NR` reads;
+/// `t` as for [`store_tile`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const u8, t: &Tile) {
+    tile_kernel::<false>(kc, a, b, t)
+}
+
+/// [`kernel`] over f16 B (`[kc][NR]` halves, 32-byte aligned rows), widened by F16C.
+///
+/// # Safety
+/// As for [`kernel`].
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn kernel_f16(kc: usize, a: *const f32, b: *const u8, t: &Tile) {
+    tile_kernel::<true>(kc, a, b, t)
+}
+
+#[inline(always)]
+unsafe fn tile_kernel<const HALF: bool>(kc: usize, a: *const f32, b: *const u8, t: &Tile) {
     // The C tile is read after the loop: start fetching it now (a row spans two lines at most).
     if !t.first {
         for i in 0..t.mr {
@@ -27,12 +41,17 @@ pub(super) unsafe fn kernel(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
         }
     }
     for l in 0..t.next_lines {
-        _mm_prefetch::<_MM_HINT_T1>((t.next as *const i8).wrapping_add(64 * l));
+        _mm_prefetch::<_MM_HINT_T1>(t.next.wrapping_add(64 * l).cast::<i8>());
     }
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     for p in 0..kc {
-        let b0 = _mm256_load_ps(b.add(p * NR));
-        let b1 = _mm256_load_ps(b.add(p * NR + 8));
+        let (b0, b1) = if HALF {
+            let h = b.cast::<__m128i>().add(2 * p);
+            (_mm256_cvtph_ps(_mm_load_si128(h)), _mm256_cvtph_ps(_mm_load_si128(h.add(1))))
+        } else {
+            let f = b.cast::<f32>().add(p * NR);
+            (_mm256_load_ps(f), _mm256_load_ps(f.add(8)))
+        };
         let ap = a.add(p * MR);
         for i in 0..MR {
             let ai = _mm256_broadcast_ss(&*ap.add(i));

@@ -24,6 +24,7 @@ mod math;
 use std::cell::RefCell;
 use std::ops::Range;
 
+use half::f16;
 use rayon::prelude::*;
 
 use math::gelu;
@@ -40,7 +41,7 @@ pub(crate) const NR: usize = 16;
 const KC: usize = 256;
 /// Rows of A packed at once (a multiple of [`MR`]).
 const MC: usize = 96;
-/// Columns of C per parallel task (a multiple of [`NR`]).
+/// Most columns of C per parallel task (chunks are a multiple of [`NR`]).
 const NC: usize = 1024;
 
 /// What is applied to each finished element of C.
@@ -52,32 +53,52 @@ pub enum Epilogue {
     Gelu,
 }
 
-/// One row of a weight panel: [`NR`] consecutive output columns at one depth, aligned so the
-/// kernel's two 32-byte loads never straddle a cache line.
+/// One row of an f32 weight panel: [`NR`] consecutive output columns at one depth, aligned so
+/// the kernel's two 32-byte loads never straddle a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct PanelRow([f32; NR]);
 
+/// One row of an f16 weight panel (half the bytes; widened in the kernel by F16C).
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct PanelRowF16([f16; NR]);
+
+/// How a packed matrix holds its values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats: the exact weights.
+    F32,
+    /// 16-bit floats: half the memory and memory traffic, weights rounded to f16; products and
+    /// sums stay f32.
+    F16,
+}
+
+enum Panels {
+    F32(Vec<PanelRow>),
+    F16(Vec<PanelRowF16>),
+}
+
 /// The right operand `B: [k, n]` of `C = A B`, packed into panels of [`NR`] columns
-/// (`[ceil(n / NR)][k][NR]`, zero past column `n`).
+/// (`[ceil(n / NR)][k][NR]`, zero past column `n`), in f32 or f16.
 pub struct PackedB {
     n: usize,
     k: usize,
-    rows: Vec<PanelRow>,
+    panels: Panels,
 }
 
 impl std::fmt::Debug for PackedB {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PackedB([{}, {}])", self.k, self.n)
+        write!(f, "PackedB([{}, {}], {:?})", self.k, self.n, self.precision())
     }
 }
 
 impl PackedB {
     /// Packs `w: [n, k]` (row `j` at `w[j * ld..][..k]`), for `C = A w^T`: a `Linear` weight
     /// `[out, in]`, or the keys of an attention head.
-    pub fn from_nk(w: &[f32], n: usize, k: usize, ld: usize) -> Self {
+    pub fn from_nk(w: &[f32], n: usize, k: usize, ld: usize, precision: Precision) -> Self {
         assert!(n == 0 || w.len() >= (n - 1) * ld + k, "PackedB::from_nk: {} values for [{n}, {k}] / {ld}", w.len());
-        Self::build(n, k, |j0, width, panel| {
+        Self::build(n, k, precision, |j0, width, panel| {
             for c in 0..width {
                 for (row, &v) in panel.iter_mut().zip(&w[(j0 + c) * ld..][..k]) {
                     row.0[c] = v;
@@ -86,24 +107,45 @@ impl PackedB {
         })
     }
 
-    /// Packs `b: [k, n]` (row `p` at `b[p * ld..][..n]`), for `C = A b`: the values of an
-    /// attention head.
+    /// Packs `b: [k, n]` (row `p` at `b[p * ld..][..n]`) in f32, for `C = A b`: the values of
+    /// an attention head.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ld: usize) -> Self {
         assert!(k == 0 || b.len() >= (k - 1) * ld + n, "PackedB::from_kn: {} values for [{k}, {n}] / {ld}", b.len());
-        Self::build(n, k, |j0, width, panel| {
+        Self::build(n, k, Precision::F32, |j0, width, panel| {
             for (p, row) in panel.iter_mut().enumerate() {
                 row.0[..width].copy_from_slice(&b[p * ld + j0..][..width]);
             }
         })
     }
 
-    /// Fills each zeroed panel with `fill(first column, columns in the panel, panel rows)`.
-    fn build(n: usize, k: usize, fill: impl Fn(usize, usize, &mut [PanelRow]) + Sync) -> Self {
-        let mut rows = vec![PanelRow([0.0; NR]); n.div_ceil(NR) * k];
-        if k > 0 {
-            rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| fill(p * NR, NR.min(n - p * NR), panel));
-        }
-        Self { n, k, rows }
+    /// Fills each zeroed panel with `fill(first column, columns in the panel, panel rows)`,
+    /// panels in parallel; f16 panels are filled in f32 one panel at a time, then rounded.
+    fn build(n: usize, k: usize, precision: Precision, fill: impl Fn(usize, usize, &mut [PanelRow]) + Sync) -> Self {
+        let count = n.div_ceil(NR) * k;
+        let width = |p: usize| NR.min(n - p * NR);
+        let panels = match precision {
+            Precision::F32 => {
+                let mut rows = vec![PanelRow([0.0; NR]); count];
+                if k > 0 {
+                    rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| fill(p * NR, width(p), panel));
+                }
+                Panels::F32(rows)
+            }
+            Precision::F16 => {
+                let mut rows = vec![PanelRowF16([f16::ZERO; NR]); count];
+                if k > 0 {
+                    rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
+                        let mut wide = vec![PanelRow([0.0; NR]); k];
+                        fill(p * NR, width(p), &mut wide);
+                        for (h, w) in panel.iter_mut().zip(&wide) {
+                            h.0 = w.0.map(f16::from_f32);
+                        }
+                    });
+                }
+                Panels::F16(rows)
+            }
+        };
+        Self { n, k, panels }
     }
 
     /// `(k, n)`.
@@ -111,14 +153,37 @@ impl PackedB {
         (self.k, self.n)
     }
 
-    /// Bytes held (padding included).
-    pub fn bytes(&self) -> usize {
-        self.rows.len() * std::mem::size_of::<PanelRow>()
+    /// How the values are held.
+    pub fn precision(&self) -> Precision {
+        match self.panels {
+            Panels::F32(_) => Precision::F32,
+            Panels::F16(_) => Precision::F16,
+        }
     }
 
-    /// Panel `p` from depth `p0`: `[k - p0][NR]`.
-    fn panel(&self, p: usize, p0: usize) -> *const f32 {
-        self.rows[p * self.k + p0..].as_ptr().cast()
+    /// Bytes held (padding included).
+    pub fn bytes(&self) -> usize {
+        match &self.panels {
+            Panels::F32(rows) => std::mem::size_of_val(rows.as_slice()),
+            Panels::F16(rows) => std::mem::size_of_val(rows.as_slice()),
+        }
+    }
+
+    /// Bytes per panel row.
+    fn row_bytes(&self) -> usize {
+        match self.panels {
+            Panels::F32(_) => std::mem::size_of::<PanelRow>(),
+            Panels::F16(_) => std::mem::size_of::<PanelRowF16>(),
+        }
+    }
+
+    /// Panel `p` from depth `p0`: `[k - p0][NR]` rows of [`Self::row_bytes`].
+    fn panel(&self, p: usize, p0: usize) -> *const u8 {
+        let at = p * self.k + p0;
+        match &self.panels {
+            Panels::F32(rows) => rows[at..].as_ptr().cast(),
+            Panels::F16(rows) => rows[at..].as_ptr().cast(),
+        }
     }
 }
 
@@ -153,7 +218,7 @@ pub(super) struct Tile {
     gelu: bool,
     /// Lines (64 bytes) of the next weight micro-panel to fetch into L2 meanwhile: each of a
     /// panel's tiles fetches its share, so the next panel never waits on L3 or DRAM.
-    next: *const f32,
+    next: *const u8,
     next_lines: usize,
 }
 
@@ -174,16 +239,24 @@ unsafe fn store_tile(acc: &[f32; MR * NR], t: &Tile) {
     }
 }
 
-/// The portable micro-kernel: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]`).
+/// The portable micro-kernel: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]` of f32,
+/// or of f16 when `HALF`).
 ///
 /// # Safety
 /// `a` and `b` must be valid for `kc * MR` and `kc * NR` reads; `t` as for [`store_tile`].
-unsafe fn kernel_portable(kc: usize, a: *const f32, b: *const f32, t: &Tile) {
+unsafe fn kernel_portable<const HALF: bool>(kc: usize, a: *const f32, b: *const u8, t: &Tile) {
     let mut acc = [0f32; MR * NR];
     for p in 0..kc {
-        let (a, b) = (std::slice::from_raw_parts(a.add(p * MR), MR), std::slice::from_raw_parts(b.add(p * NR), NR));
+        let a = std::slice::from_raw_parts(a.add(p * MR), MR);
+        let mut row = [0f32; NR];
+        if HALF {
+            let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
+            row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
+        } else {
+            row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
+        }
         for (i, &ai) in a.iter().enumerate() {
-            for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(b) {
+            for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(&row) {
                 *c += ai * bj;
             }
         }
@@ -331,23 +404,28 @@ pub(crate) unsafe fn gemm_on_thread(kernels: Kernels, a: Lhs, b: &PackedB, cols:
                     }
                     Lhs::Packed { a, first, .. } => a.panel(p0, kc, first + i0),
                 };
-                let tiles = mc.div_ceil(MR);
-                let share = kc.div_ceil(tiles);
+                // Each tile of a panel prefetches `share` bytes of the next panel.
+                let panel_bytes = kc * b.row_bytes();
+                let share = panel_bytes.div_ceil(mc.div_ceil(MR));
+                let half = b.precision() == Precision::F16;
                 for j in cols.clone().step_by(NR) {
                     let bp = b.panel(j / NR, p0);
                     let next = if j + NR < cols.end { b.panel(j / NR + 1, p0) } else { std::ptr::null() };
                     for i in (0..mc).step_by(MR) {
                         let mut t = tile(&out, i0 + i, j, MR.min(mc - i), NR.min(cols.end - j), first, last);
                         if !next.is_null() {
-                            let from = (i / MR * share).min(kc);
-                            t.next = next.add(from * NR);
-                            t.next_lines = share.min(kc - from);
+                            let from = (i / MR * share).min(panel_bytes);
+                            t.next = next.add(from);
+                            t.next_lines = share.min(panel_bytes - from).div_ceil(64);
                         }
                         let ap = block.add(i * kc);
-                        match kernels {
+                        match (kernels, half) {
                             #[cfg(target_arch = "x86_64")]
-                            Kernels::Avx2 => avx2::kernel(kc, ap, bp, &t),
-                            Kernels::Portable => kernel_portable(kc, ap, bp, &t),
+                            (Kernels::Avx2, false) => avx2::kernel(kc, ap, bp, &t),
+                            #[cfg(target_arch = "x86_64")]
+                            (Kernels::Avx2, true) => avx2::kernel_f16(kc, ap, bp, &t),
+                            (Kernels::Portable, false) => kernel_portable::<false>(kc, ap, bp, &t),
+                            (Kernels::Portable, true) => kernel_portable::<true>(kc, ap, bp, &t),
                         }
                     }
                 }
@@ -396,18 +474,21 @@ pub fn linear_with(
     }
     #[cfg(target_arch = "x86_64")]
     if kernels == Kernels::Avx2 && !avx2::available() {
-        return Err(Error::InvalidOption("this CPU lacks AVX2 or FMA".into()));
+        return Err(Error::InvalidOption("this CPU lacks AVX2, FMA or F16C".into()));
     }
     let mut y = vec![0f32; m * n];
     let ptr = OutPtr(y.as_mut_ptr());
     let packed = PackedA::new(x, m, k);
-    let tasks: Vec<(usize, usize)> = (0..m).step_by(MC).flat_map(|i| (0..n).step_by(NC).map(move |j| (i, j))).collect();
+    // Column chunks of equal width (a multiple of NR), so no task is a sliver.
+    let chunk = (n.div_ceil(n.div_ceil(NC).max(1)).div_ceil(NR) * NR).max(NR);
+    let tasks: Vec<(usize, usize)> =
+        (0..m).step_by(MC).flat_map(|i| (0..n).step_by(chunk).map(move |j| (i, j))).collect();
     tasks.par_iter().for_each(|&(i, j)| {
         let a = Lhs::Packed { a: &packed, first: i, rows: MC.min(m - i) };
         // SAFETY: `ptr + i * n` starts row `i` of `y`; task (i, j) writes rows `i..i + MC` and
-        // columns `j..j + NC` only, which no other task writes.
+        // columns `j..j + chunk` only, which no other task writes.
         let out = Out { ptr: unsafe { ptr.add(i * n) }, ld: n, bias, epilogue };
-        unsafe { gemm_on_thread(kernels, a, w, j..(j + NC).min(n), out) };
+        unsafe { gemm_on_thread(kernels, a, w, j..(j + chunk).min(n), out) };
     });
     Ok(y)
 }
@@ -436,39 +517,45 @@ mod tests {
     }
 
     /// Every shape class (edge rows and columns, several k blocks and row blocks, more than one
-    /// column chunk) against an f64 product, within f32's summation bound
-    /// `k * eps * sum |x w|` per element.
+    /// column chunk), f32 and f16 weights, against an f64 product of the weights as held, within
+    /// f32's summation bound `k * eps * sum |x w|` per element.
     #[test]
     fn linear_matches_f64_product() {
         for kernels in kernels() {
-            for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (13, 37, 300), (97, 33, 517), (6, 16, 256), (200, 1040, 40)] {
-                for (bias, epilogue) in
-                    [(false, Epilogue::Identity), (true, Epilogue::Identity), (true, Epilogue::Gelu)]
+            for precision in [Precision::F32, Precision::F16] {
+                for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (13, 37, 300), (97, 33, 517), (6, 16, 256), (200, 1040, 40)]
                 {
-                    let x = values(m * k, 1);
-                    let w = values(n * k, 2);
-                    let b = values(n, 3);
-                    let packed = PackedB::from_nk(&w, n, k, k);
-                    let y = linear_with(kernels, &x, m, &packed, bias.then_some(&b[..]), epilogue).unwrap();
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mut exact = if bias { b[j] as f64 } else { 0.0 };
-                            let mut mag = exact.abs();
-                            for p in 0..k {
-                                exact += x[i * k + p] as f64 * w[j * k + p] as f64;
-                                mag += (x[i * k + p] * w[j * k + p]).abs() as f64;
+                    for (bias, epilogue) in
+                        [(false, Epilogue::Identity), (true, Epilogue::Identity), (true, Epilogue::Gelu)]
+                    {
+                        let x = values(m * k, 1);
+                        let mut w = values(n * k, 2);
+                        let b = values(n, 3);
+                        let packed = PackedB::from_nk(&w, n, k, k, precision);
+                        if precision == Precision::F16 {
+                            w.iter_mut().for_each(|v| *v = f16::from_f32(*v).to_f32());
+                        }
+                        let y = linear_with(kernels, &x, m, &packed, bias.then_some(&b[..]), epilogue).unwrap();
+                        for i in 0..m {
+                            for j in 0..n {
+                                let mut exact = if bias { b[j] as f64 } else { 0.0 };
+                                let mut mag = exact.abs();
+                                for p in 0..k {
+                                    exact += x[i * k + p] as f64 * w[j * k + p] as f64;
+                                    mag += (x[i * k + p] * w[j * k + p]).abs() as f64;
+                                }
+                                let mut bound = (k + 2) as f64 * f32::EPSILON as f64 * mag + 1e-30;
+                                if epilogue == Epilogue::Gelu {
+                                    // GELU's slope is below 1.13; its own error below 3e-7 (1 + |x|).
+                                    bound = 1.13 * bound + 3e-7 * (1.0 + exact.abs());
+                                    exact = math::gelu_f64(exact);
+                                }
+                                let got = y[i * n + j] as f64;
+                                assert!(
+                                    (got - exact).abs() <= bound,
+                                    "{kernels:?} {precision:?} [{m}x{k}]x[{k}x{n}] {epilogue:?} bias {bias}: ({i}, {j}) = {got}, expected {exact} (bound {bound})"
+                                );
                             }
-                            let mut bound = (k + 2) as f64 * f32::EPSILON as f64 * mag + 1e-30;
-                            if epilogue == Epilogue::Gelu {
-                                // GELU's slope is below 1.13; its own error below 3e-7 (1 + |x|).
-                                bound = 1.13 * bound + 3e-7 * (1.0 + exact.abs());
-                                exact = math::gelu_f64(exact);
-                            }
-                            let got = y[i * n + j] as f64;
-                            assert!(
-                                (got - exact).abs() <= bound,
-                                "{kernels:?} [{m}x{k}]x[{k}x{n}] {epilogue:?} bias {bias}: ({i}, {j}) = {got}, expected {exact} (bound {bound})"
-                            );
                         }
                     }
                 }
@@ -489,8 +576,9 @@ mod tests {
                 t[j * k + p] = b[p * ld + j];
             }
         }
-        let nk = PackedB::from_nk(&t, n, k, k);
-        assert!(kn.rows.iter().zip(&nk.rows).all(|(a, b)| a.0 == b.0));
+        let nk = PackedB::from_nk(&t, n, k, k, Precision::F32);
+        let (Panels::F32(kn_rows), Panels::F32(nk_rows)) = (&kn.panels, &nk.panels) else { panic!("f32 panels") };
+        assert!(kn_rows.iter().zip(nk_rows).all(|(a, b)| a.0 == b.0));
         let a = values(m * ld, 5);
         for kernels in kernels() {
             let mut c = vec![f32::NAN; m * ld];

@@ -11,7 +11,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::gemm::{self, Epilogue, Lhs, Out, OutPtr, PackedB};
+use crate::gemm::{self, Epilogue, Lhs, Out, OutPtr, PackedB, Precision};
 use crate::quant::Kernels;
 
 /// Query rows per task: their scores (`ROWS x tokens`) stay in L2.
@@ -38,7 +38,7 @@ pub(crate) fn attention(
     let packed: Vec<(PackedB, PackedB)> = (0..heads)
         .into_par_iter()
         .map(|h| {
-            let keys = PackedB::from_nk(&qkv[d + h * head_dim..], n, head_dim, ld);
+            let keys = PackedB::from_nk(&qkv[d + h * head_dim..], n, head_dim, ld, Precision::F32);
             let values = PackedB::from_kn(&qkv[2 * d + h * head_dim..], n, head_dim, ld);
             (keys, values)
         })
