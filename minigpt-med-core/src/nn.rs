@@ -2,6 +2,8 @@
 //! narrower dtype (f16, bf16) or quantized (Q8_0, Q4_0, Q4_K) and are widened inside the matmul.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use half::f16;
+use rayon::prelude::*;
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Module, Tensor};
@@ -13,7 +15,9 @@ use crate::quant::{QuantFormat, QuantMatrix};
 /// How a weight matrix is held in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WeightDType {
-    /// 32-bit float: exact parity with the fp32 reference.
+    /// 32-bit float: exact parity with the fp32 reference. On the CPU, a matrix whose values
+    /// are all f16 values (a checkpoint stored in fp16) is held in f16: the same numbers and the
+    /// same results in half the memory.
     #[default]
     F32,
     /// 16-bit float: half the memory, fp16 rounding of the weights.
@@ -127,8 +131,16 @@ impl Linear {
             }
             Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
             None if matches!(dtype, WeightDType::F32 | WeightDType::F16) && matches!(weight.device(), Device::Cpu) => {
-                let precision = if dtype == WeightDType::F16 { Precision::F16 } else { Precision::F32 };
                 let w = with_f32_slice(&weight, |w| {
+                    // Checkpoints stored in fp16 (eva_vit_g.pth, LLaMA-2's files) give f32 weights
+                    // that are all f16 values: held as f16 they are the same numbers in half the
+                    // memory, and the products (in f32) are bit-identical.
+                    let precision =
+                        if dtype == WeightDType::F16 || w.par_iter().all(|&v| f16::from_f32(v).to_f32() == v) {
+                            Precision::F16
+                        } else {
+                            Precision::F32
+                        };
                     Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
                 })?;
                 let bias =
@@ -240,6 +252,29 @@ impl LayerNorm {
 mod tests {
     use super::*;
     use candle_core::Device;
+
+    /// f32 weights that are all f16 values take half the bytes and give bit-identical outputs
+    /// to the same weights held in f32; one value off the f16 grid keeps the matrix in f32.
+    #[test]
+    fn f32_weights_from_fp16_files_are_held_in_half_the_bytes() {
+        let dev = Device::Cpu;
+        let (n, k) = (40, 96);
+        let w =
+            Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap().to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (7, k), &dev).unwrap();
+        let layer = Linear::new(w.clone(), None, WeightDType::F32).unwrap();
+        assert_eq!(layer.bytes(), n.div_ceil(16) * 16 * k * 2);
+        let got = layer.forward(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let wide = PackedB::from_nk(&w.flatten_all().unwrap().to_vec1::<f32>().unwrap(), n, k, k, Precision::F32);
+        let xs = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want = gemm::linear(&xs, 7, &wide, None, Epilogue::Identity).unwrap();
+        assert!(got.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()), "f16-held weights changed the output");
+
+        let mut off_grid = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        off_grid[5] += 1e-4;
+        let layer = Linear::new(Tensor::from_vec(off_grid, (n, k), &dev).unwrap(), None, WeightDType::F32).unwrap();
+        assert_eq!(layer.bytes(), n.div_ceil(16) * 16 * k * 4);
+    }
 
     /// Relative error of each storage format on one random layer, against f32.
     #[test]

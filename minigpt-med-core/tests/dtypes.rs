@@ -51,7 +51,10 @@ fn quantized_weights_are_smaller() {
     };
     let (f32b, f16b, q8b, q4b) =
         (size(WeightDType::F32), size(WeightDType::F16), size(WeightDType::Q8_0), size(WeightDType::Q4_0));
-    assert!(f16b as f64 <= 0.51 * f32b as f64, "{f16b} vs {f32b}");
+    // The fixture's LLaMA is stored in fp16 like the real one: in "f32" every matrix but the
+    // LoRA-merged q/v projections is held as f16 (the same numbers), so f32 takes well under
+    // the twice-f16 a full f32 copy would.
+    assert!(f16b <= f32b && f32b as f64 <= 0.75 * 2.0 * f16b as f64, "{f16b} vs {f32b}");
     assert!(q8b < f16b && q4b < q8b, "q8 {q8b}, q4 {q4b}, f16 {f16b}");
     assert!(
         Model::load_dir(fixtures(), &LoadOptions { vit_dtype: WeightDType::Q4K, ..LoadOptions::default() }).is_err()

@@ -96,6 +96,9 @@ impl std::fmt::Debug for PackedB {
 impl PackedB {
     /// Packs `w: [n, k]` (row `j` at `w[j * ld..][..k]`), for `C = A w^T`: a `Linear` weight
     /// `[out, in]`, or the keys of an attention head.
+    ///
+    /// # Panics
+    /// If `w` is shorter than `(n - 1) * ld + k`.
     pub fn from_nk(w: &[f32], n: usize, k: usize, ld: usize, precision: Precision) -> Self {
         assert!(n == 0 || w.len() >= (n - 1) * ld + k, "PackedB::from_nk: {} values for [{n}, {k}] / {ld}", w.len());
         Self::build(n, k, precision, |j0, width, panel| {
@@ -109,6 +112,9 @@ impl PackedB {
 
     /// Packs `b: [k, n]` (row `p` at `b[p * ld..][..n]`) in f32, for `C = A b`: the values of
     /// an attention head.
+    ///
+    /// # Panics
+    /// If `b` is shorter than `(k - 1) * ld + n`.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ld: usize) -> Self {
         assert!(k == 0 || b.len() >= (k - 1) * ld + n, "PackedB::from_kn: {} values for [{k}, {n}] / {ld}", b.len());
         Self::build(n, k, Precision::F32, |j0, width, panel| {
@@ -299,6 +305,7 @@ fn pack_block(a: &[f32], lda: usize, mc: usize, kc: usize, scale: f32, out: &mut
 pub(crate) struct PackedA {
     data: Vec<f32>,
     mp: usize,
+    k: usize,
 }
 
 impl PackedA {
@@ -315,7 +322,7 @@ impl PackedA {
                 }
             });
         }
-        Self { data, mp }
+        Self { data, mp, k }
     }
 
     /// The panel of rows `i..i + MR` (`i` a multiple of [`MR`]) in the block at depth `p0`.
@@ -370,10 +377,7 @@ pub(crate) unsafe fn gemm_on_thread(kernels: Kernels, a: Lhs, b: &PackedB, cols:
             assert!(rows == 0 || data.len() >= (rows - 1) * ld + b.k, "gemm: A too short for [{rows}, {}]", b.k)
         }
         Lhs::Packed { a, first, .. } => {
-            assert!(
-                first % MR == 0 && a.data.len() >= (first + rows).div_ceil(MR) * MR * b.k,
-                "gemm: packed A too short"
-            )
+            assert!(first % MR == 0 && first + rows <= a.mp && a.k == b.k, "gemm: packed A does not match")
         }
     }
     if rows == 0 || cols.is_empty() {
