@@ -52,6 +52,11 @@ impl WeightDType {
         }
     }
 
+    /// Whether the weights are quantized (Q8_0, Q4_0, Q4_K).
+    pub fn is_quantized(self) -> bool {
+        self.quant().is_some()
+    }
+
     /// The dense dtype used for tensors that are never quantized (embeddings, norms, biases).
     pub fn float(self) -> DType {
         self.dense().unwrap_or(DType::F16)
@@ -109,16 +114,27 @@ pub(crate) struct Linear {
 }
 
 impl Linear {
-    /// Builds the layer from an f32 (or f16) `[out, in]` weight, converting it to `dtype`.
+    /// Builds the layer from an `[out, in]` weight (any float dtype), converting it to `dtype`.
     /// Quantized formats need `in` to be a multiple of their block size; other layers fall
     /// back to f16 rather than failing.
     pub(crate) fn new(weight: Tensor, bias: Option<Tensor>, dtype: WeightDType) -> Result<Self> {
         let (out_features, in_features) = weight.dims2()?;
-        let weight = match dtype.quant() {
+        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
+        if let Some(b) = bias.as_ref().filter(|b| b.elem_count() != out_features) {
+            return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                "bias of {} values for a [{out_features}, {in_features}] weight",
+                b.elem_count()
+            ))));
+        }
+        let cpu = matches!(weight.device(), Device::Cpu);
+        let dense = match dtype.quant() {
             Some(q) if q.accepts(in_features) => {
-                let w = weight.to_dtype(DType::F32)?;
-                if matches!(w.device(), Device::Cpu) {
-                    let packed = with_f32_slice(&w, |data| QuantMatrix::quantize(data, out_features, in_features, q))?;
+                let weight = if cpu {
+                    let packed = if weight.dtype() == DType::F16 {
+                        with_slice(&weight, |data| QuantMatrix::quantize_f16(data, out_features, in_features, q))?
+                    } else {
+                        with_f32_slice(&weight, |data| QuantMatrix::quantize(data, out_features, in_features, q))?
+                    };
                     Weight::Packed(Arc::new(packed))
                 } else {
                     let ggml = match q {
@@ -126,37 +142,29 @@ impl Linear {
                         QuantFormat::Q4_0 => GgmlDType::Q4_0,
                         QuantFormat::Q4K => GgmlDType::Q4K,
                     };
-                    Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(&w, ggml)?)?)
-                }
+                    Weight::Quantized(QMatMul::from_qtensor(QTensor::quantize(&weight.to_dtype(DType::F32)?, ggml)?)?)
+                };
+                return Ok(Self { weight, bias });
             }
-            Some(_) => Weight::Dense(weight.to_dtype(DType::F16)?),
-            None if matches!(dtype, WeightDType::F32 | WeightDType::F16) && matches!(weight.device(), Device::Cpu) => {
-                let w = with_f32_slice(&weight, |w| {
-                    // Checkpoints stored in fp16 (eva_vit_g.pth, LLaMA-2's files) give f32 weights
-                    // that are all f16 values: held as f16 they are the same numbers in half the
-                    // memory, and the products (in f32) are bit-identical.
-                    let precision =
-                        if dtype == WeightDType::F16 || w.par_iter().all(|&v| f16::from_f32(v).to_f32() == v) {
-                            Precision::F16
-                        } else {
-                            Precision::F32
-                        };
-                    Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
-                })?;
-                let bias =
-                    bias.map(|b| Ok::<_, Error>(b.to_dtype(DType::F32)?.to_vec1::<f32>()?.into())).transpose()?;
-                if bias.as_ref().is_some_and(|b: &Arc<[f32]>| b.len() != out_features) {
-                    return Err(Error::Tensor(candle_core::Error::Msg(format!(
-                        "bias of {} values for a [{out_features}, {in_features}] weight",
-                        bias.map_or(0, |b| b.len())
-                    ))));
-                }
-                return Ok(Self { weight: Weight::Gemm { w: Arc::new(w), bias }, bias: None });
-            }
-            None => Weight::Dense(weight.to_dtype(dtype.float())?),
+            Some(_) => WeightDType::F16,
+            None => dtype,
         };
-        let bias = bias.map(|b| b.to_dtype(DType::F32)).transpose()?;
-        Ok(Self { weight, bias })
+        if cpu && dense != WeightDType::BF16 {
+            let w = with_f32_slice(&weight, |w| {
+                // Checkpoints stored in fp16 (eva_vit_g.pth, LLaMA-2's files) give f32 weights
+                // that are all f16 values: held as f16 they are the same numbers in half the
+                // memory, and the products (in f32) are bit-identical.
+                let precision = if dense == WeightDType::F16 || w.par_iter().all(|&v| f16::from_f32(v).to_f32() == v) {
+                    Precision::F16
+                } else {
+                    Precision::F32
+                };
+                Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
+            })?;
+            let bias = bias.map(|b| Ok::<_, Error>(b.to_vec1::<f32>()?.into())).transpose()?;
+            return Ok(Self { weight: Weight::Gemm { w: Arc::new(w), bias }, bias: None });
+        }
+        Ok(Self { weight: Weight::Dense(weight.to_dtype(dense.float())?), bias })
     }
 
     /// Bytes held by the weight and bias.
@@ -218,15 +226,21 @@ fn on_rows(x: &Tensor, k: usize, n: usize, f: impl FnOnce(&[f32], usize) -> Resu
 
 /// Runs `f` on the values of a CPU tensor as one f32 slice, in place when the tensor already
 /// is contiguous f32 (no copy of a weight matrix at load, nor of activations).
-pub(crate) fn with_f32_slice<T>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<T>) -> Result<T> {
-    let t = t.to_dtype(DType::F32)?.contiguous()?;
+pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    with_slice(t, f)
+}
+
+/// Runs `f` on the values of a CPU tensor as one slice of `T`, in place when the tensor already
+/// is contiguous `T`.
+fn with_slice<T: candle_core::WithDType, R>(t: &Tensor, f: impl FnOnce(&[T]) -> Result<R>) -> Result<R> {
+    let t = t.to_dtype(T::DTYPE)?.contiguous()?;
     let (storage, layout) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(cpu) => {
             let start = layout.start_offset();
-            f(&cpu.as_slice::<f32>()?[start..start + t.elem_count()])
+            f(&cpu.as_slice::<T>()?[start..start + t.elem_count()])
         }
-        _ => Err(Error::Tensor(candle_core::Error::Msg("quantized weights are packed on the CPU only".into()))),
+        _ => Err(Error::Tensor(candle_core::Error::Msg("weights are packed on the CPU only".into()))),
     }
 }
 

@@ -67,16 +67,23 @@ impl Llama {
             });
         }
         let get = |name: &str, shape: &[usize]| src.get(name, shape, DType::F32, device, LLAMA_HINT);
+        // Quantized on the CPU straight from the file's fp16 rows: no f32 copy of the matrix.
+        let quantize_stored = dtype.is_quantized() && matches!(device, Device::Cpu);
+        let stored = |name: &str, shape: &[usize]| match quantize_stored {
+            true => src.get_stored(name, shape, device, LLAMA_HINT),
+            false => get(name, shape),
+        };
         let float = dtype.float();
         let embed = src.get("model.embed_tokens.weight", &[v, h], float, device, LLAMA_HINT)?;
         progress();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
-                let mut w = get(&format!("model.layers.{l}.{module}.weight"), &shape)?;
-                if let Some(delta) = lora.delta(l, module)? {
-                    w = (w + delta)?;
-                }
+                let name = format!("model.layers.{l}.{module}.weight");
+                let w = match lora.delta(l, module)? {
+                    Some(delta) => (get(&name, &shape)? + delta)?,
+                    None => stored(&name, &shape)?,
+                };
                 Linear::new(w, None, dtype)
             };
             // Converting and quantizing a matrix is CPU-bound and independent of the others:
@@ -113,7 +120,7 @@ impl Llama {
         } else {
             "lm_head.weight"
         };
-        let lm_head = Linear::new(get(head_name, &[v, h])?, None, dtype)?;
+        let lm_head = Linear::new(stored(head_name, &[v, h])?, None, dtype)?;
         let (cos, sin) = rope_tables(cfg, device)?;
         progress();
         Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })

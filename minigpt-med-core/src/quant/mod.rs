@@ -169,6 +169,29 @@ impl QuantMatrix {
         if w.len() != rows * cols {
             return Err(Error::InvalidOption(format!("{} values given for a [{rows}, {cols}] matrix", w.len())));
         }
+        Self::quantize_from(rows, cols, format, |i, out| out.copy_from_slice(&w[i * cols..(i + 1) * cols]))
+    }
+
+    /// [`Self::quantize`] from f16 values (a checkpoint's own dtype), widened a row at a time:
+    /// no f32 copy of the matrix is ever made.
+    pub fn quantize_f16(w: &[f16], rows: usize, cols: usize, format: QuantFormat) -> Result<Self> {
+        if w.len() != rows * cols {
+            return Err(Error::InvalidOption(format!("{} values given for a [{rows}, {cols}] matrix", w.len())));
+        }
+        Self::quantize_from(rows, cols, format, |i, out| {
+            for (o, h) in out.iter_mut().zip(&w[i * cols..(i + 1) * cols]) {
+                *o = h.to_f32();
+            }
+        })
+    }
+
+    /// Quantizes the matrix whose row `i` `fill(i, out)` writes into `out` (`cols` long).
+    fn quantize_from(
+        rows: usize,
+        cols: usize,
+        format: QuantFormat,
+        fill: impl Fn(usize, &mut [f32]) + Sync,
+    ) -> Result<Self> {
         if !format.accepts(cols) {
             return Err(Error::InvalidOption(format!(
                 "{format:?} needs a column count that is a multiple of {}; {cols} given",
@@ -182,22 +205,27 @@ impl QuantMatrix {
         let quads = rows.div_ceil(4);
         let nb = kp / BLOCK;
         let groups = nb.div_ceil(8);
-        // Row `4q + r` of the quad `q`; rows past the end are zeros (their outputs are dropped).
-        let row = |q: usize, r: usize| -> Option<&[f32]> {
+        // Row `4q + r` of the quad `q` in `buf`; rows past the end stay zero (their outputs are
+        // dropped).
+        let row = |q: usize, r: usize, buf: &mut Vec<f32>| -> bool {
             let i = 4 * q + r;
-            (i < rows).then(|| &w[i * cols..(i + 1) * cols])
+            buf.resize(cols, 0.0);
+            (i < rows).then(|| fill(i, buf)).is_some()
         };
         let data = match format {
             QuantFormat::Q8_0 => {
                 let mut qs = vec![0i8; quads * 4 * kp];
                 let mut d = vec![f16::ZERO; quads * groups * 32];
                 qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
+                    let mut w = Vec::new();
                     for r in 0..4 {
-                        let Some(w) = row(q, r) else { continue };
+                        if !row(q, r, &mut w) {
+                            continue;
+                        }
                         for b in 0..nb {
                             let o = (4 * b + r) * BLOCK;
                             d[scale_index(b, r)] =
-                                f16::from_f32(quantize_q8_block(padded_block(w, b), &mut qs[o..o + BLOCK]));
+                                f16::from_f32(quantize_q8_block(padded_block(&w, b), &mut qs[o..o + BLOCK]));
                         }
                     }
                 });
@@ -207,12 +235,15 @@ impl QuantMatrix {
                 let mut qs = vec![0x88u8; quads * 4 * kp / 2];
                 let mut d = vec![f16::ZERO; quads * groups * 32];
                 qs.par_chunks_mut(2 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
+                    let mut w = Vec::new();
                     for r in 0..4 {
-                        let Some(w) = row(q, r) else { continue };
+                        if !row(q, r, &mut w) {
+                            continue;
+                        }
                         for p in 0..nb / 2 {
                             let (lo, hi) = (
-                                quantize_q4_0_block(padded_block(w, 2 * p)),
-                                quantize_q4_0_block(padded_block(w, 2 * p + 1)),
+                                quantize_q4_0_block(padded_block(&w, 2 * p)),
+                                quantize_q4_0_block(padded_block(&w, 2 * p + 1)),
                             );
                             d[scale_index(2 * p, r)] = lo.0;
                             d[scale_index(2 * p + 1, r)] = hi.0;
@@ -230,9 +261,12 @@ impl QuantMatrix {
                 let mut blocks = vec![BlockQ4K::zeros(); quads * 4 * per_row];
                 blocks.par_chunks_mut(4 * per_row).enumerate().for_each(|(q, quad)| {
                     let mut one = vec![BlockQ4K::zeros(); per_row];
+                    let mut w = Vec::new();
                     for r in 0..4 {
-                        let Some(w) = row(q, r) else { continue };
-                        BlockQ4K::from_float(w, &mut one);
+                        if !row(q, r, &mut w) {
+                            continue;
+                        }
+                        BlockQ4K::from_float(&w, &mut one);
                         for (g, b) in one.iter().enumerate() {
                             quad[4 * g + r] = b.clone();
                         }
@@ -549,6 +583,22 @@ mod tests {
     }
 
     /// Our reading of the Q4_K blocks (layout, scale unpacking) gives candle's dequantization.
+    /// Quantizing fp16 rows (a checkpoint's own dtype) gives the same matrix as quantizing
+    /// their f32 values.
+    #[test]
+    fn f16_rows_quantize_as_their_f32_values() {
+        let (rows, cols) = (9, 512);
+        let h: Vec<f16> = random(rows * cols, 7).into_iter().map(f16::from_f32).collect();
+        let wide: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4K] {
+            let a = QuantMatrix::quantize_f16(&h, rows, cols, format).unwrap().dequantize();
+            let b = QuantMatrix::quantize(&wide, rows, cols, format).unwrap().dequantize();
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "{format:?}");
+            assert!(a.iter().any(|&x| x != 0.0));
+        }
+        assert!(QuantMatrix::quantize_f16(&h[1..], rows, cols, QuantFormat::Q8_0).is_err());
+    }
+
     #[test]
     fn q4k_dequantizes_as_candle_does() {
         let (rows, cols) = (3, 512);

@@ -37,6 +37,11 @@ pub(crate) trait TensorSource: Send + Sync {
 
     /// Reads `name`, checks its shape and converts it to `dtype`.
     fn get(&self, name: &str, expected: &[usize], dtype: DType, device: &Device, hint: &str) -> Result<Tensor> {
+        Ok(self.get_stored(name, expected, device, hint)?.to_dtype(dtype)?)
+    }
+
+    /// [`Self::get`] in the dtype the file stores (no conversion, so no second copy).
+    fn get_stored(&self, name: &str, expected: &[usize], device: &Device, hint: &str) -> Result<Tensor> {
         let found = self.shape_of(name, hint)?;
         if found != expected {
             return Err(Error::ShapeMismatch {
@@ -46,7 +51,7 @@ pub(crate) trait TensorSource: Send + Sync {
                 hint: format!("in {}. {hint}", self.origin().display()),
             });
         }
-        Ok(self.read(name, device)?.to_dtype(dtype)?)
+        self.read(name, device)
     }
 }
 
