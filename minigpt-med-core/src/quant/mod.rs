@@ -512,13 +512,10 @@ fn quantize_q8_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
 /// llama.cpp's `quantize_row_q4_0`: the value of largest magnitude maps to -8, the scale is
 /// `max / -8`, and each value becomes `min(15, (x / d + 8.5) as i8)`.
 fn quantize_q4_0_block(x: [f32; BLOCK]) -> (f16, [u8; BLOCK]) {
-    let (mut amax, mut max) = (0f32, 0f32);
-    for v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
-        }
-    }
+    // The first value of largest magnitude (llama.cpp's strict `>` scan), found in two passes
+    // that vectorize; a block of zeros keeps +0 as its maximum.
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let max = if amax > 0.0 { x.into_iter().find(|v| v.abs() == amax).unwrap_or(0.0) } else { 0.0 };
     let d = max / -8.0;
     let id = if d != 0.0 { 1.0 / d } else { 0.0 };
     let mut q = [0u8; BLOCK];

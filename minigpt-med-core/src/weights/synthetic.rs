@@ -29,7 +29,10 @@ impl TensorSource for SyntheticSource {
         // One random block tiled over the tensor: drawing 7e9 normals one by one would make a
         // benchmark's "load" measure the random number generator instead of the loader.
         let block = random_block();
-        let data: Vec<half::f16> = (0..n).map(|i| block[i % block.len()]).collect();
+        let mut data: Vec<half::f16> = Vec::with_capacity(n);
+        while data.len() < n {
+            data.extend_from_slice(&block[..block.len().min(n - data.len())]);
+        }
         Ok(Tensor::from_vec(data, shape, device)?)
     }
 }
