@@ -45,13 +45,7 @@ unsafe fn tile_kernel<const HALF: bool>(kc: usize, a: *const f32, b: *const u8, 
     }
     let mut acc = [_mm256_setzero_ps(); 2 * MR];
     for p in 0..kc {
-        let (b0, b1) = if HALF {
-            let h = b.cast::<__m128i>().add(2 * p);
-            (_mm256_cvtph_ps(_mm_load_si128(h)), _mm256_cvtph_ps(_mm_load_si128(h.add(1))))
-        } else {
-            let f = b.cast::<f32>().add(p * NR);
-            (_mm256_load_ps(f), _mm256_load_ps(f.add(8)))
-        };
+        let (b0, b1) = panel_row::<HALF>(b, p);
         let ap = a.add(p * MR);
         for i in 0..MR {
             let ai = _mm256_broadcast_ss(&*ap.add(i));
@@ -87,6 +81,58 @@ unsafe fn tile_kernel<const HALF: bool>(kc: usize, a: *const f32, b: *const u8, 
         _mm256_storeu_ps(row, lo);
         _mm256_storeu_ps(row.add(8), hi);
     }
+}
+
+/// Row `p` of a panel (f32, or f16 widened by F16C), as two registers of eight columns.
+#[inline(always)]
+unsafe fn panel_row<const HALF: bool>(b: *const u8, p: usize) -> (__m256, __m256) {
+    if HALF {
+        let h = b.cast::<__m128i>().add(2 * p);
+        (_mm256_cvtph_ps(_mm_load_si128(h)), _mm256_cvtph_ps(_mm_load_si128(h.add(1))))
+    } else {
+        let f = b.cast::<f32>().add(p * NR);
+        (_mm256_load_ps(f), _mm256_load_ps(f.add(8)))
+    }
+}
+
+/// `super::gemv_portable` on AVX2: four k steps at a time into four pairs of accumulators.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C; `b` valid for `x.len()` panel rows.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn gemv_panel(x: &[f32], b: *const u8, half: bool) -> [f32; NR] {
+    if half {
+        gemv::<true>(x, b)
+    } else {
+        gemv::<false>(x, b)
+    }
+}
+
+#[inline(always)]
+unsafe fn gemv<const HALF: bool>(x: &[f32], b: *const u8) -> [f32; NR] {
+    let (k, xp) = (x.len(), x.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let steps = k / 4 * 4;
+    for p in (0..steps).step_by(4) {
+        for u in 0..4 {
+            let xv = _mm256_broadcast_ss(&*xp.add(p + u));
+            let (b0, b1) = panel_row::<HALF>(b, p + u);
+            acc[2 * u] = _mm256_fmadd_ps(xv, b0, acc[2 * u]);
+            acc[2 * u + 1] = _mm256_fmadd_ps(xv, b1, acc[2 * u + 1]);
+        }
+    }
+    for p in steps..k {
+        let xv = _mm256_broadcast_ss(&*xp.add(p));
+        let (b0, b1) = panel_row::<HALF>(b, p);
+        acc[0] = _mm256_fmadd_ps(xv, b0, acc[0]);
+        acc[1] = _mm256_fmadd_ps(xv, b1, acc[1]);
+    }
+    let lo = _mm256_add_ps(_mm256_add_ps(acc[0], acc[2]), _mm256_add_ps(acc[4], acc[6]));
+    let hi = _mm256_add_ps(_mm256_add_ps(acc[1], acc[3]), _mm256_add_ps(acc[5], acc[7]));
+    let mut out = [0f32; NR];
+    _mm256_storeu_ps(out.as_mut_ptr(), lo);
+    _mm256_storeu_ps(out.as_mut_ptr().add(8), hi);
+    out
 }
 
 /// Eight lanes of `math::exp`.

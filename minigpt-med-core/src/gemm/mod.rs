@@ -43,6 +43,9 @@ const KC: usize = 256;
 const MC: usize = 96;
 /// Most columns of C per parallel task (chunks are a multiple of [`NR`]).
 const NC: usize = 1024;
+/// Below this many activation rows (a decode step) a product runs as matrix-vector products
+/// over the panels: the 6-row tile would spend most of its FMAs on rows of zeros.
+const GEMV_ROWS: usize = 3;
 
 /// What is applied to each finished element of C.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,6 +273,31 @@ unsafe fn kernel_portable<const HALF: bool>(kc: usize, a: *const f32, b: *const 
     store_tile(&acc, t)
 }
 
+/// One activation row `x` against one panel (`[x.len()][NR]`, f32 or f16 when `HALF`): the
+/// panel's [`NR`] sums, each over four interleaved partial sums (`p % 4`, the tail in the first)
+/// as the AVX2 form keeps them to hide the FMA latency.
+///
+/// # Safety
+/// `b` must be valid for `x.len()` panel rows.
+unsafe fn gemv_portable<const HALF: bool>(x: &[f32], b: *const u8) -> [f32; NR] {
+    let steps = x.len() / 4 * 4;
+    let mut acc = [[0f32; NR]; 4];
+    for (p, &xp) in x.iter().enumerate() {
+        let mut row = [0f32; NR];
+        if HALF {
+            let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
+            row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
+        } else {
+            row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
+        }
+        let slot = if p < steps { p % 4 } else { 0 };
+        for (a, r) in acc[slot].iter_mut().zip(row) {
+            *a += xp * r;
+        }
+    }
+    std::array::from_fn(|c| (acc[0][c] + acc[1][c]) + (acc[2][c] + acc[3][c]))
+}
+
 /// Packs rows `a[r * lda..][..kc]` for `r < live` (at most [`MR`]), times `scale`, into one
 /// panel `dst: [kc][MR]`, rows past `live` zero.
 fn pack_panel(a: &[f32], lda: usize, live: usize, kc: usize, scale: f32, dst: &mut [f32]) {
@@ -482,6 +510,32 @@ pub fn linear_with(
     }
     let mut y = vec![0f32; m * n];
     let ptr = OutPtr(y.as_mut_ptr());
+    if m < GEMV_ROWS {
+        let half = w.precision() == Precision::F16;
+        (0..n.div_ceil(NR)).into_par_iter().with_min_len(4).for_each(|p| {
+            let (j0, nr) = (p * NR, NR.min(n - p * NR));
+            for i in 0..m {
+                let xi = &x[i * k..(i + 1) * k];
+                let panel = w.panel(p, 0);
+                // SAFETY: the panel holds `k` rows; the kernel set runs on this CPU (checked).
+                let sums = unsafe {
+                    match (kernels, half) {
+                        #[cfg(target_arch = "x86_64")]
+                        (Kernels::Avx2, _) => avx2::gemv_panel(xi, panel, half),
+                        (Kernels::Portable, false) => gemv_portable::<false>(xi, panel),
+                        (Kernels::Portable, true) => gemv_portable::<true>(xi, panel),
+                    }
+                };
+                for (c, &sum) in sums[..nr].iter().enumerate() {
+                    let v = sum + bias.map_or(0.0, |b| b[j0 + c]);
+                    let v = if epilogue == Epilogue::Gelu { gelu(v) } else { v };
+                    // SAFETY: element (i, j0 + c) of `y`; panel `p` is this task's alone.
+                    unsafe { *ptr.add(i * n + j0 + c).0 = v };
+                }
+            }
+        });
+        return Ok(y);
+    }
     let packed = PackedA::new(x, m, k);
     // Column chunks of equal width (a multiple of NR), so no task is a sliver.
     let chunk = (n.div_ceil(n.div_ceil(NC).max(1)).div_ceil(NR) * NR).max(NR);
@@ -527,8 +581,16 @@ mod tests {
     fn linear_matches_f64_product() {
         for kernels in kernels() {
             for precision in [Precision::F32, Precision::F16] {
-                for &(m, n, k) in &[(1, 1, 1), (5, 17, 3), (13, 37, 300), (97, 33, 517), (6, 16, 256), (200, 1040, 40)]
-                {
+                for &(m, n, k) in &[
+                    (1, 1, 1),
+                    (1, 37, 302),
+                    (2, 70, 517),
+                    (5, 17, 3),
+                    (13, 37, 300),
+                    (97, 33, 517),
+                    (6, 16, 256),
+                    (200, 1040, 40),
+                ] {
                     for (bias, epilogue) in
                         [(false, Epilogue::Identity), (true, Epilogue::Identity), (true, Epilogue::Gelu)]
                     {
