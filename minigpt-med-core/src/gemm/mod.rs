@@ -8,12 +8,15 @@
 //!
 //! - A weight matrix is packed once, at load, into panels of [`NR`] output columns stored
 //!   k-major (`[n / NR][k][NR]`, 64-byte aligned rows), replacing the loaded tensor: the hot
-//!   loop never packs weights and the model holds one copy.
+//!   loop never packs weights and the model holds one copy. Panels may hold f16 (widened by
+//!   F16C in the kernel; products and sums stay f32).
 //! - The micro-kernel keeps an [`MR`] x [`NR`] tile of C in 12 AVX2 registers: per k step two
 //!   panel loads, six broadcasts, twelve independent FMAs (two FMA pipes, four cycles latency).
 //! - Blocking: activations are packed [`MC`] rows x [`KC`] deep (96 KiB, stays in L2) and each
 //!   [`KC`] x [`NR`] weight micro-panel (16 KiB) is reused from L1 across the [`MC`] rows.
 //! - Bias and GELU are applied to the tile in registers as it is stored, after its last k block.
+//! - Each tile prefetches its share of the next weight panel into L2, and its own C rows.
+//! - One or two activation rows (a decode step) run as matrix-vector products over the panels.
 //! - Work is split over (row block, column chunk) tasks on rayon's pool, the one `set_threads`
 //!   sizes; each task writes its own tile of C.
 
