@@ -12,8 +12,8 @@
 //!   F16C in the kernel; products and sums stay f32).
 //! - The micro-kernel keeps an [`MR`] x [`NR`] tile of C in 12 AVX2 registers: per k step two
 //!   panel loads, six broadcasts, twelve independent FMAs (two FMA pipes, four cycles latency).
-//! - Blocking: activations are packed [`MC`] rows x [`KC`] deep (96 KiB, stays in L2) and each
-//!   [`KC`] x [`NR`] weight micro-panel (16 KiB) is reused from L1 across the [`MC`] rows.
+//! - Blocking: activations are packed `MC` rows x `KC` deep (96 KiB, stays in L2) and each
+//!   `KC` x [`NR`] weight micro-panel (16 KiB) is reused from L1 across the `MC` rows.
 //! - Bias and GELU are applied to the tile in registers as it is stored, after its last k block.
 //! - Each tile prefetches its share of the next weight panel into L2, and its own C rows.
 //! - One or two activation rows (a decode step) run as matrix-vector products over the panels.
@@ -37,9 +37,9 @@ use crate::error::{Error, Result};
 pub use crate::quant::Kernels;
 
 /// Rows of C per micro-kernel tile.
-pub(crate) const MR: usize = 6;
+pub const MR: usize = 6;
 /// Columns of C per micro-kernel tile (two AVX2 registers).
-pub(crate) const NR: usize = 16;
+pub const NR: usize = 16;
 /// Depth of one packed block of A and of one weight micro-panel.
 const KC: usize = 256;
 /// Rows of A packed at once (a multiple of [`MR`]).
