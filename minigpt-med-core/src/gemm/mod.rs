@@ -251,6 +251,21 @@ unsafe fn store_tile(acc: &[f32; MR * NR], t: &Tile) {
     }
 }
 
+/// Row `p` of a panel (f32, or f16 when `HALF`) widened to f32.
+///
+/// # Safety
+/// `b` must be valid for `p + 1` panel rows.
+unsafe fn panel_row<const HALF: bool>(b: *const u8, p: usize) -> [f32; NR] {
+    let mut row = [0f32; NR];
+    if HALF {
+        let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
+        row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
+    } else {
+        row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
+    }
+    row
+}
+
 /// The portable micro-kernel: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]` of f32,
 /// or of f16 when `HALF`).
 ///
@@ -260,13 +275,7 @@ unsafe fn kernel_portable<const HALF: bool>(kc: usize, a: *const f32, b: *const 
     let mut acc = [0f32; MR * NR];
     for p in 0..kc {
         let a = std::slice::from_raw_parts(a.add(p * MR), MR);
-        let mut row = [0f32; NR];
-        if HALF {
-            let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
-            row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
-        } else {
-            row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
-        }
+        let row = panel_row::<HALF>(b, p);
         for (i, &ai) in a.iter().enumerate() {
             for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(&row) {
                 *c += ai * bj;
@@ -286,13 +295,7 @@ unsafe fn gemv_portable<const HALF: bool>(x: &[f32], b: *const u8) -> [f32; NR] 
     let steps = x.len() / 4 * 4;
     let mut acc = [[0f32; NR]; 4];
     for (p, &xp) in x.iter().enumerate() {
-        let mut row = [0f32; NR];
-        if HALF {
-            let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
-            row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
-        } else {
-            row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
-        }
+        let row = panel_row::<HALF>(b, p);
         let slot = if p < steps { p % 4 } else { 0 };
         for (a, r) in acc[slot].iter_mut().zip(row) {
             *a += xp * r;
