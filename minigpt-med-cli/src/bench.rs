@@ -159,6 +159,24 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     Ok(())
 }
 
+/// One row of `bench --kernels`: a `(matrix, rows, cols, m)` product in `format`, our time and
+/// candle's (seconds), and the bytes our weights take.
+fn kernel_row(
+    (name, rows, cols, m): (&str, usize, usize, usize),
+    format: &str,
+    t_ours: f64,
+    t_theirs: f64,
+    bytes: usize,
+) -> serde_json::Value {
+    let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
+    json!({
+        "matrix": name, "rows": rows, "cols": cols, "format": format, "m": m,
+        "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
+        "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
+        "ours_weight_gbps": bytes as f64 / 1e9 / t_ours,
+    })
+}
+
 /// `bench --kernels`: `x W^T` per format and shape, ours and candle's, best of the repeats.
 fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     use minigpt_med::candle::quantized::{GgmlDType, QMatMul, QTensor};
@@ -196,13 +214,8 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
                 let x = xt.flatten_all()?.to_vec1::<f32>()?;
                 let t_ours = time(&mut || ours.matmul(&x, m).map(drop))?;
                 let t_theirs = time(&mut || theirs.forward(&xt).map(drop).map_err(Into::into))?;
-                let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
-                rows_out.push(json!({
-                    "matrix": name, "rows": rows, "cols": cols, "format": format!("{format:?}"), "m": m,
-                    "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
-                    "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
-                    "ours_weight_gbps": ours.bytes() as f64 / 1e9 / t_ours,
-                }));
+                let shape = (name, rows, cols, m);
+                rows_out.push(kernel_row(shape, &format!("{format:?}"), t_ours, t_theirs, ours.bytes()));
             }
         }
     }
@@ -220,13 +233,7 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
         let t_ours = time(&mut || gemm::linear(&x, m, &ours, None, Epilogue::Identity).map(drop))?;
         let t_theirs =
             time(&mut || xt.to_dtype(dtype)?.matmul(&wt.t()?)?.to_dtype(DType::F32).map(drop).map_err(Into::into))?;
-        let gflop = 2.0 * (m * rows * cols) as f64 / 1e9;
-        rows_out.push(json!({
-            "matrix": name, "rows": rows, "cols": cols, "format": format!("{precision:?}"), "m": m,
-            "ours_ms": t_ours * 1e3, "candle_ms": t_theirs * 1e3,
-            "ours_gflops": gflop / t_ours, "candle_gflops": gflop / t_theirs,
-            "ours_weight_gbps": ours.bytes() as f64 / 1e9 / t_ours,
-        }));
+        rows_out.push(kernel_row((name, rows, cols, m), &format!("{precision:?}"), t_ours, t_theirs, ours.bytes()));
     }
     if a.json {
         println!(

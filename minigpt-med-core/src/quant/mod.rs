@@ -579,7 +579,6 @@ mod tests {
         }
     }
 
-    /// Our reading of the Q4_K blocks (layout, scale unpacking) gives candle's dequantization.
     /// Quantizing fp16 rows (a checkpoint's own dtype) gives the same matrix as quantizing
     /// their f32 values.
     #[test]
@@ -596,6 +595,7 @@ mod tests {
         assert!(QuantMatrix::quantize_f16(&h[1..], rows, cols, QuantFormat::Q8_0).is_err());
     }
 
+    /// Our reading of the Q4_K blocks (layout, scale unpacking) gives candle's dequantization.
     #[test]
     fn q4k_dequantizes_as_candle_does() {
         let (rows, cols) = (3, 512);
