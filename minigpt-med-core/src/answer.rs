@@ -1,7 +1,7 @@
 //! Answers as values: the text, the generated ids, the boxes parsed out of the text, timings.
 
 /// A box the model wrote.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct BoundingBox {
     /// The phrase inside `<p>...</p>`, or `None` for a bare `{<..><..><..><..>}`.
     pub label: Option<String>,
@@ -12,7 +12,7 @@ pub struct BoundingBox {
 }
 
 /// Time spent in each phase of one generation, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
 pub struct Timings {
     /// Image preprocessing + ViT + projection.
     pub encode_ms: f64,
@@ -24,8 +24,10 @@ pub struct Timings {
     pub tokens_per_s: f64,
 }
 
-/// Why generation stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Why generation stopped. Every output spells it as [`StopReason::name`] (`eos`,
+/// `max_tokens`, `stop_string`, `cancelled`): `Display`, serde, Python and the CLI's JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum StopReason {
     /// The model wrote its end-of-sequence token.
     #[default]
@@ -38,8 +40,30 @@ pub enum StopReason {
     Cancelled,
 }
 
-/// The model's answer to one task.
-#[derive(Debug, Clone, PartialEq, Default)]
+impl StopReason {
+    /// Every reason.
+    pub const ALL: [StopReason; 4] =
+        [StopReason::Eos, StopReason::MaxTokens, StopReason::StopString, StopReason::Cancelled];
+
+    /// The name every output uses.
+    pub const fn name(self) -> &'static str {
+        match self {
+            StopReason::Eos => "eos",
+            StopReason::MaxTokens => "max_tokens",
+            StopReason::StopString => "stop_string",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The model's answer to one task. Serializes (serde) as the CLI's `--json` prints it.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize)]
 pub struct Answer {
     /// The cleaned answer text, as MiniGPT-Med post-processes it.
     pub text: String,
@@ -142,5 +166,20 @@ fn make_box(label: Option<String>, v: [i64; 4], width: usize, height: usize) -> 
         label,
         grid: [x1, y1, x2, y2],
         pixels: [px(x1, width), px(y1, height), px(x2, width), px(y2, height)],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_reasons_have_one_name_everywhere() {
+        let names: Vec<String> = StopReason::ALL.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        assert_eq!(names, ["\"eos\"", "\"max_tokens\"", "\"stop_string\"", "\"cancelled\""]);
+        for r in StopReason::ALL {
+            assert_eq!(format!("\"{r}\""), serde_json::to_string(&r).unwrap());
+            assert_eq!(serde_json::from_str::<StopReason>(&format!("\"{}\"", r.name())).unwrap(), r);
+        }
     }
 }

@@ -83,8 +83,9 @@ pub enum Error {
     /// The requested device or dtype is not available in this build.
     #[error("unsupported: {0}")]
     Unsupported(String),
-    /// Generation was cancelled by the caller (a streaming callback returned `false`).
-    #[error("generation cancelled by the caller")]
+    /// A load was cancelled by the caller: its progress callback returned `false`.
+    /// (A cancelled generation is not an error: its answer says [`crate::StopReason::Cancelled`].)
+    #[error("cancelled by the caller: the progress callback returned false")]
     Cancelled,
     /// An internal tensor operation failed; this is a bug in minigpt-med, please report it.
     #[error("internal tensor error (please report): {0}")]

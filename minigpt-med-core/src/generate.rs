@@ -1,184 +1,308 @@
-//! Decoding options and the token sampler.
+//! The decode loop: from a prompt's input embeddings to an [`Answer`], token by token. It holds
+//! the one context-length check every path runs before it embeds a prompt ([`fit_context`]),
+//! the incremental [`Detokenizer`], and the rules of streaming: text is sent only once it is
+//! settled (a byte-fallback run complete, trailing whitespace and a possible stop-string
+//! prefix held back), and the pieces concatenate to the answer's text.
 
+use std::borrow::Cow;
+use std::time::Instant;
+
+use candle_core::Tensor;
+
+use crate::answer::{Answer, StopReason, Timings};
 use crate::error::{Error, Result};
+use crate::llm::{KvCache, Llama};
+use crate::options::GenerateOptions;
+use crate::prompt::{postprocess_answer, py_is_space, TextCodec};
+use crate::sample::Sampler;
 
-/// How the next token is chosen.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Sampling {
-    /// Always the most likely token (lowest id on ties), as MiniGPT-Med's evaluation.
-    Greedy,
-    /// Random sampling: HF order repetition penalty -> temperature -> top-k -> top-p.
-    Sample {
-        /// Softmax temperature (> 0).
-        temperature: f32,
-        /// Nucleus mass kept (0 < top_p <= 1).
-        top_p: f32,
-        /// Most likely tokens kept (0 = no limit).
-        top_k: usize,
-        /// Seed: the same seed gives the same tokens.
-        seed: u64,
-    },
+/// Index of the largest logit, the lowest id on ties (as torch's argmax).
+pub(crate) fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
-/// Options of one generation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GenerateOptions {
-    /// Most new tokens to generate.
-    pub max_new_tokens: usize,
-    /// Greedy or sampling.
-    pub sampling: Sampling,
-    /// HF-style repetition penalty over the generated ids (1.0 = off).
-    pub repetition_penalty: f32,
-    /// Stop as soon as the answer text contains one of these (the stop string is removed).
-    pub stop_strings: Vec<String>,
-    /// Cap on prompt + new tokens; the prompt embeddings are left-truncated to fit, as the
-    /// original demo does with 2000. `None`: the prompt must fit the model's context or the
-    /// call fails.
-    pub context_limit: Option<usize>,
-}
-
-impl GenerateOptions {
-    /// Greedy decoding of at most `max_new_tokens` tokens.
-    pub fn greedy(max_new_tokens: usize) -> Self {
-        Self {
-            max_new_tokens,
-            sampling: Sampling::Greedy,
-            repetition_penalty: 1.0,
-            stop_strings: Vec::new(),
-            context_limit: None,
-        }
-    }
-
-    /// The paper's evaluation settings: greedy, 300 new tokens (the VQA/report budget).
-    pub fn eval() -> Self {
-        Self::greedy(300)
-    }
-
-    /// The original Gradio demo: temperature 0.6, top-p 0.9, top-k 50, repetition penalty 1.05,
-    /// 500 new tokens, context capped at 2000.
-    pub fn demo(seed: u64) -> Self {
-        Self {
-            max_new_tokens: 500,
-            sampling: Sampling::Sample { temperature: 0.6, top_p: 0.9, top_k: 50, seed },
-            repetition_penalty: 1.05,
-            stop_strings: Vec::new(),
-            context_limit: Some(2000),
-        }
-    }
-
-    /// Checks the values, with a message saying which one is wrong.
-    pub fn validate(&self) -> Result<()> {
-        if self.max_new_tokens == 0 {
-            return Err(Error::InvalidOption("max_new_tokens must be at least 1".into()));
-        }
-        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
-            return Err(Error::InvalidOption(format!(
-                "repetition_penalty {} must be a positive number (1.0 = off)",
-                self.repetition_penalty
-            )));
-        }
-        if let Sampling::Sample { temperature, top_p, .. } = self.sampling {
-            if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::InvalidOption(format!("temperature {temperature} must be > 0 (use greedy for 0)")));
+/// Checks that a prompt of `prompt_len` positions, after `base` positions already in the
+/// cache, fits with `opts.max_new_tokens` new ones; returns how many leading prompt positions
+/// to drop. With a `context_limit`, a first prompt (`base == 0`) is left-truncated to fit it,
+/// as the original demo does; a follow-up never is (it would cut the conversation).
+pub(crate) fn fit_context(base: usize, prompt_len: usize, opts: &GenerateOptions, max_pos: usize) -> Result<usize> {
+    let new = opts.max_new_tokens;
+    let mut drop = 0;
+    if let Some(limit) = opts.context_limit {
+        // `validate` guarantees limit > max_new_tokens.
+        let keep = limit.saturating_sub(new);
+        if base + prompt_len > keep {
+            if base > 0 {
+                return Err(Error::ContextOverflow {
+                    needed: base + prompt_len + new,
+                    available: limit,
+                    hint: "the conversation has reached context_limit: start a new chat or lower max_new_tokens".into(),
+                });
             }
-            if !(top_p > 0.0 && top_p <= 1.0) {
-                return Err(Error::InvalidOption(format!("top_p {top_p} must be in (0, 1]")));
-            }
+            drop = prompt_len - keep;
         }
-        if let Some(limit) = self.context_limit {
-            if limit <= self.max_new_tokens {
-                return Err(Error::InvalidOption(format!(
-                    "context_limit {limit} leaves no room for a prompt with max_new_tokens {}",
-                    self.max_new_tokens
-                )));
-            }
-        }
-        if self.stop_strings.iter().any(String::is_empty) {
-            return Err(Error::InvalidOption("stop strings may not be empty".into()));
-        }
-        Ok(())
     }
-}
-
-impl Default for GenerateOptions {
-    fn default() -> Self {
-        Self::eval()
-    }
-}
-
-/// Picks tokens from logits according to [`GenerateOptions`].
-pub(crate) struct Sampler {
-    sampling: Sampling,
-    penalty: f32,
-    rng: u64,
-}
-
-impl Sampler {
-    pub(crate) fn new(opts: &GenerateOptions) -> Self {
-        let seed = match opts.sampling {
-            Sampling::Sample { seed, .. } => seed,
-            Sampling::Greedy => 0,
+    let needed = base + prompt_len - drop + new;
+    if needed > max_pos {
+        let hint = if base > 0 {
+            "start a new chat or lower max_new_tokens"
+        } else {
+            "lower max_new_tokens or set context_limit to left-truncate the prompt"
         };
-        Self { sampling: opts.sampling, penalty: opts.repetition_penalty, rng: seed ^ 0x9E37_79B9_7F4A_7C15 }
+        return Err(Error::ContextOverflow { needed, available: max_pos, hint: hint.into() });
+    }
+    Ok(drop)
+}
+
+/// Turns generated ids into text one id at a time, decoding only a short window per step
+/// instead of the whole answer. Its text is always a prefix of `codec.decode(ids)`.
+///
+/// A run of byte-fallback tokens (`<0xE2>`...) is decoded as a whole, as valid UTF-8 or as one
+/// U+FFFD per byte, so the text of a run can change until a token that is neither a byte nor a
+/// skipped special token ends it: ids are settled only then. The window starts at the id before the newest settled ones, so
+/// SentencePiece's "strip the first leading space" applies to both decodes of a step alike and
+/// cancels out.
+pub struct Detokenizer<'c> {
+    codec: &'c TextCodec,
+    ids: Vec<u32>,
+    /// Start of the decode window.
+    prefix: usize,
+    /// Ids before this one are in `text`.
+    read: usize,
+    text: String,
+}
+
+impl<'c> Detokenizer<'c> {
+    /// An empty detokenizer over `codec`'s vocabulary.
+    pub fn new(codec: &'c TextCodec) -> Self {
+        Self { codec, ids: Vec::new(), prefix: 0, read: 0, text: String::new() }
     }
 
-    /// A uniform draw in [0, 1) from splitmix64 (reproducible across platforms).
-    fn uniform(&mut self) -> f64 {
-        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
+    /// Adds `id`; returns how many bytes of text it settled (0 while held back).
+    pub fn push(&mut self, id: u32) -> Result<usize> {
+        self.ids.push(id);
+        if self.codec.joins_byte_run(id) {
+            return Ok(0);
+        }
+        let before = self.codec.decode(&self.ids[self.prefix..self.read])?;
+        let window = self.codec.decode(&self.ids[self.prefix..])?;
+        match window.strip_prefix(before.as_str()) {
+            Some(new) if !new.is_empty() && !window.ends_with('\u{FFFD}') => {
+                self.text.push_str(new);
+                self.prefix = self.read;
+                self.read = self.ids.len();
+                Ok(new.len())
+            }
+            _ => Ok(0),
+        }
     }
 
-    /// Chooses the next id; `history` are the ids the penalty applies to.
-    pub(crate) fn next(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        if self.penalty != 1.0 {
-            let mut seen = history.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for id in seen {
-                if let Some(l) = logits.get_mut(id as usize) {
-                    *l = if *l < 0.0 { *l * self.penalty } else { *l / self.penalty };
+    /// The settled text.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// Every id pushed.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+
+    /// The whole text of every id, held-back ones included: `codec.decode(ids)`.
+    pub fn finish(&self) -> Result<String> {
+        self.codec.decode(&self.ids)
+    }
+}
+
+/// Strings whose presence makes MiniGPT-Med's clean-up ([`postprocess_answer`]) depend on more
+/// than the text's ends.
+const MARKERS: [&str; 3] = ["</s>", "<s>", "[/INST]"];
+const LONGEST_MARKER: usize = 7;
+
+/// The largest char boundary of `s` at or below `i`.
+fn floor_boundary(s: &str, i: usize) -> usize {
+    (0..=i.min(s.len())).rev().find(|&k| s.is_char_boundary(k)).unwrap_or(0)
+}
+
+/// One answer being generated: sampling, stopping, and the text streamed so far.
+pub(crate) struct Turn<'m> {
+    llama: &'m Llama,
+    opts: &'m GenerateOptions,
+    width: usize,
+    height: usize,
+    sampler: Sampler,
+    detok: Detokenizer<'m>,
+    /// Text already sent to the caller.
+    emitted: String,
+    /// The settled text holds a [`MARKERS`] string: the clean-up must see all of it.
+    marked: bool,
+    /// Bytes of the settled text already searched for markers and stop strings.
+    searched: usize,
+    /// Logits at the end of the prompt.
+    pub(crate) prefill_logits: Option<Tensor>,
+}
+
+impl<'m> Turn<'m> {
+    /// A turn answering about an input image of `width x height` pixels (to place its boxes).
+    pub(crate) fn new(
+        llama: &'m Llama,
+        codec: &'m TextCodec,
+        opts: &'m GenerateOptions,
+        width: usize,
+        height: usize,
+    ) -> Self {
+        Self {
+            llama,
+            opts,
+            width,
+            height,
+            sampler: Sampler::new(opts),
+            detok: Detokenizer::new(codec),
+            emitted: String::new(),
+            marked: false,
+            searched: 0,
+            prefill_logits: None,
+        }
+    }
+
+    /// Feeds `x` (the prompt or a follow-up turn), then decodes. On error the cache is rolled
+    /// back to where it was; on success the last generated token is left unfed.
+    pub(crate) fn run(
+        &mut self,
+        x: &Tensor,
+        cache: &mut KvCache,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let start_len = cache.len();
+        let result = self.run_inner(x, cache, on_text);
+        if result.is_err() {
+            cache.truncate(start_len);
+        }
+        result
+    }
+
+    fn run_inner(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
+        let llama = self.llama;
+        let eos = llama.config().eos_token_id;
+        let t0 = Instant::now();
+        let mut logits = llama.forward(x, cache)?;
+        self.prefill_logits = Some(logits.clone());
+        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let t1 = Instant::now();
+        let mut stop_reason = StopReason::MaxTokens;
+        // HF 4.30 starts generate(inputs_embeds=...) from input_ids = [BOS]; the repetition
+        // penalty therefore sees BOS plus the generated ids.
+        let mut history = vec![llama.config().bos_token_id];
+        let mut stop_cut = None;
+        loop {
+            let mut l = logits.to_vec1::<f32>()?;
+            let next = self.sampler.next(&mut l, &history);
+            if next == eos {
+                stop_reason = StopReason::Eos;
+                break;
+            }
+            history.push(next);
+            self.detok.push(next)?;
+            let raw = self.detok.text();
+            if !self.marked {
+                let from = floor_boundary(raw, self.searched.saturating_sub(LONGEST_MARKER - 1));
+                self.marked = MARKERS.iter().any(|m| raw[from..].contains(m));
+            }
+            let text = clean_so_far(raw, self.marked);
+            if let Some(cut) = find_stop(&self.opts.stop_strings, &text, raw.len(), self.searched, self.marked) {
+                stop_cut = Some(text[..cut].to_owned());
+                stop_reason = StopReason::StopString;
+                break;
+            }
+            if !emit(&mut self.emitted, &self.opts.stop_strings, &text, on_text) {
+                stop_reason = StopReason::Cancelled;
+                break;
+            }
+            self.searched = self.detok.text().len();
+            if self.detok.ids().len() >= self.opts.max_new_tokens {
+                break;
+            }
+            logits = llama.forward(&llama.embed(&[next])?, cache)?;
+        }
+        let text = match stop_cut {
+            Some(t) => postprocess_answer(&t),
+            None => postprocess_answer(&self.detok.finish()?),
+        };
+        if stop_reason != StopReason::Cancelled {
+            if let Some(rest) = text.strip_prefix(self.emitted.as_str()) {
+                if !rest.is_empty() {
+                    on_text(rest);
                 }
             }
         }
-        match self.sampling {
-            Sampling::Greedy => crate::llm::argmax(logits),
-            Sampling::Sample { temperature, top_p, top_k, .. } => {
-                let mut order: Vec<u32> = (0..logits.len() as u32).collect();
-                order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]).then(a.cmp(&b)));
-                if top_k > 0 {
-                    order.truncate(top_k.max(1));
-                }
-                let max = logits[order[0] as usize] / temperature;
-                let mut probs: Vec<f64> =
-                    order.iter().map(|&i| f64::from(logits[i as usize] / temperature - max).exp()).collect();
-                let total: f64 = probs.iter().sum();
-                probs.iter_mut().for_each(|p| *p /= total);
-                // Keep the smallest prefix whose mass reaches top_p (at least one token).
-                let mut cum = 0.0;
-                let mut keep = probs.len();
-                for (i, p) in probs.iter().enumerate() {
-                    cum += p;
-                    if cum >= f64::from(top_p) {
-                        keep = i + 1;
-                        break;
-                    }
-                }
-                let kept = &probs[..keep];
-                let mass: f64 = kept.iter().sum();
-                let mut r = self.uniform() * mass;
-                for (i, p) in kept.iter().enumerate() {
-                    if r < *p {
-                        return order[i];
-                    }
-                    r -= p;
-                }
-                order[keep - 1]
+        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let boxes = Answer::parse_boxes(&text, self.width, self.height);
+        let n = self.detok.ids().len();
+        Ok(Answer {
+            text,
+            token_ids: self.detok.ids().to_vec(),
+            boxes,
+            stop_reason,
+            timings: Timings {
+                encode_ms: 0.0,
+                prefill_ms,
+                decode_ms,
+                tokens_per_s: if decode_ms > 0.0 { n as f64 / (decode_ms / 1e3) } else { 0.0 },
+            },
+        })
+    }
+}
+
+/// The settled text `raw` as the clean-up leaves it so far: left-stripped (the right end is
+/// still growing), or the whole clean-up once a marker has appeared.
+fn clean_so_far(raw: &str, marked: bool) -> Cow<'_, str> {
+    if marked {
+        Cow::Owned(postprocess_answer(raw))
+    } else {
+        Cow::Borrowed(raw.trim_start_matches(py_is_space))
+    }
+}
+
+/// Where the first of `stops` starts in `text` (the clean view of `raw_len` settled bytes, of
+/// which `searched` were searched before), looking only where the newest ids could have
+/// completed one; everywhere once a marker made the clean-up non-local.
+fn find_stop(stops: &[String], text: &str, raw_len: usize, searched: usize, marked: bool) -> Option<usize> {
+    let longest = stops.iter().map(String::len).max()?;
+    let from = match marked {
+        true => 0,
+        false => {
+            let lead = raw_len - text.len();
+            floor_boundary(text, searched.saturating_sub(lead).saturating_sub(longest - 1))
+        }
+    };
+    stops.iter().filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i)).min()
+}
+
+/// Sends the part of `text` past `emitted`, holding back trailing whitespace (which the final
+/// strip may remove) and a possible stop-string prefix until they are settled. Returns the
+/// callback's answer (`false`: stop).
+fn emit(emitted: &mut String, stops: &[String], text: &str, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
+    let mut stable = text.trim_end_matches(py_is_space);
+    for s in stops {
+        for k in (1..s.len()).rev() {
+            if s.is_char_boundary(k) && stable.ends_with(&s[..k]) {
+                stable = &stable[..stable.len() - k];
+                break;
             }
         }
+    }
+    match stable.strip_prefix(emitted.as_str()) {
+        Some(rest) if !rest.is_empty() => {
+            let rest = rest.to_owned();
+            emitted.push_str(&rest);
+            on_text(&rest)
+        }
+        _ => true,
     }
 }
 
@@ -186,36 +310,91 @@ impl Sampler {
 mod tests {
     use super::*;
 
-    #[test]
-    fn greedy_takes_lowest_id_on_ties() {
-        let mut s = Sampler::new(&GenerateOptions::greedy(1));
-        assert_eq!(s.next(&mut [0.0, 3.0, 3.0, 1.0], &[]), 1);
+    fn codec() -> TextCodec {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny/llama-2-7b-chat-hf");
+        TextCodec::from_dir(&dir).unwrap()
     }
 
     #[test]
-    fn penalty_divides_positive_and_multiplies_negative() {
-        let mut opts = GenerateOptions::greedy(1);
-        opts.repetition_penalty = 2.0;
-        let mut s = Sampler::new(&opts);
-        let mut logits = [2.0, 1.5, -1.0];
-        // id 0 is penalised to 1.0, so id 1 wins.
-        assert_eq!(s.next(&mut logits, &[0, 0, 2]), 1);
-        assert_eq!(logits, [1.0, 1.5, -2.0]);
+    fn argmax_takes_the_lowest_id_on_ties() {
+        assert_eq!(argmax(&[0.0, 3.0, 3.0, 1.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1.0]), 1);
+    }
+
+    /// A small deterministic stream of ids (xorshift), biased towards byte-fallback tokens.
+    fn ids(seed: u64, n: usize, vocab: u32, bytes: &[u32]) -> Vec<u32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                if s % 3 == 0 {
+                    bytes[(s >> 8) as usize % bytes.len()]
+                } else {
+                    (s >> 16) as u32 % vocab
+                }
+            })
+            .collect()
     }
 
     #[test]
-    fn top_k_one_is_greedy_and_seeds_repeat() {
-        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
-        let sample = |seed, top_k| {
-            let opts = GenerateOptions {
-                sampling: Sampling::Sample { temperature: 1.0, top_p: 1.0, top_k, seed },
-                ..GenerateOptions::greedy(1)
-            };
-            let mut s = Sampler::new(&opts);
-            (0..20).map(|_| s.next(&mut logits.clone(), &[])).collect::<Vec<_>>()
-        };
-        assert!(sample(7, 1).iter().all(|&t| t == crate::llm::argmax(&logits)));
-        assert_eq!(sample(7, 0), sample(7, 0));
-        assert_ne!(sample(7, 0), sample(8, 0));
+    fn detokenizer_text_is_always_a_prefix_of_the_whole_decode() {
+        let codec = codec();
+        let vocab = codec.vocab_size() as u32;
+        // The UTF-8 bytes of "é€😀" and "H" as byte-fallback tokens, and the special tokens
+        // (skipped by decoding, so the bytes around them join).
+        let mut bytes: Vec<u32> =
+            ["<0xC3>", "<0xA9>", "<0xE2>", "<0x82>", "<0xAC>", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>", "<0x48>"]
+                .iter()
+                .map(|t| codec.token_id(t).expect("the fixture vocabulary has byte-fallback tokens"))
+                .collect();
+        bytes.extend(["<unk>", "<s>", "</s>"].map(|t| codec.token_id(t).unwrap()));
+        for seed in 0..400 {
+            let ids = ids(seed, 40, vocab, &bytes);
+            let mut d = Detokenizer::new(&codec);
+            let mut pieces = String::new();
+            for (i, &id) in ids.iter().enumerate() {
+                let n = d.push(id).unwrap();
+                pieces.push_str(&d.text()[d.text().len() - n..]);
+                let whole = codec.decode(&ids[..=i]).unwrap();
+                assert!(whole.starts_with(d.text()), "seed {seed} step {i}: {:?} vs {whole:?}", d.text());
+            }
+            assert_eq!(pieces, d.text());
+            assert_eq!(d.finish().unwrap(), codec.decode(&ids).unwrap());
+        }
+    }
+
+    #[test]
+    fn detokenizer_holds_an_incomplete_character_back() {
+        let codec = codec();
+        let byte = |t: &str| codec.token_id(t).unwrap();
+        let (e2, x82, xac) = (byte("<0xE2>"), byte("<0x82>"), byte("<0xAC>"));
+        let mut d = Detokenizer::new(&codec);
+        let word = codec.encode("cost", false).unwrap();
+        for &id in &word {
+            d.push(id).unwrap();
+        }
+        assert_eq!(d.text(), "cost");
+        assert_eq!((d.push(e2).unwrap(), d.push(x82).unwrap(), d.push(xac).unwrap()), (0, 0, 0));
+        assert_eq!(d.text(), "cost");
+        let dot = codec.token_id(".").or_else(|| codec.token_id("▁.")).unwrap();
+        assert!(d.push(dot).unwrap() > 0);
+        assert!(d.text().starts_with("cost€"), "{:?}", d.text());
+        assert_eq!(d.finish().unwrap(), codec.decode(d.ids()).unwrap());
+    }
+
+    #[test]
+    fn the_context_check_truncates_only_first_prompts() {
+        let mut o = GenerateOptions::greedy(10);
+        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), 0);
+        let e = fit_context(0, 95, &o, 100).unwrap_err();
+        assert!(matches!(e, Error::ContextOverflow { needed: 105, available: 100, .. }), "{e}");
+        o.context_limit = Some(40);
+        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), 20);
+        assert_eq!(fit_context(0, 30, &o, 100).unwrap(), 0);
+        let e = fit_context(25, 10, &o, 100).unwrap_err();
+        assert!(matches!(e, Error::ContextOverflow { needed: 45, available: 40, .. }), "{e}");
+        assert_eq!(fit_context(20, 10, &o, 100).unwrap(), 0);
     }
 }

@@ -21,9 +21,14 @@
 //! # Ok::<(), minigpt_med::Error>(())
 //! ```
 #![warn(missing_docs)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 mod answer;
+mod chat;
 mod config;
+#[doc(hidden)]
+pub mod cpu;
+mod device;
 mod draw;
 mod error;
 pub mod gemm;
@@ -32,40 +37,53 @@ pub mod image;
 mod llm;
 mod model;
 mod nn;
+mod options;
 pub mod prompt;
 pub mod quant;
+mod sample;
 mod task;
 mod vision;
 mod weights;
 
 pub use answer::{Answer, BoundingBox, StopReason, Timings};
+pub use chat::{Chat, ChatHistory};
 pub use config::{ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, ModelFiles, VisionConfig};
+pub use device::Device;
 pub use draw::{draw_boxes, PALETTE};
 pub use error::{Error, Result};
-pub use generate::{GenerateOptions, Sampling};
+pub use generate::Detokenizer;
 pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, Window, WindowPreset};
 pub use llm::KvCache;
-pub use model::{
-    Chat, ChatHistory, Device, EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn,
-};
+pub use model::{EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn};
 pub use nn::WeightDType;
+pub use options::{DecodeSettings, GenerateOptions, Preset, Sampling};
 pub use prompt::{Prompt, TextCodec};
-pub use task::{format_grid_box, Region, Task};
+pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;
 
 /// The tensor library the engine is built on, re-exported for callers that inspect stages.
 pub use candle_core as candle;
 
-/// Sets the CPU threads used for matrix work (candle's rayon pool and its quantized-matmul
-/// pool). Both pools read this once, when first used: call it before loading a model. Same as
-/// setting `RAYON_NUM_THREADS` and `CANDLE_NUM_THREADS`; the default is every physical core.
+/// Sets the CPU threads of all matrix work: builds the process-wide thread pool (rayon's
+/// global pool, which every kernel runs on) with `n` threads. The pool is built once, by this
+/// call or by the first model load (then with `RAYON_NUM_THREADS` or one thread per core), so
+/// call it first. Calling it again with the pool's size is fine; another size is an error, as
+/// the pool cannot be resized. Nothing is written to the environment, which other threads of a
+/// host program may be reading.
 pub fn set_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::InvalidOption("threads must be at least 1".into()));
     }
-    std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
-    Ok(())
+    if rayon::ThreadPoolBuilder::new().num_threads(n).build_global().is_ok() {
+        return Ok(());
+    }
+    match rayon::current_num_threads() {
+        current if current == n => Ok(()),
+        current => Err(Error::InvalidOption(format!(
+            "the thread pool already runs {current} threads and cannot be resized to {n}: set the threads \
+             once, before the first model load (or with RAYON_NUM_THREADS before the program starts)"
+        ))),
+    }
 }
 
 /// Crate version (`CARGO_PKG_VERSION`).

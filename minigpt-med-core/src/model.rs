@@ -1,70 +1,27 @@
-//! The engine: [`Model::load`] reads the three original files once, [`Model::generate`] answers a
-//! [`Task`] about an [`Image`], [`Model::chat`] keeps a conversation about one image.
+//! [`Model`] and its loading: [`Model::load`] reads the three original files once,
+//! [`Model::generate`] answers a [`Task`] about an [`Image`], [`Model::chat`] starts a
+//! [`Chat`] about one image. The decode loop itself is in `generate.rs`.
 
-use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::{DType, Tensor};
 
-use crate::answer::{Answer, StopReason, Timings};
+use crate::answer::Answer;
+use crate::chat::Chat;
 use crate::config::{LlamaConfig, MiniGptMedConfig, ModelFiles};
+use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::generate::{GenerateOptions, Sampler};
+use crate::generate::{fit_context, Turn};
 use crate::image::{Image, ModelView};
-use crate::llm::{KvCache, Llama, LoraDeltas};
-use crate::nn::{LayerNorm, Linear, WeightDType};
-use crate::prompt::{postprocess_answer, Prompt, TextCodec};
+use crate::llm::{Llama, LoraDeltas};
+use crate::nn::WeightDType;
+use crate::options::GenerateOptions;
+use crate::prompt::{Prompt, TextCodec};
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
 use crate::weights::{open_llama_dir, PthFile, TensorSource};
-
-/// Where the model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Device {
-    /// The CPU (always available).
-    #[default]
-    Cpu,
-    /// A CUDA GPU by ordinal (needs the `cuda` cargo feature).
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        let s = s.to_ascii_lowercase();
-        if s == "cpu" {
-            return Ok(Self::Cpu);
-        }
-        match s.strip_prefix("cuda") {
-            Some("") => Ok(Self::Cuda(0)),
-            Some(n) => n
-                .trim_start_matches(':')
-                .parse()
-                .map(Self::Cuda)
-                .map_err(|_| Error::InvalidOption(format!("device {s:?}: use cpu, cuda or cuda:N"))),
-            None => Err(Error::InvalidOption(format!("device {s:?}: use cpu, cuda or cuda:N"))),
-        }
-    }
-}
-
-impl Device {
-    fn candle(self) -> Result<candle_core::Device> {
-        match self {
-            Device::Cpu => Ok(candle_core::Device::Cpu),
-            Device::Cuda(i) => {
-                if !candle_core::utils::cuda_is_available() {
-                    return Err(Error::Unsupported(
-                        "this build has no CUDA support: rebuild with `--features cuda`".into(),
-                    ));
-                }
-                candle_core::Device::new_cuda(i)
-                    .map_err(|e| Error::Unsupported(format!("CUDA device {i} is not usable: {e}")))
-            }
-        }
-    }
-}
 
 /// Load progress: `done` of `total` steps (one per ViT block / LLaMA layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,8 +32,9 @@ pub struct LoadProgress {
     pub total: usize,
 }
 
-/// A load-progress callback.
-pub type ProgressFn = Arc<dyn Fn(LoadProgress) + Send + Sync>;
+/// A load-progress callback: called after each step; returning `false` cancels the load,
+/// which then fails with [`Error::Cancelled`].
+pub type ProgressFn = Arc<dyn Fn(LoadProgress) -> bool + Send + Sync>;
 
 /// How to load a model.
 #[derive(Clone, Default)]
@@ -87,7 +45,7 @@ pub struct LoadOptions {
     pub llm_dtype: WeightDType,
     /// How the ViT's matrices are held (f32 or f16).
     pub vit_dtype: WeightDType,
-    /// Called after each loading step.
+    /// Called after each loading step; may cancel the load.
     pub progress: Option<ProgressFn>,
 }
 
@@ -155,8 +113,6 @@ pub struct Model {
     info: ModelInfo,
 }
 
-const CKPT_HINT: &str = "--checkpoint must be the MiniGPT-Med checkpoint (.pth with llama_proj and LoRA weights)";
-
 impl Model {
     /// Loads the model from the original files. Weights are read once, tensor by tensor
     /// (safetensors memory-mapped), LoRA merged and the position table interpolated on the way.
@@ -221,16 +177,17 @@ impl Model {
         let device = opts.device.candle()?;
         let total = 1 + cfg.vision.depth + llama_cfg.num_hidden_layers + 2;
         let mut done = 0;
-        let mut step = || {
+        let mut step = || -> Result<()> {
             done += 1;
-            if let Some(p) = &opts.progress {
-                p(LoadProgress { done, total });
+            match &opts.progress {
+                Some(p) if !p(LoadProgress { done, total }) => Err(Error::Cancelled),
+                _ => Ok(()),
             }
         };
 
         // Every dimension is checked before any large read, so a wrong file fails fast.
         EvaVit::validate(vit_src, &cfg.vision)?;
-        let connector = load_connector(ckpt, &cfg, &llama_cfg, &device)?;
+        let connector = Connector::load(ckpt, &cfg, &llama_cfg, &device)?;
         let lora = LoraDeltas::find(ckpt, &cfg.lora, &llama_cfg, &device)?;
         let vit = EvaVit::load(vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
         let llama = Llama::load(llama_src, &llama_cfg, &lora, opts.llm_dtype, &device, &mut step)?;
@@ -258,6 +215,11 @@ impl Model {
     /// The tokenizer.
     pub fn tokenizer(&self) -> &TextCodec {
         &self.codec
+    }
+
+    /// The language model (for the decode loop and chats).
+    pub(crate) fn llama(&self) -> &Llama {
+        &self.llama
     }
 
     /// The position table after interpolation, `[1 + grid^2, width]`.
@@ -358,342 +320,17 @@ impl Model {
     ) -> Result<Answer> {
         opts.validate()?;
         let prompt = self.prompt(instruction)?;
-        let mut x = self.input_embeds(image, &prompt)?;
-        let len = x.dim(0)?;
-        if let Some(limit) = opts.context_limit {
-            let keep = limit - opts.max_new_tokens;
-            if len > keep {
-                x = x.narrow(0, len - keep, keep)?;
-            }
-        }
-        let len = x.dim(0)?;
-        let max_pos = self.llama.config().max_position_embeddings;
-        if len + opts.max_new_tokens > max_pos {
-            return Err(Error::ContextOverflow {
-                needed: len + opts.max_new_tokens,
-                available: max_pos,
-                hint: "lower max_new_tokens or set context_limit to left-truncate the prompt".into(),
-            });
-        }
-        let mut cache = self.llama.new_cache(len + opts.max_new_tokens)?;
-        let mut turn = Turn::new(self, opts, image.width, image.height);
-        turn.run(&x, &mut cache, on_text)
+        let len = prompt.before_image.len() + image.embeds.dim(0)? + prompt.after_image.len();
+        let drop = fit_context(0, len, opts, self.llama.config().max_position_embeddings)?;
+        let x = self.input_embeds(image, &prompt)?;
+        let x = if drop > 0 { x.narrow(0, drop, len - drop)? } else { x };
+        let mut cache = self.llama.new_cache(len - drop + opts.max_new_tokens)?;
+        Turn::new(&self.llama, &self.codec, opts, image.width, image.height).run(&x, &mut cache, on_text)
     }
 
     /// Starts a conversation about `image` (encoded once; the KV cache is kept between turns).
     /// For a chat that owns its model (e.g. in a binding), use `Chat::new(Arc<Model>, ..)`.
     pub fn chat(&self, image: &Image) -> Result<Chat<&Model>> {
         Ok(Chat::new(self, self.encode_image(image)?))
-    }
-}
-
-fn load_connector(
-    ckpt: &dyn TensorSource,
-    cfg: &MiniGptMedConfig,
-    llama: &LlamaConfig,
-    device: &candle_core::Device,
-) -> Result<Connector> {
-    let d = cfg.vision.width;
-    let in_dim = d * cfg.connector.tokens_per_group;
-    let h = llama.hidden_size;
-    let w_shape = ckpt.shape_of("llama_proj.weight", CKPT_HINT)?.to_vec();
-    if w_shape.len() != 2 || w_shape[1] != in_dim || w_shape[0] != h {
-        let hint = if w_shape.len() == 2 && w_shape[0] != h {
-            format!(
-                "the checkpoint projects to width {} ({} LLaMA) but --llama holds a {} model (width {h}); \
-                 use the LLaMA-2-chat the checkpoint was trained with",
-                w_shape[0],
-                LlamaConfig::size_name(w_shape[0]),
-                LlamaConfig::size_name(h)
-            )
-        } else {
-            format!(
-                "expects {} ViT tokens of width {d} per group; check vision.width and connector.tokens_per_group",
-                cfg.connector.tokens_per_group
-            )
-        };
-        return Err(Error::ShapeMismatch {
-            name: "llama_proj.weight".into(),
-            expected: vec![h, in_dim],
-            found: w_shape,
-            hint,
-        });
-    }
-    let w = ckpt.get("llama_proj.weight", &[h, in_dim], DType::F32, device, CKPT_HINT)?;
-    let b = ckpt.get("llama_proj.bias", &[h], DType::F32, device, CKPT_HINT)?;
-    // `ln_vision` is frozen during training, so checkpoints normally lack it: identity affine.
-    let ln = if ckpt.shapes().contains_key("ln_vision.weight") {
-        LayerNorm::new(
-            ckpt.get("ln_vision.weight", &[d], DType::F32, device, CKPT_HINT)?,
-            ckpt.get("ln_vision.bias", &[d], DType::F32, device, CKPT_HINT)?,
-            cfg.vision.ln_vision_eps,
-        )?
-    } else {
-        LayerNorm::new(
-            Tensor::ones(d, DType::F32, device)?,
-            Tensor::zeros(d, DType::F32, device)?,
-            cfg.vision.ln_vision_eps,
-        )?
-    };
-    Ok(Connector::new(ln, &cfg.connector, Linear::new(w, Some(b), WeightDType::F32)?))
-}
-
-/// One answer being generated: sampling, stopping, and the text streamed so far.
-struct Turn<'m> {
-    model: &'m Model,
-    opts: &'m GenerateOptions,
-    width: usize,
-    height: usize,
-    sampler: Sampler,
-    ids: Vec<u32>,
-    emitted: String,
-    prefill_logits: Option<Tensor>,
-}
-
-impl<'m> Turn<'m> {
-    fn new(model: &'m Model, opts: &'m GenerateOptions, width: usize, height: usize) -> Self {
-        Self {
-            model,
-            opts,
-            width,
-            height,
-            sampler: Sampler::new(opts),
-            ids: Vec::new(),
-            emitted: String::new(),
-            prefill_logits: None,
-        }
-    }
-
-    /// Feeds `x` (the prompt or a follow-up turn), then decodes. On error the cache is rolled
-    /// back to where it was; on success the last generated token is left unfed in `ids`.
-    fn run(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
-        let start_len = cache.len();
-        let result = self.run_inner(x, cache, on_text);
-        if result.is_err() {
-            cache.truncate(start_len);
-        }
-        result
-    }
-
-    fn run_inner(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
-        let llama = &self.model.llama;
-        let eos = llama.config().eos_token_id;
-        let t0 = Instant::now();
-        let mut logits = llama.forward(x, cache)?;
-        self.prefill_logits = Some(logits.clone());
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let mut stop_reason = StopReason::MaxTokens;
-        // HF 4.30 starts generate(inputs_embeds=...) from input_ids = [BOS]; the repetition
-        // penalty therefore sees BOS plus the generated ids.
-        let mut history = vec![llama.config().bos_token_id];
-        let mut text = String::new();
-        loop {
-            let mut l = logits.to_vec1::<f32>()?;
-            let next = self.sampler.next(&mut l, &history);
-            if next == eos {
-                stop_reason = StopReason::Eos;
-                break;
-            }
-            self.ids.push(next);
-            history.push(next);
-            text = postprocess_answer(&self.model.codec.decode(&self.ids)?);
-            if let Some(cut) = self.opts.stop_strings.iter().filter_map(|s| text.find(s.as_str())).min() {
-                text.truncate(cut);
-                text = postprocess_answer(&text);
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            // A run of byte-fallback tokens is decoded as a whole: valid UTF-8 or one U+FFFD per
-            // byte, so text produced by a trailing run can still change. Hold it back.
-            let codec = &self.model.codec;
-            let run =
-                self.ids.iter().rev().take_while(|&&id| codec.token(id).is_some_and(|t| t.starts_with("<0x"))).count();
-            let stable = if run == 0 {
-                text.clone()
-            } else {
-                postprocess_answer(&codec.decode(&self.ids[..self.ids.len() - run])?)
-            };
-            if !self.emit(&stable, on_text) {
-                stop_reason = StopReason::Cancelled;
-                break;
-            }
-            if self.ids.len() >= self.opts.max_new_tokens {
-                break;
-            }
-            logits = llama.forward(&llama.embed(&[next])?, cache)?;
-        }
-        if stop_reason != StopReason::Cancelled {
-            if let Some(rest) = text.strip_prefix(self.emitted.as_str()) {
-                if !rest.is_empty() {
-                    on_text(rest);
-                }
-            }
-        }
-        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
-        let boxes = Answer::parse_boxes(&text, self.width, self.height);
-        let n = self.ids.len();
-        Ok(Answer {
-            text,
-            token_ids: self.ids.clone(),
-            boxes,
-            stop_reason,
-            timings: Timings {
-                encode_ms: 0.0,
-                prefill_ms,
-                decode_ms,
-                tokens_per_s: if decode_ms > 0.0 { n as f64 / (decode_ms / 1e3) } else { 0.0 },
-            },
-        })
-    }
-
-    /// Sends the new part of `text`, holding back trailing whitespace (which the final strip may
-    /// remove) and a possible stop-string prefix until they are settled.
-    fn emit(&mut self, text: &str, on_text: &mut dyn FnMut(&str) -> bool) -> bool {
-        let mut stable = text.trim_end_matches(crate::prompt::py_is_space);
-        for s in &self.opts.stop_strings {
-            for k in (1..s.len()).rev() {
-                if s.is_char_boundary(k) && stable.ends_with(&s[..k]) {
-                    stable = &stable[..stable.len() - k];
-                    break;
-                }
-            }
-        }
-        match stable.strip_prefix(self.emitted.as_str()) {
-            Some(rest) if !rest.is_empty() => {
-                let rest = rest.to_owned();
-                self.emitted.push_str(&rest);
-                on_text(&rest)
-            }
-            _ => true,
-        }
-    }
-}
-
-/// How a chat treats earlier answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ChatHistory {
-    /// Earlier answers stay in context (this engine's default).
-    #[default]
-    KeepAnswers,
-    /// As the original demo: each earlier answer is replaced by `</s>`.
-    Original,
-}
-
-/// A conversation about one image. The image and every earlier turn stay in the KV cache, so a
-/// follow-up question costs only its own tokens. One thread at a time.
-pub struct Chat<M: Deref<Target = Model> = Arc<Model>> {
-    model: M,
-    image: ImageEmbeddings,
-    cache: Option<KvCache>,
-    /// Generated ids not yet fed to the model (the last token of the previous answer).
-    unfed: Vec<u32>,
-    /// Cache length before the previous answer (for [`ChatHistory::Original`]).
-    before_answer: usize,
-    history: ChatHistory,
-    turns: usize,
-    last_prompt_logits: Option<Tensor>,
-}
-
-impl<M: Deref<Target = Model>> Chat<M> {
-    /// A conversation about already-encoded `image` on `model` (a `&Model` or an `Arc<Model>`).
-    pub fn new(model: M, image: ImageEmbeddings) -> Self {
-        Self {
-            model,
-            image,
-            cache: None,
-            unfed: Vec::new(),
-            before_answer: 0,
-            history: ChatHistory::default(),
-            turns: 0,
-            last_prompt_logits: None,
-        }
-    }
-
-    /// Chooses how earlier answers are kept (before the first question).
-    pub fn with_history(mut self, history: ChatHistory) -> Self {
-        self.history = history;
-        self
-    }
-
-    /// Questions answered so far.
-    pub fn turns(&self) -> usize {
-        self.turns
-    }
-
-    /// Logits `[vocab]` at the end of the latest question (before its answer), for inspection.
-    pub fn last_prompt_logits(&self) -> Option<&Tensor> {
-        self.last_prompt_logits.as_ref()
-    }
-
-    /// Positions held in the KV cache.
-    pub fn context_len(&self) -> usize {
-        self.cache.as_ref().map_or(0, KvCache::len)
-    }
-
-    /// Asks `instruction` (verbatim, e.g. `[vqa] Is there an effusion?`).
-    pub fn ask(&mut self, instruction: &str, opts: &GenerateOptions) -> Result<Answer> {
-        self.ask_stream(instruction, opts, &mut |_| true)
-    }
-
-    /// Asks `task` (its instruction built for this chat's image).
-    pub fn ask_task(&mut self, task: &Task, opts: &GenerateOptions) -> Result<Answer> {
-        self.ask(&task.instruction(self.image.width, self.image.height)?, opts)
-    }
-
-    /// [`Chat::ask`] with streaming, as [`Model::generate_stream`].
-    pub fn ask_stream(
-        &mut self,
-        instruction: &str,
-        opts: &GenerateOptions,
-        on_text: &mut dyn FnMut(&str) -> bool,
-    ) -> Result<Answer> {
-        opts.validate()?;
-        let model: &Model = &self.model;
-        let x = if self.turns == 0 {
-            model.input_embeds(&self.image, &model.prompt(instruction)?)?
-        } else {
-            if instruction.contains(crate::prompt::IMAGE_PLACEHOLDER) {
-                return Err(Error::InvalidOption("a follow-up question cannot add an image".into()));
-            }
-            let mut ids = match self.history {
-                ChatHistory::KeepAnswers => self.unfed.clone(),
-                ChatHistory::Original => Vec::new(),
-            };
-            ids.extend(model.codec.encode(&format!("</s><s>[INST] {instruction} [/INST]"), false)?);
-            model.llama.embed(&ids)?
-        };
-        let n = x.dim(0)?;
-        let max_pos = model.llama.config().max_position_embeddings;
-        let base = match self.history {
-            ChatHistory::Original if self.turns > 0 => self.before_answer,
-            _ => self.context_len(),
-        };
-        if base + n + opts.max_new_tokens > max_pos {
-            return Err(Error::ContextOverflow {
-                needed: base + n + opts.max_new_tokens,
-                available: max_pos,
-                hint: "start a new chat or lower max_new_tokens".into(),
-            });
-        }
-        let cache = match &mut self.cache {
-            Some(c) => c,
-            None => self.cache.insert(model.llama.new_cache(n + opts.max_new_tokens)?),
-        };
-        cache.truncate(base);
-        let mut turn = Turn::new(model, opts, self.image.width, self.image.height);
-        let result = turn.run(&x, cache, on_text);
-        // On error `Turn::run` has rolled the cache back and the previous turn stays usable.
-        if let Ok(answer) = &result {
-            self.before_answer = base + n;
-            // Every generated token but the last was fed; EOS (if any) is re-sent as `</s>`.
-            self.unfed = match answer.stop_reason {
-                StopReason::Eos => Vec::new(),
-                _ => answer.token_ids.last().copied().into_iter().collect(),
-            };
-            self.turns += 1;
-            self.last_prompt_logits = turn.prefill_logits.take();
-        }
-        result
     }
 }

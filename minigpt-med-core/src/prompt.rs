@@ -1,7 +1,8 @@
-//! The MiniGPT-Med prompt and its tokenization, reproduced to the token: the template
+//! The MiniGPT-Med prompts and their tokenization, reproduced to the token: the first turn
 //! `<s>[INST] <Img><ImageHere></Img> {instruction} [/INST]`, split at `<ImageHere>`, the first
 //! piece tokenized with a BOS (so the ids start `[1, 1, ...]`: the literal `<s>` is the BOS
-//! token too), later pieces without, every text run with LLaMA's legacy dummy `▁` prefix.
+//! token too), later pieces without, every text run with LLaMA's legacy dummy `▁` prefix; and
+//! a chat's follow-up turn `</s><s>[INST] {instruction} [/INST]`.
 
 use std::path::Path;
 
@@ -11,6 +12,9 @@ use crate::error::{Error, Result};
 
 /// The single-turn template used by MiniGPT-Med's demo and evaluation alike.
 pub const PROMPT_TEMPLATE: &str = "<s>[INST] <Img><ImageHere></Img> {} [/INST]";
+
+/// A follow-up turn of a chat: the previous answer closed, a new instruction.
+pub const FOLLOW_UP_TEMPLATE: &str = "</s><s>[INST] {} [/INST]";
 
 /// Where the image embeddings go in the prompt.
 pub const IMAGE_PLACEHOLDER: &str = "<ImageHere>";
@@ -29,6 +33,9 @@ pub struct Prompt {
 /// The LLaMA tokenizer (`tokenizer.json`).
 pub struct TextCodec {
     tokenizer: Tokenizer,
+    /// Per id: decoding never ends a byte-fallback run here (a byte token, or a special token
+    /// that decoding skips, across which the bytes on both sides join).
+    joins_byte_run: Vec<bool>,
 }
 
 impl TextCodec {
@@ -47,7 +54,15 @@ impl TextCodec {
             expected: "Hugging Face tokenizer.json".into(),
             reason: e.to_string(),
         })?;
-        Ok(Self { tokenizer })
+        let mut joins_byte_run = vec![false; tokenizer.get_vocab_size(true)];
+        let byte_tokens = tokenizer.get_vocab(false).into_iter().filter(|(t, _)| is_byte_token(t)).map(|(_, id)| id);
+        let special = tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id);
+        for id in byte_tokens.chain(special) {
+            if let Some(j) = joins_byte_run.get_mut(id as usize) {
+                *j = true;
+            }
+        }
+        Ok(Self { tokenizer, joins_byte_run })
     }
 
     /// Token ids of `text`; `bos` adds the tokenizer's BOS as `add_special_tokens=True` does.
@@ -67,6 +82,17 @@ impl TextCodec {
         self.tokenizer.id_to_token(id)
     }
 
+    /// Whether decoding may still join `id` with the ids around it into one byte-fallback run:
+    /// `id` is a byte token (`<0x0A>`) or a special token that decoding skips.
+    pub fn joins_byte_run(&self, id: u32) -> bool {
+        self.joins_byte_run.get(id as usize).copied().unwrap_or(false)
+    }
+
+    /// The id of the token string `token` (e.g. `<0x0A>`), if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.tokenizer.token_to_id(token)
+    }
+
     /// Vocabulary size including added tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokenizer.get_vocab_size(true)
@@ -83,6 +109,21 @@ impl TextCodec {
         }
         Ok(Prompt { before_image: self.encode(before, true)?, after_image: self.encode(after, false)?, text })
     }
+
+    /// The token ids of a chat's follow-up turn for `instruction` ([`FOLLOW_UP_TEMPLATE`]).
+    pub fn follow_up(&self, instruction: &str) -> Result<Vec<u32>> {
+        if instruction.contains(IMAGE_PLACEHOLDER) {
+            return Err(Error::InvalidOption(format!(
+                "a follow-up question cannot add an image ({IMAGE_PLACEHOLDER}): a chat is about one image"
+            )));
+        }
+        self.encode(&FOLLOW_UP_TEMPLATE.replace("{}", instruction), false)
+    }
+}
+
+/// Whether `token` is a byte-fallback token such as `<0x0A>`.
+fn is_byte_token(token: &str) -> bool {
+    token.len() == 6 && token.starts_with("<0x") && token.ends_with('>')
 }
 
 /// MiniGPT-Med's answer clean-up: cut at the first `</s>`, drop `<s>`, keep what follows the last

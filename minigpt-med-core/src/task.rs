@@ -19,6 +19,36 @@ pub enum Region {
 }
 
 impl Region {
+    /// A region on the 0-100 grid from four numbers, each a whole number in 0..=100 (a
+    /// fraction or a value out of range is an error, never truncated or clamped).
+    pub fn grid(corners: [f64; 4]) -> Result<Self> {
+        if let Some(bad) = corners.iter().find(|v| !(v.fract() == 0.0 && (0.0..=100.0).contains(*v))) {
+            return Err(Error::InvalidOption(format!(
+                "grid region {corners:?}: {bad} is not a whole number in 0..=100"
+            )));
+        }
+        Ok(Region::Grid(corners.map(|v| v as u32)))
+    }
+
+    /// A region in pixels of the input image from four finite numbers (corners beyond the
+    /// image are clamped to its edges when converted to the grid).
+    pub fn pixels(corners: [f64; 4]) -> Result<Self> {
+        if corners.iter().any(|v| !v.is_finite()) {
+            return Err(Error::InvalidOption(format!(
+                "pixel region {corners:?}: every corner must be a finite number"
+            )));
+        }
+        Ok(Region::Pixels(corners))
+    }
+
+    /// Four corners written `x1,y1,x2,y2` (spaces allowed), as a command line gives them.
+    pub fn parse_corners(s: &str) -> Result<[f64; 4]> {
+        let bad = || Error::InvalidOption(format!("box {s:?}: expected four numbers x1,y1,x2,y2"));
+        let v: Vec<f64> =
+            s.split(',').map(|x| x.trim().parse::<f64>()).collect::<std::result::Result<_, _>>().map_err(|_| bad())?;
+        <[f64; 4]>::try_from(v).map_err(|_| bad())
+    }
+
     /// The region on the 0-100 grid of an image of `width x height` pixels, converted as the
     /// original training data was (`int(pixel / size * 100)`, per axis), clamped to 0..=100.
     pub fn to_grid(&self, width: usize, height: usize) -> Result<[u32; 4]> {
@@ -87,30 +117,126 @@ impl Task {
         })
     }
 
-    /// Builds a task from its name (`report`, `vqa`, `detection`, `refer`, `grounding`,
-    /// `identify`, `custom`) and text, as the CLI and the bindings receive them.
-    pub fn from_name(name: &str, text: Option<&str>, region: Option<Region>) -> Result<Self> {
+    /// Builds a task of `kind` from its text and region, as the CLI and the bindings receive
+    /// them. `text` is the question (vqa), class (detection), phrase (refer), instruction
+    /// (report, grounding: optional; custom: required) or question (identify: optional). A
+    /// region is required by [`TaskKind::Identify`] and an error with any other kind.
+    pub fn new(kind: TaskKind, text: Option<&str>, region: Option<Region>) -> Result<Self> {
+        if region.is_some() && kind != TaskKind::Identify {
+            return Err(Error::InvalidOption(format!(
+                "a region is only used by the identify task, not by {kind}: leave it out or use identify"
+            )));
+        }
         let need = |what: &str| {
             text.map(str::to_owned)
-                .ok_or_else(|| Error::InvalidOption(format!("task {name} needs {what} (the prompt text)")))
+                .ok_or_else(|| Error::InvalidOption(format!("task {kind} needs {what} (the prompt text)")))
         };
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "report" => Task::Report(text.map(str::to_owned)),
-            "vqa" => Task::Vqa(need("a question")?),
-            "detection" | "detect" => Task::Detection(need("a class name, e.g. pneumonia")?),
-            "refer" => Task::Refer(need("a phrase, e.g. the nodule in the left lung")?),
-            "grounding" => Task::Grounding(text.map(str::to_owned)),
-            "identify" => Task::Identify {
+        Ok(match kind {
+            TaskKind::Report => Task::Report(text.map(str::to_owned)),
+            TaskKind::Vqa => Task::Vqa(need("a question")?),
+            TaskKind::Detection => Task::Detection(need("a class name, e.g. pneumonia")?),
+            TaskKind::Refer => Task::Refer(need("a phrase, e.g. the nodule in the left lung")?),
+            TaskKind::Grounding => Task::Grounding(text.map(str::to_owned)),
+            TaskKind::Identify => Task::Identify {
                 region: region.ok_or_else(|| Error::InvalidOption("task identify needs a region (a box)".into()))?,
                 question: text.map(str::to_owned),
             },
-            "custom" | "instruction" => Task::Custom(need("the instruction")?),
-            other => {
-                return Err(Error::InvalidOption(format!(
-                    "unknown task {other:?}: use report, vqa, detection, refer, grounding, identify or custom"
-                )))
-            }
+            TaskKind::Custom => Task::Custom(need("the instruction")?),
         })
+    }
+
+    /// Which kind of task this is.
+    pub fn kind(&self) -> TaskKind {
+        match self {
+            Task::Report(_) => TaskKind::Report,
+            Task::Vqa(_) => TaskKind::Vqa,
+            Task::Detection(_) => TaskKind::Detection,
+            Task::Refer(_) => TaskKind::Refer,
+            Task::Grounding(_) => TaskKind::Grounding,
+            Task::Identify { .. } => TaskKind::Identify,
+            Task::Custom(_) => TaskKind::Custom,
+        }
+    }
+}
+
+/// The kinds of [`Task`], named as every output and front door spells them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// A radiology report (untagged).
+    #[default]
+    Report,
+    /// `[vqa]`: a short answer.
+    Vqa,
+    /// `[detection]`: boxes of every instance of a class.
+    Detection,
+    /// `[refer]`: the box of the thing described.
+    Refer,
+    /// `[grounding]`: a description with boxed phrases.
+    Grounding,
+    /// `[identify]`: what is in a region.
+    Identify,
+    /// An instruction used verbatim.
+    Custom,
+}
+
+impl TaskKind {
+    /// Every kind, in documentation order.
+    pub const ALL: [TaskKind; 7] = [
+        TaskKind::Report,
+        TaskKind::Vqa,
+        TaskKind::Detection,
+        TaskKind::Refer,
+        TaskKind::Grounding,
+        TaskKind::Identify,
+        TaskKind::Custom,
+    ];
+
+    /// The name: `report`, `vqa`, `detection`, `refer`, `grounding`, `identify` or `custom`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TaskKind::Report => "report",
+            TaskKind::Vqa => "vqa",
+            TaskKind::Detection => "detection",
+            TaskKind::Refer => "refer",
+            TaskKind::Grounding => "grounding",
+            TaskKind::Identify => "identify",
+            TaskKind::Custom => "custom",
+        }
+    }
+
+    /// The tag the instruction starts with (`[vqa]`, ...); `None` for reports and custom ones.
+    pub const fn tag(self) -> Option<&'static str> {
+        match self {
+            TaskKind::Vqa => Some("[vqa]"),
+            TaskKind::Detection => Some("[detection]"),
+            TaskKind::Refer => Some("[refer]"),
+            TaskKind::Grounding => Some("[grounding]"),
+            TaskKind::Identify => Some("[identify]"),
+            TaskKind::Report | TaskKind::Custom => None,
+        }
+    }
+}
+
+/// Parses a kind's name case-insensitively (also `detect` and `instruction` for custom).
+impl std::str::FromStr for TaskKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "detect" => return Ok(TaskKind::Detection),
+            "instruction" => return Ok(TaskKind::Custom),
+            _ => {}
+        }
+        TaskKind::ALL.into_iter().find(|k| k.name() == lower).ok_or_else(|| {
+            Error::InvalidOption(format!("unknown task {s:?}: use {}", TaskKind::ALL.map(TaskKind::name).join(", ")))
+        })
+    }
+}
+
+impl std::fmt::Display for TaskKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -127,5 +253,44 @@ mod tests {
         assert_eq!(Region::Pixels([50.0, 50.0, 100.0, 100.0]).to_grid(200, 100).unwrap(), [25, 50, 50, 100]);
         assert!(Region::Grid([0, 0, 101, 5]).to_grid(10, 10).is_err());
         assert!(Region::Pixels([f64::NAN, 0.0, 1.0, 1.0]).to_grid(10, 10).is_err());
+    }
+
+    #[test]
+    fn grid_values_are_checked_never_truncated() {
+        assert_eq!(Region::grid([0.0, 5.0, 100.0, 42.0]).unwrap(), Region::Grid([0, 5, 100, 42]));
+        for bad in [[0.0, 5.5, 10.0, 10.0], [0.0, 0.0, 101.0, 10.0], [-1.0, 0.0, 1.0, 1.0], [f64::NAN, 0.0, 1.0, 1.0]] {
+            let e = Region::grid(bad).unwrap_err().to_string();
+            assert!(e.contains("not a whole number in 0..=100"), "{e}");
+        }
+        assert!(Region::pixels([0.0, f64::INFINITY, 1.0, 1.0]).is_err());
+        assert_eq!(Region::parse_corners(" 1, 2.5,3 ,4").unwrap(), [1.0, 2.5, 3.0, 4.0]);
+        assert!(Region::parse_corners("1,2,3").is_err());
+        assert!(Region::parse_corners("1,2,3,x").is_err());
+    }
+
+    #[test]
+    fn task_kinds_round_trip_and_regions_belong_to_identify() {
+        for k in TaskKind::ALL {
+            assert_eq!(k.name().parse::<TaskKind>().unwrap(), k);
+            assert_eq!(serde_json::to_string(&k).unwrap(), format!("\"{k}\""));
+        }
+        assert_eq!("DETECT".parse::<TaskKind>().unwrap(), TaskKind::Detection);
+        assert!("segment".parse::<TaskKind>().is_err());
+        let region = Some(Region::Grid([1, 2, 3, 4]));
+        let e = Task::new(TaskKind::Vqa, Some("q"), region).unwrap_err().to_string();
+        assert!(e.contains("only used by the identify task, not by vqa"), "{e}");
+        let t = Task::new(TaskKind::Identify, None, region).unwrap();
+        assert_eq!(t.instruction(10, 10).unwrap(), "[identify] what object is in this location {<1><2><3><4>}");
+        assert_eq!(t.kind(), TaskKind::Identify);
+        for k in TaskKind::ALL {
+            let task = Task::new(k, Some("x"), (k == TaskKind::Identify).then_some(Region::Grid([0, 0, 1, 1])));
+            let instruction = task.unwrap().instruction(10, 10).unwrap();
+            assert_eq!(instruction.starts_with('['), k.tag().is_some(), "{k}: {instruction}");
+            if let Some(tag) = k.tag() {
+                assert!(instruction.starts_with(tag), "{k}: {instruction}");
+            }
+        }
+        assert!(Task::new(TaskKind::Vqa, None, None).is_err());
+        assert!(Task::new(TaskKind::Identify, Some("q"), None).is_err());
     }
 }

@@ -49,7 +49,8 @@ fn png16_gray_is_windowed_on_stored_values() {
     assert_eq!((g[0], g[7]), (0, 255));
     assert_eq!(g[1], (255.0f64 / 7.0).round() as u8);
     // An explicit window on the stored values.
-    let w = Image::from_bytes_with(&bytes, &ImageOptions::default().with_window(Window::new(2500.0, 2.0))).unwrap();
+    let w = Image::from_bytes_with(&bytes, &ImageOptions::default().with_window(Window::new(2500.0, 2.0).unwrap()))
+        .unwrap();
     let Pixels::Gray8(g) = w.to_8bit().pixels().clone() else { panic!() };
     assert_eq!(g[..4], [0, 0, 255, 255]);
     assert_eq!(img.model_view(8).chw.len(), 3 * 64);
@@ -167,7 +168,7 @@ fn hostile_non_dicom_inputs_fail_cleanly() {
     ));
     let small = ImageOptions::default().with_max_pixels(100);
     assert_image_err(Image::from_bytes_with(&good, &small), "pixel limit");
-    let both = ImageOptions::default().with_window(Window::new(0.0, 1.0)).with_preset(WindowPreset::Bone);
+    let both = ImageOptions::default().with_window(Window::new(0.0, 1.0).unwrap()).with_preset(WindowPreset::Bone);
     assert!(matches!(Image::from_bytes_with(&good, &both), Err(Error::InvalidOption(_))));
 }
 
@@ -214,7 +215,7 @@ mod dicom {
     fn explicit_vr_little_endian_with_file_window() {
         let img = compare("MR_small", 1);
         assert_eq!(ts(&img), "1.2.840.10008.1.2.1");
-        assert_eq!(img.window(), Some(Window::new(600.0, 1600.0)));
+        assert_eq!(img.window(), Some(Window::new(600.0, 1600.0).unwrap()));
         let info = img.dicom_info().unwrap();
         assert_eq!((info.frames, info.frame, info.modality.as_deref()), (1, 0, Some("MR")));
         assert!(matches!(img.pixels(), Pixels::GrayF32(_)));
@@ -323,7 +324,7 @@ mod dicom {
     #[test]
     fn first_window_rescale_and_min_max() {
         let img = compare("MR_small_two_windows", 1);
-        assert_eq!(img.window(), Some(Window::new(300.0, 400.0)));
+        assert_eq!(img.window(), Some(Window::new(300.0, 400.0).unwrap()));
         let img = compare("MR_small_rescale_nowindow", 1);
         assert_eq!(img.dicom_info().unwrap().rescale_slope, 0.5);
     }

@@ -10,7 +10,7 @@
 #[cfg(test)]
 use rayon::prelude::*;
 
-use crate::quant::Kernels;
+use crate::cpu::Isa;
 
 pub(super) const LOG2E: f32 = std::f32::consts::LOG2_E;
 pub(super) const LN2_HI: f32 = 0.693_359_4;
@@ -53,13 +53,13 @@ pub(super) fn gelu_f64(x: f64) -> f64 {
 /// Replaces each row of `s: [rows, cols]` by `exp(row - max(row))` and returns each row's sum:
 /// a softmax whose division is left to the caller (the attention divides its `cols`-long
 /// output rows instead of the `cols`-long probability rows).
-pub(crate) fn softmax_rows(kernels: Kernels, s: &mut [f32], cols: usize) -> Vec<f32> {
+pub(crate) fn softmax_rows(kernels: Isa, s: &mut [f32], cols: usize) -> Vec<f32> {
     s.chunks_exact_mut(cols.max(1))
         .map(|row| match kernels {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Kernels::Avx2` is only ever detected on CPUs with AVX2 and FMA.
-            Kernels::Avx2 => unsafe { super::avx2::exp_row(row) },
-            Kernels::Portable => {
+            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
+            Isa::Avx2(_) => unsafe { super::avx2::exp_row(row) },
+            Isa::Portable => {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 row.iter_mut().fold(0.0, |sum, v| {
                     *v = exp(*v - max);
@@ -72,26 +72,18 @@ pub(crate) fn softmax_rows(kernels: Kernels, s: &mut [f32], cols: usize) -> Vec<
 
 /// The exact GELU over a slice, in parallel chunks (the tests' way into the SIMD GELU alone).
 #[cfg(test)]
-fn gelu_in_place(kernels: Kernels, x: &mut [f32]) {
+fn gelu_in_place(kernels: Isa, x: &mut [f32]) {
     x.par_chunks_mut(1 << 14).for_each(|chunk| match kernels {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `softmax_rows`.
-        Kernels::Avx2 => unsafe { super::avx2::gelu_slice(chunk) },
-        Kernels::Portable => chunk.iter_mut().for_each(|v| *v = gelu(*v)),
+        Isa::Avx2(_) => unsafe { super::avx2::gelu_slice(chunk) },
+        Isa::Portable => chunk.iter_mut().for_each(|v| *v = gelu(*v)),
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn kernels() -> Vec<Kernels> {
-        let mut k = vec![Kernels::Portable];
-        if Kernels::detect() != Kernels::Portable {
-            k.push(Kernels::detect());
-        }
-        k
-    }
 
     fn sweep() -> Vec<f32> {
         (0..40_001).map(|i| -20.0 + i as f32 * 1e-3).chain([-90.0, -87.5, 0.0, -0.0, 1e-30, 88.0]).collect()
@@ -107,7 +99,7 @@ mod tests {
 
     #[test]
     fn gelu_matches_erf_form_on_every_path() {
-        for kernels in kernels() {
+        for kernels in Isa::available() {
             let mut v = sweep();
             gelu_in_place(kernels, &mut v);
             for (x, got) in sweep().into_iter().zip(v) {
@@ -122,7 +114,7 @@ mod tests {
     fn softmax_rows_match_f64_on_every_path() {
         let cols = 37;
         let input: Vec<f32> = (0..3 * cols).map(|i| ((i * 7919) % 101) as f32 * 0.37 - 15.0).collect();
-        for kernels in kernels() {
+        for kernels in Isa::available() {
             let mut s = input.clone();
             let sums = softmax_rows(kernels, &mut s, cols);
             for (r, row) in input.chunks(cols).enumerate() {

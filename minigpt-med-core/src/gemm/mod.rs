@@ -33,8 +33,8 @@ use rayon::prelude::*;
 use math::gelu;
 pub(crate) use math::softmax_rows;
 
+use crate::cpu::{Isa, OutPtr};
 use crate::error::{Error, Result};
-pub use crate::quant::Kernels;
 
 /// Rows of C per micro-kernel tile.
 pub const MR: usize = 6;
@@ -199,23 +199,6 @@ impl PackedB {
     }
 }
 
-/// Raw pointer to an output buffer that parallel tasks share; each writes disjoint elements.
-#[derive(Clone, Copy)]
-pub(crate) struct OutPtr(pub(crate) *mut f32);
-// SAFETY: every user hands each task a disjoint set of elements of one live buffer.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer `offset` elements further.
-    ///
-    /// # Safety
-    /// The result must stay inside the buffer.
-    pub(crate) unsafe fn add(self, offset: usize) -> Self {
-        Self(self.0.add(offset))
-    }
-}
-
 /// One micro-kernel call's destination: `mr` x `nr` elements at `c` (row stride `ldc`).
 pub(super) struct Tile {
     c: *mut f32,
@@ -241,12 +224,15 @@ pub(super) struct Tile {
 /// `t.c` must be valid for reads and writes of `t.mr` rows of `t.nr` elements at stride `t.ldc`,
 /// and `t.bias` (when `t.first`) for `t.nr` reads.
 unsafe fn store_tile(acc: &[f32; MR * NR], t: &Tile) {
-    for i in 0..t.mr {
-        let row = t.c.add(i * t.ldc);
-        for j in 0..t.nr {
-            let base = if t.first { t.bias.map_or(0.0, |b| *b.add(j)) } else { *row.add(j) };
-            let v = base + acc[i * NR + j];
-            *row.add(j) = if t.gelu { gelu(v) } else { v };
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        for i in 0..t.mr {
+            let row = t.c.add(i * t.ldc);
+            for j in 0..t.nr {
+                let base = if t.first { t.bias.map_or(0.0, |b| *b.add(j)) } else { *row.add(j) };
+                let v = base + acc[i * NR + j];
+                *row.add(j) = if t.gelu { gelu(v) } else { v };
+            }
         }
     }
 }
@@ -256,14 +242,17 @@ unsafe fn store_tile(acc: &[f32; MR * NR], t: &Tile) {
 /// # Safety
 /// `b` must be valid for `p + 1` panel rows.
 unsafe fn panel_row<const HALF: bool>(b: *const u8, p: usize) -> [f32; NR] {
-    let mut row = [0f32; NR];
-    if HALF {
-        let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
-        row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
-    } else {
-        row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let mut row = [0f32; NR];
+        if HALF {
+            let halves = std::slice::from_raw_parts(b.cast::<f16>().add(p * NR), NR);
+            row.iter_mut().zip(halves).for_each(|(v, h)| *v = h.to_f32());
+        } else {
+            row.copy_from_slice(std::slice::from_raw_parts(b.cast::<f32>().add(p * NR), NR));
+        }
+        row
     }
-    row
 }
 
 /// The portable micro-kernel: `kc` steps over packed A (`[kc][MR]`) and B (`[kc][NR]` of f32,
@@ -272,17 +261,20 @@ unsafe fn panel_row<const HALF: bool>(b: *const u8, p: usize) -> [f32; NR] {
 /// # Safety
 /// `a` and `b` must be valid for `kc * MR` and `kc * NR` reads; `t` as for [`store_tile`].
 unsafe fn kernel_portable<const HALF: bool>(kc: usize, a: *const f32, b: *const u8, t: &Tile) {
-    let mut acc = [0f32; MR * NR];
-    for p in 0..kc {
-        let a = std::slice::from_raw_parts(a.add(p * MR), MR);
-        let row = panel_row::<HALF>(b, p);
-        for (i, &ai) in a.iter().enumerate() {
-            for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(&row) {
-                *c += ai * bj;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let mut acc = [0f32; MR * NR];
+        for p in 0..kc {
+            let a = std::slice::from_raw_parts(a.add(p * MR), MR);
+            let row = panel_row::<HALF>(b, p);
+            for (i, &ai) in a.iter().enumerate() {
+                for (c, &bj) in acc[i * NR..][..NR].iter_mut().zip(&row) {
+                    *c += ai * bj;
+                }
             }
         }
+        store_tile(&acc, t)
     }
-    store_tile(&acc, t)
 }
 
 /// One activation row `x` against one panel (`[x.len()][NR]`, f32 or f16 when `HALF`): the
@@ -292,16 +284,19 @@ unsafe fn kernel_portable<const HALF: bool>(kc: usize, a: *const f32, b: *const 
 /// # Safety
 /// `b` must be valid for `x.len()` panel rows.
 unsafe fn gemv_portable<const HALF: bool>(x: &[f32], b: *const u8) -> [f32; NR] {
-    let steps = x.len() / 4 * 4;
-    let mut acc = [[0f32; NR]; 4];
-    for (p, &xp) in x.iter().enumerate() {
-        let row = panel_row::<HALF>(b, p);
-        let slot = if p < steps { p % 4 } else { 0 };
-        for (a, r) in acc[slot].iter_mut().zip(row) {
-            *a += xp * r;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let steps = x.len() / 4 * 4;
+        let mut acc = [[0f32; NR]; 4];
+        for (p, &xp) in x.iter().enumerate() {
+            let row = panel_row::<HALF>(b, p);
+            let slot = if p < steps { p % 4 } else { 0 };
+            for (a, r) in acc[slot].iter_mut().zip(row) {
+                *a += xp * r;
+            }
         }
+        std::array::from_fn(|c| (acc[0][c] + acc[1][c]) + (acc[2][c] + acc[3][c]))
     }
-    std::array::from_fn(|c| (acc[0][c] + acc[1][c]) + (acc[2][c] + acc[3][c]))
 }
 
 /// Packs rows `a[r * lda..][..kc]` for `r < live` (at most [`MR`]), times `scale`, into one
@@ -402,74 +397,77 @@ pub(crate) struct Out<'a> {
 /// # Safety
 /// `out.ptr` must be valid for writes of `a.rows` rows at stride `out.ld` over columns `cols`,
 /// and no other thread may touch those elements meanwhile.
-pub(crate) unsafe fn gemm_on_thread(kernels: Kernels, a: Lhs, b: &PackedB, cols: Range<usize>, out: Out) {
-    debug_assert_eq!(cols.start % NR, 0);
-    assert!(cols.end <= b.n && out.bias.is_none_or(|bias| bias.len() >= b.n));
-    let rows = a.rows();
-    match a {
-        Lhs::Rows { data, ld, .. } => {
-            assert!(rows == 0 || data.len() >= (rows - 1) * ld + b.k, "gemm: A too short for [{rows}, {}]", b.k)
-        }
-        Lhs::Packed { a, first, .. } => {
-            assert!(first % MR == 0 && first + rows <= a.mp && a.k == b.k, "gemm: packed A does not match")
-        }
-    }
-    if rows == 0 || cols.is_empty() {
-        return;
-    }
-    if b.k == 0 {
-        // No depth: C is the bias alone (through the epilogue).
-        let zero = [0f32; MR * NR];
-        for i in (0..rows).step_by(MR) {
-            for j in cols.clone().step_by(NR) {
-                let t = tile(&out, i, j, MR.min(rows - i), NR.min(cols.end - j), true, true);
-                store_tile(&zero, &t);
+pub(crate) unsafe fn gemm_on_thread(isa: Isa, a: Lhs, b: &PackedB, cols: Range<usize>, out: Out) {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        debug_assert_eq!(cols.start % NR, 0);
+        assert!(cols.end <= b.n && out.bias.is_none_or(|bias| bias.len() >= b.n));
+        let rows = a.rows();
+        match a {
+            Lhs::Rows { data, ld, .. } => {
+                assert!(rows == 0 || data.len() >= (rows - 1) * ld + b.k, "gemm: A too short for [{rows}, {}]", b.k)
+            }
+            Lhs::Packed { a, first, .. } => {
+                assert!(first % MR == 0 && first + rows <= a.mp && a.k == b.k, "gemm: packed A does not match")
             }
         }
-        return;
-    }
-    A_PACK.with(|pack| {
-        let pack = &mut *pack.borrow_mut();
-        for p0 in (0..b.k).step_by(KC) {
-            let kc = KC.min(b.k - p0);
-            let (first, last) = (p0 == 0, p0 + kc == b.k);
-            for i0 in (0..rows).step_by(MC) {
-                let mc = MC.min(rows - i0);
-                let block = match a {
-                    Lhs::Rows { data, ld, scale, .. } => {
-                        pack_block(&data[i0 * ld + p0..], ld, mc, kc, scale, pack);
-                        pack.as_ptr()
-                    }
-                    Lhs::Packed { a, first, .. } => a.panel(p0, kc, first + i0),
-                };
-                // Each tile of a panel prefetches `share` bytes of the next panel.
-                let panel_bytes = kc * b.row_bytes();
-                let share = panel_bytes.div_ceil(mc.div_ceil(MR));
-                let half = b.precision() == Precision::F16;
+        if rows == 0 || cols.is_empty() {
+            return;
+        }
+        if b.k == 0 {
+            // No depth: C is the bias alone (through the epilogue).
+            let zero = [0f32; MR * NR];
+            for i in (0..rows).step_by(MR) {
                 for j in cols.clone().step_by(NR) {
-                    let bp = b.panel(j / NR, p0);
-                    let next = if j + NR < cols.end { b.panel(j / NR + 1, p0) } else { std::ptr::null() };
-                    for i in (0..mc).step_by(MR) {
-                        let mut t = tile(&out, i0 + i, j, MR.min(mc - i), NR.min(cols.end - j), first, last);
-                        if !next.is_null() {
-                            let from = (i / MR * share).min(panel_bytes);
-                            t.next = next.add(from);
-                            t.next_lines = share.min(panel_bytes - from).div_ceil(64);
+                    let t = tile(&out, i, j, MR.min(rows - i), NR.min(cols.end - j), true, true);
+                    store_tile(&zero, &t);
+                }
+            }
+            return;
+        }
+        A_PACK.with(|pack| {
+            let pack = &mut *pack.borrow_mut();
+            for p0 in (0..b.k).step_by(KC) {
+                let kc = KC.min(b.k - p0);
+                let (first, last) = (p0 == 0, p0 + kc == b.k);
+                for i0 in (0..rows).step_by(MC) {
+                    let mc = MC.min(rows - i0);
+                    let block = match a {
+                        Lhs::Rows { data, ld, scale, .. } => {
+                            pack_block(&data[i0 * ld + p0..], ld, mc, kc, scale, pack);
+                            pack.as_ptr()
                         }
-                        let ap = block.add(i * kc);
-                        match (kernels, half) {
-                            #[cfg(target_arch = "x86_64")]
-                            (Kernels::Avx2, false) => avx2::kernel(kc, ap, bp, &t),
-                            #[cfg(target_arch = "x86_64")]
-                            (Kernels::Avx2, true) => avx2::kernel_f16(kc, ap, bp, &t),
-                            (Kernels::Portable, false) => kernel_portable::<false>(kc, ap, bp, &t),
-                            (Kernels::Portable, true) => kernel_portable::<true>(kc, ap, bp, &t),
+                        Lhs::Packed { a, first, .. } => a.panel(p0, kc, first + i0),
+                    };
+                    // Each tile of a panel prefetches `share` bytes of the next panel.
+                    let panel_bytes = kc * b.row_bytes();
+                    let share = panel_bytes.div_ceil(mc.div_ceil(MR));
+                    let half = b.precision() == Precision::F16;
+                    for j in cols.clone().step_by(NR) {
+                        let bp = b.panel(j / NR, p0);
+                        let next = if j + NR < cols.end { b.panel(j / NR + 1, p0) } else { std::ptr::null() };
+                        for i in (0..mc).step_by(MR) {
+                            let mut t = tile(&out, i0 + i, j, MR.min(mc - i), NR.min(cols.end - j), first, last);
+                            if !next.is_null() {
+                                let from = (i / MR * share).min(panel_bytes);
+                                t.next = next.add(from);
+                                t.next_lines = share.min(panel_bytes - from).div_ceil(64);
+                            }
+                            let ap = block.add(i * kc);
+                            match (isa, half) {
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2(_), false) => avx2::kernel(kc, ap, bp, &t),
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2(_), true) => avx2::kernel_f16(kc, ap, bp, &t),
+                                (Isa::Portable, false) => kernel_portable::<false>(kc, ap, bp, &t),
+                                (Isa::Portable, true) => kernel_portable::<true>(kc, ap, bp, &t),
+                            }
                         }
                     }
                 }
             }
-        }
-    })
+        })
+    }
 }
 
 /// The tile of `out` at row `i`, column `j`.
@@ -491,12 +489,13 @@ fn tile(out: &Out, i: usize, j: usize, mr: usize, nr: usize, first: bool, last: 
 /// `epilogue(x W^T + bias)` for `x: [m, k]` row-major, a packed weight `W: [n, k]` and
 /// `bias: [n]`, on rayon's pool: returns `[m, n]`.
 pub fn linear(x: &[f32], m: usize, w: &PackedB, bias: Option<&[f32]>, epilogue: Epilogue) -> Result<Vec<f32>> {
-    linear_with(Kernels::detect(), x, m, w, bias, epilogue)
+    linear_with(Isa::detect(), x, m, w, bias, epilogue)
 }
 
-/// [`linear`] on the given kernels; `kernels` must be [`Kernels::detect`]'s or `Portable`.
+/// [`linear`] on the given instruction set (one of [`Isa::available`]).
+#[doc(hidden)]
 pub fn linear_with(
-    kernels: Kernels,
+    isa: Isa,
     x: &[f32],
     m: usize,
     w: &PackedB,
@@ -510,10 +509,6 @@ pub fn linear_with(
     if let Some(b) = bias.filter(|b| b.len() != n) {
         return Err(Error::InvalidOption(format!("a bias of {} values for {n} outputs", b.len())));
     }
-    #[cfg(target_arch = "x86_64")]
-    if kernels == Kernels::Avx2 && !avx2::available() {
-        return Err(Error::InvalidOption("this CPU lacks AVX2, FMA or F16C".into()));
-    }
     let mut y = vec![0f32; m * n];
     let ptr = OutPtr(y.as_mut_ptr());
     if m < GEMV_ROWS {
@@ -525,11 +520,11 @@ pub fn linear_with(
                 let panel = w.panel(p, 0);
                 // SAFETY: the panel holds `k` rows; the kernel set runs on this CPU (checked).
                 let sums = unsafe {
-                    match (kernels, half) {
+                    match (isa, half) {
                         #[cfg(target_arch = "x86_64")]
-                        (Kernels::Avx2, _) => avx2::gemv_panel(xi, panel, half),
-                        (Kernels::Portable, false) => gemv_portable::<false>(xi, panel),
-                        (Kernels::Portable, true) => gemv_portable::<true>(xi, panel),
+                        (Isa::Avx2(_), _) => avx2::gemv_panel(xi, panel, half),
+                        (Isa::Portable, false) => gemv_portable::<false>(xi, panel),
+                        (Isa::Portable, true) => gemv_portable::<true>(xi, panel),
                     }
                 };
                 for (c, &sum) in sums[..nr].iter().enumerate() {
@@ -552,7 +547,7 @@ pub fn linear_with(
         // SAFETY: `ptr + i * n` starts row `i` of `y`; task (i, j) writes rows `i..i + MC` and
         // columns `j..j + chunk` only, which no other task writes.
         let out = Out { ptr: unsafe { ptr.add(i * n) }, ld: n, bias, epilogue };
-        unsafe { gemm_on_thread(kernels, a, w, j..(j + chunk).min(n), out) };
+        unsafe { gemm_on_thread(isa, a, w, j..(j + chunk).min(n), out) };
     });
     Ok(y)
 }
@@ -572,20 +567,12 @@ mod tests {
             .collect()
     }
 
-    fn kernels() -> Vec<Kernels> {
-        let mut k = vec![Kernels::Portable];
-        if Kernels::detect() != Kernels::Portable {
-            k.push(Kernels::detect());
-        }
-        k
-    }
-
     /// Every shape class (edge rows and columns, several k blocks and row blocks, more than one
     /// column chunk), f32 and f16 weights, against an f64 product of the weights as held, within
     /// f32's summation bound `k * eps * sum |x w|` per element.
     #[test]
     fn linear_matches_f64_product() {
-        for kernels in kernels() {
+        for kernels in Isa::available() {
             for precision in [Precision::F32, Precision::F16] {
                 for &(m, n, k) in &[
                     (1, 1, 1),
@@ -652,9 +639,10 @@ mod tests {
         let (Panels::F32(kn_rows), Panels::F32(nk_rows)) = (&kn.panels, &nk.panels) else { panic!("f32 panels") };
         assert!(kn_rows.iter().zip(nk_rows).all(|(a, b)| a.0 == b.0));
         let a = values(m * ld, 5);
-        for kernels in kernels() {
+        for kernels in Isa::available() {
             let mut c = vec![f32::NAN; m * ld];
             let out = Out { ptr: OutPtr(c.as_mut_ptr()), ld, bias: None, epilogue: Epilogue::Identity };
+            // SAFETY: `c` holds `m` rows at stride `ld >= n`, and this thread is the only one.
             unsafe { gemm_on_thread(kernels, Lhs::Rows { data: &a, ld, rows: m, scale: 0.5 }, &kn, 0..n, out) };
             for i in 0..m {
                 for j in 0..ld {

@@ -329,7 +329,7 @@ fn decode_object(
             info.rescale_intercept = intercept;
             let center = frame_f64(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_CENTER, frame);
             let width = frame_f64(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH, frame);
-            info.file_window = center.zip(width).filter(|(_, w)| *w > 0.0).map(|(c, w)| Window::new(c, w));
+            info.file_window = center.zip(width).and_then(|(c, w)| Window::new(c, w).ok());
             let values = stored_values(&data, &h, native, h.signed).map(|v| (v as f64 * slope + intercept) as f32).collect();
             Pixels::GrayF32(values)
         }

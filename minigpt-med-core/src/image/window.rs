@@ -5,18 +5,39 @@ use crate::error::{Error, Result};
 /// A linear intensity window: DICOM PS3.3 C.11.2.1.2 ("LINEAR") semantics, applied to the
 /// image's real values (modality values, e.g. Hounsfield units, for DICOM; stored values for a
 /// 16-bit PNG or TIFF).
+/// Built only through [`Window::new`] (or the presets and min-max windows), so every window
+/// has a finite centre and a finite width above 0.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Window {
-    /// Window centre.
-    pub center: f64,
-    /// Window width (>= 1; smaller widths are treated as 1, as the standard requires).
-    pub width: f64,
+    center: f64,
+    width: f64,
 }
 
 impl Window {
-    /// A window of the given centre and width.
-    pub const fn new(center: f64, width: f64) -> Self {
+    /// A window of the given centre and width: both finite, the width above 0 (widths below 1
+    /// are applied as 1, as the standard requires).
+    pub fn new(center: f64, width: f64) -> Result<Self> {
+        if !(center.is_finite() && width.is_finite() && width > 0.0) {
+            return Err(Error::InvalidOption(format!(
+                "window center {center}, width {width}: need finite values and a width > 0"
+            )));
+        }
+        Ok(Self { center, width })
+    }
+
+    /// A window known to be valid (the presets' constants).
+    const fn known(center: f64, width: f64) -> Self {
         Self { center, width }
+    }
+
+    /// The window's centre.
+    pub fn center(&self) -> f64 {
+        self.center
+    }
+
+    /// The window's width.
+    pub fn width(&self) -> f64 {
+        self.width
     }
 
     /// Maps `v` to 0..=255 with the DICOM linear VOI function (output rounded half up).
@@ -57,10 +78,7 @@ impl std::str::FromStr for Window {
         let (c, w) = s.split_once([',', '/', ':']).ok_or_else(bad)?;
         let center: f64 = c.trim().parse().map_err(|_| bad())?;
         let width: f64 = w.trim().parse().map_err(|_| bad())?;
-        if !center.is_finite() || !width.is_finite() || width <= 0.0 {
-            return Err(Error::InvalidOption(format!("window {s:?}: the width must be > 0 and both numbers finite")));
-        }
-        Ok(Self { center, width })
+        Self::new(center, width)
     }
 }
 
@@ -92,11 +110,11 @@ impl WindowPreset {
     /// The preset's window (centre, width in HU).
     pub const fn window(self) -> Window {
         match self {
-            Self::Lung => Window::new(-600.0, 1500.0),
-            Self::Mediastinum => Window::new(50.0, 350.0),
-            Self::Bone => Window::new(400.0, 1800.0),
-            Self::Brain => Window::new(40.0, 80.0),
-            Self::Abdomen => Window::new(40.0, 400.0),
+            Self::Lung => Window::known(-600.0, 1500.0),
+            Self::Mediastinum => Window::known(50.0, 350.0),
+            Self::Bone => Window::known(400.0, 1800.0),
+            Self::Brain => Window::known(40.0, 80.0),
+            Self::Abdomen => Window::known(40.0, 400.0),
         }
     }
 
@@ -143,7 +161,7 @@ mod tests {
 
     #[test]
     fn linear_function_matches_the_standard() {
-        let w = Window::new(40.0, 80.0);
+        let w = Window::new(40.0, 80.0).unwrap();
         assert_eq!(w.apply(-1.0), 0);
         assert_eq!(w.apply(0.0), 0);
         assert_eq!(w.apply(79.0), 255);
@@ -156,16 +174,19 @@ mod tests {
 
     #[test]
     fn parses_windows_and_presets() {
-        assert_eq!("-600,1500".parse::<Window>().unwrap(), Window::new(-600.0, 1500.0));
-        assert_eq!(" 40 / 80 ".parse::<Window>().unwrap(), Window::new(40.0, 80.0));
+        assert_eq!("-600,1500".parse::<Window>().unwrap(), Window::new(-600.0, 1500.0).unwrap());
+        assert_eq!(" 40 / 80 ".parse::<Window>().unwrap(), Window::new(40.0, 80.0).unwrap());
         assert!("40".parse::<Window>().is_err());
         assert!("40,0".parse::<Window>().is_err());
         assert!("nan,3".parse::<Window>().is_err());
+        assert!(Window::new(0.0, 0.0).is_err());
+        assert!(Window::new(f64::INFINITY, 10.0).is_err());
+        assert!(Window::new(5.0, -1.0).is_err());
         for p in WindowPreset::ALL {
             assert_eq!(p.name().parse::<WindowPreset>().unwrap(), p);
             assert_eq!(p.to_string().to_uppercase().parse::<WindowPreset>().unwrap(), p);
         }
-        assert_eq!("LUNG".parse::<WindowPreset>().unwrap().window(), Window::new(-600.0, 1500.0));
+        assert_eq!("LUNG".parse::<WindowPreset>().unwrap().window(), Window::new(-600.0, 1500.0).unwrap());
         assert!("liver".parse::<WindowPreset>().is_err());
     }
 }

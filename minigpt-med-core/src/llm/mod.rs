@@ -49,7 +49,7 @@ impl Llama {
         lora: &LoraDeltas,
         dtype: WeightDType,
         device: &Device,
-        mut progress: impl FnMut(),
+        mut progress: impl FnMut() -> Result<()>,
     ) -> Result<Self> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let hd = cfg.head_dim();
@@ -75,7 +75,7 @@ impl Llama {
         };
         let float = dtype.float();
         let embed = src.get("model.embed_tokens.weight", &[v, h], float, device, LLAMA_HINT)?;
-        progress();
+        progress()?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for l in 0..cfg.num_hidden_layers {
             let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
@@ -112,7 +112,7 @@ impl Llama {
                 up: next()?,
                 down: next()?,
             });
-            progress();
+            progress()?;
         }
         let norm = get("model.norm.weight", &[h])?;
         let head_name = if cfg.tie_word_embeddings && !src.shapes().contains_key("lm_head.weight") {
@@ -122,7 +122,7 @@ impl Llama {
         };
         let lm_head = Linear::new(stored(head_name, &[v, h])?, None, dtype)?;
         let (cos, sin) = rope_tables(cfg, device)?;
-        progress();
+        progress()?;
         Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
     }
 
@@ -259,15 +259,4 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
         .reshape((cfg.max_position_embeddings, 1))?;
     let freqs = t.broadcast_mul(&inv_freq)?;
     Ok((freqs.cos()?, freqs.sin()?))
-}
-
-/// Index of the largest logit, the lowest id on ties (as torch's argmax).
-pub(crate) fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
 }

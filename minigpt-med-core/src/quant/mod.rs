@@ -30,8 +30,8 @@ use candle_core::quantized::k_quants::{BlockQ4K, GgmlType, QK_K};
 use half::f16;
 use rayon::prelude::*;
 
+use crate::cpu::{Isa, OutPtr};
 use crate::error::{Error, Result};
-use crate::gemm::OutPtr;
 
 /// llama.cpp's Q4_K super-block, as candle 0.11.1's `BlockQ4K` lays it out (`#[repr(C)]`, the
 /// same field order; its fields are private to candle). `qs` holds sub-blocks `2p` and `2p + 1`
@@ -131,27 +131,6 @@ pub struct QuantMatrix {
 impl std::fmt::Debug for QuantMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "QuantMatrix({:?}, [{}, {}])", self.format(), self.rows, self.cols)
-    }
-}
-
-/// Which kernels run: AVX2+FMA+F16C where the CPU has them, plain Rust elsewhere.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kernels {
-    /// AVX2 + FMA + F16C (x86-64 since Haswell / Zen 1).
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// Plain Rust (the reference the SIMD kernels are tested against).
-    Portable,
-}
-
-impl Kernels {
-    /// The fastest kernels this CPU runs.
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if avx2::available() {
-            return Self::Avx2;
-        }
-        Self::Portable
     }
 }
 
@@ -343,18 +322,14 @@ impl QuantMatrix {
 
     /// `y = x W^T` for `x: [m, cols]` row-major f32; returns `[m, rows]`.
     pub fn matmul(&self, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        self.matmul_with(Kernels::detect(), x, m)
+        self.matmul_with(Isa::detect(), x, m)
     }
 
-    /// [`Self::matmul`] on the given kernels; `kernels` must be [`Kernels::detect`]'s or
-    /// `Portable`.
-    pub fn matmul_with(&self, kernels: Kernels, x: &[f32], m: usize) -> Result<Vec<f32>> {
+    /// [`Self::matmul`] on the given instruction set (one of [`Isa::available`]).
+    #[doc(hidden)]
+    pub fn matmul_with(&self, kernels: Isa, x: &[f32], m: usize) -> Result<Vec<f32>> {
         if x.len() != m * self.cols {
             return Err(Error::InvalidOption(format!("{} input values for [{m}, {}]", x.len(), self.cols)));
-        }
-        #[cfg(target_arch = "x86_64")]
-        if kernels == Kernels::Avx2 && !avx2::available() {
-            return Err(Error::InvalidOption("this CPU lacks AVX2, FMA or F16C".into()));
         }
         let rows = self.rows;
         let mut out = vec![0f32; m * rows];
@@ -372,8 +347,7 @@ impl QuantMatrix {
             (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
         };
         // Prefill: two activation rows per call where a two-row kernel exists (Q4_0, Q4_K).
-        let step = if cfg!(target_arch = "x86_64") && kernels != Kernels::Portable && self.format() != QuantFormat::Q8_0
-        {
+        let step = if cfg!(target_arch = "x86_64") && kernels != Isa::Portable && self.format() != QuantFormat::Q8_0 {
             2
         } else {
             1
@@ -395,21 +369,21 @@ impl QuantMatrix {
     }
 
     /// The four outputs of quad `q` for the first `n` (1 or 2) of the activation rows `y`.
-    fn quad_dots(&self, kernels: Kernels, q: usize, y: [ActRow; 2], n: usize) -> [[f32; 4]; 2] {
+    fn quad_dots(&self, kernels: Isa, q: usize, y: [ActRow; 2], n: usize) -> [[f32; 4]; 2] {
         match (kernels, self.quad(q)) {
-            // SAFETY: `Avx2` is only used when the CPU has AVX2, FMA and F16C (checked in
-            // `matmul_with`); quads and activation rows have the lengths the kernels need.
+            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C; quads and
+            // activation rows have the lengths the kernels need.
             #[cfg(target_arch = "x86_64")]
-            (Kernels::Avx2, Quad::Q4_0(w, d)) if n == 2 => unsafe { avx2::q4_0_dots(w, d, y) },
+            (Isa::Avx2(_), Quad::Q4_0(w, d)) if n == 2 => unsafe { avx2::q4_0_dots(w, d, y) },
             #[cfg(target_arch = "x86_64")]
-            (Kernels::Avx2, Quad::Q4K(w)) if n == 2 => unsafe { avx2::q4k_dots(w, y) },
+            (Isa::Avx2(_), Quad::Q4K(w)) if n == 2 => unsafe { avx2::q4k_dots(w, y) },
             #[cfg(target_arch = "x86_64")]
-            (Kernels::Avx2, Quad::Q4_0(w, d)) => unsafe { [avx2::q4_0_dots(w, d, [y[0]])[0], [0.0; 4]] },
+            (Isa::Avx2(_), Quad::Q4_0(w, d)) => unsafe { [avx2::q4_0_dots(w, d, [y[0]])[0], [0.0; 4]] },
             #[cfg(target_arch = "x86_64")]
-            (Kernels::Avx2, Quad::Q4K(w)) => unsafe { [avx2::q4k_dots(w, [y[0]])[0], [0.0; 4]] },
+            (Isa::Avx2(_), Quad::Q4K(w)) => unsafe { [avx2::q4k_dots(w, [y[0]])[0], [0.0; 4]] },
             #[cfg(target_arch = "x86_64")]
-            (Kernels::Avx2, Quad::Q8_0(w, d)) => unsafe { [avx2::q8_0_dot4(w, d, y[0]), [0.0; 4]] },
-            (Kernels::Portable, quad) => std::array::from_fn(|k| match quad {
+            (Isa::Avx2(_), Quad::Q8_0(w, d)) => unsafe { [avx2::q8_0_dot4(w, d, y[0]), [0.0; 4]] },
+            (Isa::Portable, quad) => std::array::from_fn(|k| match quad {
                 _ if k >= n => [0.0; 4],
                 Quad::Q8_0(w, d) => portable::q8_0_dot4(w, d, y[k], 0),
                 Quad::Q4_0(w, d) => portable::q4_0_dot4(w, d, y[k], 0),
@@ -484,6 +458,7 @@ pub(super) fn q4k_nibble(blk: &Q4KRaw, sub: usize, j: usize) -> u8 {
 /// The elements written must be inside the output buffer and written by no other worker.
 unsafe fn store(ptr: OutPtr, at: usize, vals: &[f32; 4], n: usize) {
     for (j, &v) in vals.iter().take(n.min(4)).enumerate() {
+        // SAFETY: inside the buffer and this worker's alone, per the contract.
         unsafe { *ptr.0.add(at + j) = v };
     }
 }
@@ -627,9 +602,9 @@ mod tests {
     /// step (`amax / 254` of the activation's block) times `|w|`, summed over the row.
     #[test]
     fn kernels_agree_with_dequantized_product() {
-        let mut kernels = vec![Kernels::Portable];
-        if Kernels::detect() != Kernels::Portable {
-            kernels.push(Kernels::detect());
+        let mut kernels = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            kernels.push(Isa::detect());
         }
         // Odd shapes on purpose: rows not a multiple of 4 or of a chunk; columns padded, or
         // not a multiple of 256 (the kernels' tail).

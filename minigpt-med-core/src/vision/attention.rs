@@ -11,8 +11,8 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use crate::gemm::{self, Epilogue, Lhs, Out, OutPtr, PackedB, Precision};
-use crate::quant::Kernels;
+use crate::cpu::{Isa, OutPtr};
+use crate::gemm::{self, Epilogue, Lhs, Out, PackedB, Precision};
 
 /// Query rows per task: their scores (`ROWS x tokens`) stay in L2.
 const ROWS: usize = 48;
@@ -24,14 +24,7 @@ thread_local! {
 
 /// `qkv: [n, 3 * heads * head_dim]` (q, then k, then v; heads contiguous within each) ->
 /// `[n, heads * head_dim]`, heads side by side, as `softmax(q k^T * scale) v` per head.
-pub(crate) fn attention(
-    kernels: Kernels,
-    qkv: &[f32],
-    n: usize,
-    heads: usize,
-    head_dim: usize,
-    scale: f32,
-) -> Vec<f32> {
+pub(crate) fn attention(kernels: Isa, qkv: &[f32], n: usize, heads: usize, head_dim: usize, scale: f32) -> Vec<f32> {
     let d = heads * head_dim;
     let ld = 3 * d;
     assert_eq!(qkv.len(), n * ld, "attention: qkv is not [{n}, {ld}]");
@@ -93,9 +86,9 @@ mod tests {
         let d = heads * hd;
         let qkv: Vec<f32> = (0..n * 3 * d).map(|i| (((i * 2654435761) % 1000) as f32 / 500.0 - 1.0) * 1.5).collect();
         let scale = (hd as f32).powf(-0.5);
-        let mut kernels = vec![Kernels::Portable];
-        if Kernels::detect() != Kernels::Portable {
-            kernels.push(Kernels::detect());
+        let mut kernels = vec![Isa::Portable];
+        if Isa::detect() != Isa::Portable {
+            kernels.push(Isa::detect());
         }
         for k in kernels {
             let got = attention(k, &qkv, n, heads, hd, scale);

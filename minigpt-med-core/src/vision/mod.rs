@@ -2,17 +2,19 @@
 //! turns its patch tokens into LLaMA input embeddings.
 
 mod attention;
+mod connector;
 mod pos_embed;
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Device, Tensor};
 
+pub(crate) use connector::Connector;
 pub use pos_embed::interpolate_pos_embed;
 
-use crate::config::{ConnectorConfig, VisionConfig};
+use crate::config::VisionConfig;
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
 use crate::gemm::Epilogue;
 use crate::nn::{with_f32_slice, LayerNorm, Linear, WeightDType};
-use crate::quant::Kernels;
 use crate::weights::TensorSource;
 
 struct Block {
@@ -73,7 +75,7 @@ impl EvaVit {
         cfg: &VisionConfig,
         dtype: WeightDType,
         device: &Device,
-        mut progress: impl FnMut(),
+        mut progress: impl FnMut() -> Result<()>,
     ) -> Result<Self> {
         Self::validate(src, cfg)?;
         let prefix = key_prefix(src);
@@ -103,7 +105,7 @@ impl EvaVit {
         let g = cfg.grid();
         let pos = interpolate_pos_embed(&pos_raw, d, g_in, g);
         let pos = Tensor::from_vec(pos, (1 + g * g, d), device)?;
-        progress();
+        progress()?;
 
         let mlp = cfg.mlp_hidden;
         let mut blocks = Vec::with_capacity(cfg.depth);
@@ -134,7 +136,7 @@ impl EvaVit {
                 fc1: Linear::new(b("mlp.fc1.weight", &[mlp, d])?, Some(b("mlp.fc1.bias", &[mlp])?), dtype)?,
                 fc2: Linear::new(b("mlp.fc2.weight", &[d, mlp])?, Some(b("mlp.fc2.bias", &[d])?), dtype)?,
             });
-            progress();
+            progress()?;
         }
         Ok(Self { cfg: cfg.clone(), patch, cls, pos, blocks })
     }
@@ -162,7 +164,7 @@ impl EvaVit {
             let qkv = blk.qkv.forward(&h)?;
             let o = if matches!(qkv.device(), Device::Cpu) {
                 let o = with_f32_slice(&qkv, |qkv| {
-                    Ok(attention::attention(Kernels::detect(), qkv, n, heads, hd, scale as f32))
+                    Ok(attention::attention(Isa::detect(), qkv, n, heads, hd, scale as f32))
                 })?;
                 Tensor::from_vec(o, (n, d), qkv.device())?
             } else {
@@ -179,32 +181,6 @@ impl EvaVit {
             x = (x + h)?;
         }
         Ok(x)
-    }
-}
-
-/// `ln_vision` + cls drop + grouping + `llama_proj`: ViT tokens to LLaMA input embeddings.
-pub(crate) struct Connector {
-    ln_vision: LayerNorm,
-    group: usize,
-    proj: Linear,
-}
-
-impl Connector {
-    pub(crate) fn new(ln_vision: LayerNorm, cfg: &ConnectorConfig, proj: Linear) -> Self {
-        Self { ln_vision, group: cfg.tokens_per_group, proj }
-    }
-
-    /// `ln_vision(vit_tokens)` `[1 + n, width]` (the features the reference calls `vit_features`).
-    pub(crate) fn normalize(&self, vit_tokens: &Tensor) -> Result<Tensor> {
-        self.ln_vision.forward(vit_tokens)
-    }
-
-    /// Normalised features `[1 + n, width]` -> image embeddings `[n / group, hidden]`.
-    pub(crate) fn project(&self, features: &Tensor) -> Result<Tensor> {
-        let (n1, d) = features.dims2()?;
-        let n = n1 - 1;
-        let grouped = features.narrow(D::Minus2, 1, n)?.contiguous()?.reshape((n / self.group, self.group * d))?;
-        self.proj.forward(&grouped)
     }
 }
 
