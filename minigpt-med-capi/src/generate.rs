@@ -6,18 +6,35 @@ use std::sync::Arc;
 use crate::answer::Answer;
 use crate::image::Image;
 use crate::model::Model;
-use crate::params::{self, ChatHistoryValue, GenerateParams, Region, TaskValue};
+use crate::params::{self, ChatHistoryValue, GenerateParams, PresetValue, Region, TaskValue};
 use crate::ptr;
 use crate::status::{guard, Failure, Status};
 
 /// The default generation parameters: greedy, 300 new tokens, no penalty, no stop strings, no
-/// context cap, no streaming (the paper's evaluation settings). The sampling fields hold the
-/// original demo's values (temperature 0.6, top-p 0.9, top-k 50) for callers who switch
-/// `sampling` to `MGM_SAMPLING_SAMPLE`.
+/// context cap, no streaming (the paper's evaluation settings, `MGM_PRESET_EVAL`). The sampling
+/// fields hold temperature 1, top-p 1, top-k 0 (no limit) and seed 0: switching `sampling` to
+/// `MGM_SAMPLING_SAMPLE` and setting `temperature` alone samples as the CLI's `--temperature`
+/// and Python's `temperature=` do. A temperature of 0 with `MGM_SAMPLING_SAMPLE` is greedy.
 #[no_mangle]
 pub extern "C" fn mgm_generate_params_default() -> GenerateParams {
     // Plain values only: nothing here can panic, so no guard is needed.
     params::generate_params_default()
+}
+
+/// The generation parameters of a named preset (an `mgm_Preset`), as the CLI's `--preset` and
+/// Python's `preset=`: `MGM_PRESET_EVAL` (greedy, 300 new tokens) or `MGM_PRESET_DEMO` (the
+/// original demo's sampling). Adjust the fields afterwards as with the defaults.
+///
+/// # Safety
+/// `out_params` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_generate_params_preset(preset: PresetValue, out_params: *mut GenerateParams) -> Status {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { ptr::arg_mut(out_params, "out_params") }?;
+        *out = params::generate_params_preset(params::preset(preset)?);
+        Ok(())
+    })
 }
 
 /// The engine task for the C arguments (the engine checks that the task has what it needs).
@@ -25,16 +42,12 @@ pub extern "C" fn mgm_generate_params_default() -> GenerateParams {
 /// # Safety
 /// `text` is NULL or NUL-terminated; `region` is NULL or a readable `mgm_Region`.
 unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> Result<engine::Task, Failure> {
-    let name = params::task_name(task)?;
+    let kind = params::task_kind(task)?;
     // SAFETY: per this function's contract.
     let text = unsafe { ptr::opt_string(text, "text") }?;
     // SAFETY: per this function's contract.
     let region = unsafe { region.as_ref() }.map(|r| r.to_engine()).transpose()?;
-    if region.is_some() && name != "identify" {
-        // The engine would ignore it silently; a region given to another task is a mistake.
-        return Err(Failure::invalid(format!("a region is only used by MGM_TASK_IDENTIFY, not by task {name}")));
-    }
-    Ok(engine::Task::from_name(name, text, region)?)
+    Ok(engine::Task::new(kind, text, region)?)
 }
 
 /// The engine options and the streaming callback from optional C params.
@@ -97,6 +110,7 @@ pub unsafe extern "C" fn mgm_generate(
         let model = unsafe { ptr::arg(model, "model") }?;
         let image = unsafe { ptr::arg(image, "image") }?;
         let task = unsafe { self::task(task, text, region) }?;
+        // SAFETY: as above.
         let (opts, p) = unsafe { options(params) }?;
         let answer = with_stream(&p, |on_text| model.inner.generate_stream(&image.inner, &task, &opts, on_text))?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
@@ -110,9 +124,6 @@ pub unsafe extern "C" fn mgm_generate(
 /// reference to its model, which may be freed first.
 pub struct Chat {
     inner: engine::Chat,
-    /// The image size, to place pixel regions of `MGM_TASK_IDENTIFY` follow-ups.
-    width: usize,
-    height: usize,
 }
 
 /// Starts a chat about `image` (encoded now; the image may be freed afterwards). `history` is
@@ -137,14 +148,14 @@ pub unsafe extern "C" fn mgm_chat_new(
         // and its handle may outlive the model's.
         let embeddings = model.inner.encode_image(&image.inner)?;
         let chat = engine::Chat::new(Arc::clone(&model.inner), embeddings).with_history(history);
-        let (width, height) = (image.inner.width(), image.inner.height());
-        *out = Box::into_raw(Box::new(Chat { inner: chat, width, height }));
+        *out = Box::into_raw(Box::new(Chat { inner: chat }));
         Ok(())
     })
 }
 
-/// Asks the next question of a chat; arguments as `mgm_generate`. On failure the chat is
-/// unchanged and may be asked again.
+/// Asks the next question of a chat; arguments as `mgm_generate`. On failure, and when the
+/// streaming callback cancels the answer, the chat is as it was before the question and may be
+/// asked again.
 ///
 /// # Safety
 /// `chat` is NULL or a live chat no other thread is using; the other pointers as
@@ -164,8 +175,7 @@ pub unsafe extern "C" fn mgm_chat_ask(
         let chat = unsafe { ptr::arg_mut(chat, "chat") }?;
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
-        let instruction = task.instruction(chat.width, chat.height)?;
-        let answer = with_stream(&p, |on_text| chat.inner.ask_stream(&instruction, &opts, on_text))?;
+        let answer = with_stream(&p, |on_text| chat.inner.ask_task_stream(&task, &opts, on_text))?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })

@@ -156,12 +156,8 @@ pub unsafe extern "C" fn mgm_image_set_window(image: *mut Image, center: f64, wi
     guard(|| {
         // SAFETY: per this function's contract.
         let image = unsafe { ptr::arg_mut(image, "image") }?;
-        if !(center.is_finite() && width.is_finite() && width > 0.0) {
-            return Err(Failure::invalid(format!(
-                "window center {center} / width {width}: need finite values, width > 0"
-            )));
-        }
-        update(image, |i| i.with_window(engine::Window { center, width }));
+        let window = engine::Window::new(center, width)?;
+        update(image, |i| i.with_window(window));
         Ok(())
     })
 }

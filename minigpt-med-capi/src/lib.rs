@@ -31,7 +31,7 @@ pub use answer::{
 };
 pub use generate::{
     mgm_chat_ask, mgm_chat_context_len, mgm_chat_free, mgm_chat_new, mgm_chat_turns, mgm_generate,
-    mgm_generate_params_default, Chat,
+    mgm_generate_params_default, mgm_generate_params_preset, Chat,
 };
 pub use image::{
     mgm_image_free, mgm_image_from_bytes, mgm_image_from_pixels, mgm_image_open, mgm_image_set_color_mode,
@@ -40,8 +40,8 @@ pub use image::{
 pub use model::{mgm_model_free, mgm_model_load, mgm_model_load_dir, mgm_model_params_default, Model};
 pub use params::{
     ChatHistory, ChatHistoryValue, ColorMode, ColorModeValue, Device, DeviceValue, Dtype, DtypeValue, GenerateParams,
-    ModelParams, PixelFormat, PixelFormatValue, ProgressCallback, Region, RegionKind, RegionKindValue, Sampling,
-    SamplingValue, StreamCallback, Task, TaskValue,
+    ModelParams, PixelFormat, PixelFormatValue, Preset, PresetValue, ProgressCallback, Region, RegionKind,
+    RegionKindValue, Sampling, SamplingValue, StreamCallback, Task, TaskValue,
 };
 pub use status::Status;
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::params::{self, ModelParams, ProgressCallback};
 use crate::ptr;
-use crate::status::{guard, Failure, LoadCancelled, Status};
+use crate::status::{guard, Failure, Status};
 
 /// A loaded model (opaque). Created by `mgm_model_load` / `mgm_model_load_dir`, freed by
 /// `mgm_model_free`. Immutable: any number of threads may generate with one model at the same
@@ -31,13 +31,9 @@ fn progress_hook(callback: ProgressCallback, user_data: *mut c_void) -> Option<e
     let user_data = user_data as usize;
     Some(Arc::new(move |p: engine::LoadProgress| {
         let fraction = if p.total == 0 { 1.0 } else { (p.done as f32 / p.total as f32).min(1.0) };
-        // SAFETY: the caller's callback, called with the caller's own user data.
-        let go_on = unsafe { callback(fraction, user_data as *mut c_void) };
-        if !go_on {
-            // The engine's hook cannot return a value: unwind out of the load without running
-            // the panic hook (no message is printed); `guard` reports MGM_STATUS_CANCELLED.
-            std::panic::resume_unwind(Box::new(LoadCancelled));
-        }
+        // SAFETY: the caller's callback, called with the caller's own user data. Its `false`
+        // makes the engine stop the load with `Error::Cancelled` (MGM_STATUS_CANCELLED).
+        unsafe { callback(fraction, user_data as *mut c_void) }
     }))
 }
 

@@ -68,6 +68,17 @@ pub enum Task {
     Custom = 6,
 }
 
+/// Named starting points for `mgm_GenerateParams` (see `mgm_generate_params_preset`).
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Preset {
+    /// The paper's evaluation: greedy, 300 new tokens (what `mgm_generate_params_default` gives).
+    Eval = 0,
+    /// The original demo's sampling: temperature 0.6, top-p 0.9, top-k 50, repetition penalty
+    /// 1.05, 500 new tokens, context capped at 2000, seed 0.
+    Demo = 1,
+}
+
 /// The unit of an `mgm_Region`'s corners.
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,6 +138,8 @@ pub type PixelFormatValue = u32;
 pub type ColorModeValue = u32;
 /// An `mgm_ChatHistory` as received from C (checked before use).
 pub type ChatHistoryValue = u32;
+/// An `mgm_Preset` as received from C (checked before use).
+pub type PresetValue = u32;
 
 /// Maps a raw enum value to one of `table`'s entries, or an error naming the argument.
 fn lookup<T: Copy>(raw: u32, table: &[(u32, T)], what: &str) -> Result<T, Failure> {
@@ -162,13 +175,23 @@ fn dtype_value(d: engine::WeightDType) -> DtypeValue {
     }) as u32
 }
 
-/// The engine's task name for a raw `mgm_Task` (the engine validates the text and region).
-pub(crate) fn task_name(raw: TaskValue) -> Result<&'static str, Failure> {
-    lookup(
-        raw,
-        &[(0, "report"), (1, "vqa"), (2, "detection"), (3, "refer"), (4, "grounding"), (5, "identify"), (6, "custom")],
-        "task",
-    )
+/// The engine's task kind for a raw `mgm_Task` (the engine validates the text and region).
+pub(crate) fn task_kind(raw: TaskValue) -> Result<engine::TaskKind, Failure> {
+    use engine::TaskKind as K;
+    let table = [
+        (0, K::Report),
+        (1, K::Vqa),
+        (2, K::Detection),
+        (3, K::Refer),
+        (4, K::Grounding),
+        (5, K::Identify),
+        (6, K::Custom),
+    ];
+    lookup(raw, &table, "task")
+}
+
+pub(crate) fn preset(raw: PresetValue) -> Result<engine::Preset, Failure> {
+    lookup(raw, &[(0, engine::Preset::Eval), (1, engine::Preset::Demo)], "preset")
 }
 
 pub(crate) fn pixel_format(raw: PixelFormatValue) -> Result<PixelFormat, Failure> {
@@ -197,21 +220,15 @@ impl Region {
     pub(crate) fn to_engine(self) -> Result<engine::Region, Failure> {
         let kind = lookup(self.kind, &[(0, RegionKind::Grid), (1, RegionKind::Pixels)], "region kind")?;
         Ok(match kind {
-            RegionKind::Pixels => engine::Region::Pixels(self.coords),
-            RegionKind::Grid => {
-                // The f64 -> u32 cast would silently saturate or truncate; reject instead.
-                if let Some(bad) = self.coords.iter().find(|v| !(v.fract() == 0.0 && (0.0..=100.0).contains(*v))) {
-                    return Err(Failure::invalid(format!("grid region value {bad} is not a whole number in 0..=100")));
-                }
-                engine::Region::Grid(self.coords.map(|v| v as u32))
-            }
+            RegionKind::Pixels => engine::Region::pixels(self.coords)?,
+            RegionKind::Grid => engine::Region::grid(self.coords)?,
         })
     }
 }
 
 /// Called during loading with the fraction done (0..1]; return `true` to go on, `false` to
-/// cancel (the load then returns `MGM_STATUS_CANCELLED`). Runs on the loading thread; it must
-/// not throw (C++ exceptions may not unwind through this library).
+/// cancel (the load then stops at once and returns `MGM_STATUS_CANCELLED`). Runs on the
+/// loading thread; it must not throw (C++ exceptions may not unwind through this library).
 pub type ProgressCallback = Option<unsafe extern "C" fn(fraction: f32, user_data: *mut c_void) -> bool>;
 
 /// Called with each new piece of answer text: `piece` is `len` bytes of UTF-8 (whole
@@ -308,27 +325,26 @@ pub struct GenerateParams {
     pub on_text_user_data: *mut c_void,
 }
 
-/// The defaults of `GenerateParams`: the engine's `GenerateOptions::default()`, with the
-/// sampling fields set to the original demo's values for callers who switch to sampling.
-pub(crate) fn generate_params_default() -> GenerateParams {
-    let d = engine::GenerateOptions::default();
-    let (temperature, top_p, top_k, seed) = match engine::GenerateOptions::demo(0).sampling {
-        engine::Sampling::Sample { temperature, top_p, top_k, seed } => (temperature, top_p, top_k, seed),
-        engine::Sampling::Greedy => (1.0, 1.0, 0, 0),
+/// `GenerateParams` holding the engine's options `o` (no stop strings, no streaming). Greedy
+/// options carry the sampling fields of a lone temperature (`engine::Sampling::with_temperature`)
+/// and temperature 1, so that switching `sampling` to `MGM_SAMPLING_SAMPLE` and setting `temperature` alone
+/// samples exactly as the CLI's `--temperature` and Python's `temperature=` do.
+fn generate_params_for(o: &engine::GenerateOptions) -> GenerateParams {
+    use engine::Sampling as S;
+    let (sampling, (temperature, top_p, top_k, seed)) = match o.sampling {
+        S::Greedy => (Sampling::Greedy, (1.0, S::DEFAULT_TOP_P, S::DEFAULT_TOP_K, S::DEFAULT_SEED)),
+        S::Sample { temperature, top_p, top_k, seed } => (Sampling::Sample, (temperature, top_p, top_k, seed)),
     };
     GenerateParams {
         struct_size: std::mem::size_of::<GenerateParams>() as u32,
-        max_new_tokens: u32::try_from(d.max_new_tokens).unwrap_or(u32::MAX),
-        sampling: match d.sampling {
-            engine::Sampling::Greedy => Sampling::Greedy,
-            engine::Sampling::Sample { .. } => Sampling::Sample,
-        } as u32,
+        max_new_tokens: u32::try_from(o.max_new_tokens).unwrap_or(u32::MAX),
+        sampling: sampling as u32,
         temperature,
         top_p,
         top_k: u32::try_from(top_k).unwrap_or(u32::MAX),
         seed,
-        repetition_penalty: d.repetition_penalty,
-        context_limit: d.context_limit.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)),
+        repetition_penalty: o.repetition_penalty,
+        context_limit: o.context_limit.map_or(0, |c| u32::try_from(c).unwrap_or(u32::MAX)),
         stop_strings: std::ptr::null(),
         stop_strings_len: 0,
         on_text: None,
@@ -336,20 +352,25 @@ pub(crate) fn generate_params_default() -> GenerateParams {
     }
 }
 
+/// The defaults of `GenerateParams`: the engine's `GenerateOptions::default()` (greedy, 300).
+pub(crate) fn generate_params_default() -> GenerateParams {
+    generate_params_for(&engine::GenerateOptions::default())
+}
+
+/// The `GenerateParams` of an engine preset.
+pub(crate) fn generate_params_preset(preset: engine::Preset) -> GenerateParams {
+    generate_params_for(&preset.options())
+}
+
 impl GenerateParams {
-    /// The engine's options (the engine validates the values themselves).
+    /// The engine's options, through the engine's own rules (`DecodeSettings::resolve`).
     ///
     /// # Safety
     /// `stop_strings` holds `stop_strings_len` NUL-terminated strings (or is NULL when 0).
     pub(crate) unsafe fn to_engine(self) -> Result<engine::GenerateOptions, Failure> {
-        let sampling = match lookup(self.sampling, &[(0, Sampling::Greedy), (1, Sampling::Sample)], "sampling")? {
-            Sampling::Greedy => engine::Sampling::Greedy,
-            Sampling::Sample => engine::Sampling::Sample {
-                temperature: self.temperature,
-                top_p: self.top_p,
-                top_k: self.top_k as usize,
-                seed: self.seed,
-            },
+        let sample = match lookup(self.sampling, &[(0, Sampling::Greedy), (1, Sampling::Sample)], "sampling")? {
+            Sampling::Greedy => false,
+            Sampling::Sample => true,
         };
         let mut stop_strings = Vec::new();
         if self.stop_strings_len > 0 {
@@ -363,12 +384,19 @@ impl GenerateParams {
                 stop_strings.push(unsafe { ptr::string(s, &format!("params->stop_strings[{i}]")) }?.to_owned());
             }
         }
-        Ok(engine::GenerateOptions {
-            max_new_tokens: self.max_new_tokens as usize,
-            sampling,
-            repetition_penalty: self.repetition_penalty,
-            stop_strings,
+        // Every field of the struct is always set; with greedy decoding the sampling fields
+        // are documented as ignored, so they are not passed on.
+        let settings = engine::DecodeSettings {
+            preset: Some(engine::Preset::Eval),
+            max_new_tokens: Some(self.max_new_tokens as usize),
+            temperature: sample.then_some(self.temperature),
+            top_p: sample.then_some(self.top_p),
+            top_k: sample.then_some(self.top_k as usize),
+            seed: sample.then_some(self.seed),
+            repetition_penalty: Some(self.repetition_penalty),
+            stop_strings: Some(stop_strings),
             context_limit: (self.context_limit > 0).then_some(self.context_limit as usize),
-        })
+        };
+        Ok(settings.resolve()?)
     }
 }

@@ -128,11 +128,6 @@ impl From<engine::Error> for Failure {
     }
 }
 
-/// The panic payload a load-progress callback's `false` unwinds with (see `model.rs`): the
-/// engine's progress hook cannot return a value, so cancelling unwinds out of the load, and
-/// `guard` turns this payload into `MGM_STATUS_CANCELLED` instead of a panic.
-pub(crate) struct LoadCancelled;
-
 thread_local! {
     /// The message of the last failed call on this thread ("" after a successful one).
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -168,9 +163,6 @@ pub(crate) fn guard(body: impl FnOnce() -> Result<(), Failure>) -> Status {
     // unwind safety is sound.
     let outcome = match panic::catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
-        Err(payload) if payload.is::<LoadCancelled>() => {
-            Err(Failure { status: Status::Cancelled, message: "loading cancelled by the progress callback".into() })
-        }
         Err(payload) => Err(Failure { status: Status::Panic, message: panic_message(payload.as_ref()) }),
     };
     match outcome {

@@ -268,7 +268,10 @@ fn out_of_range_values_are_errors() {
     assert_eq!(err(Task::Vqa as u32, None, sample).0, Status::InvalidOption);
     let region = |kind: u32, coords| Some(Region { kind, coords });
     for coords in [[0.0, 0.0, 100.5, 5.0], [-1.0, 0.0, 1.0, 1.0], [f64::NAN, 0.0, 1.0, 1.0], [0.5, 0.0, 1.0, 1.0]] {
-        assert_eq!(err(Task::Identify as u32, region(0, coords), greedy(2)).0, Status::InvalidArgument, "{coords:?}");
+        // Grid values are the engine's rule: one error, whichever front door.
+        let (s, m) = err(Task::Identify as u32, region(0, coords), greedy(2));
+        assert_eq!(s, Status::InvalidOption, "{coords:?}");
+        assert!(m.contains("not a whole number in 0..=100"), "{m}");
     }
     assert_eq!(err(Task::Identify as u32, region(5, [0.0; 4]), greedy(2)).0, Status::InvalidArgument);
     assert_eq!(
@@ -276,8 +279,8 @@ fn out_of_range_values_are_errors() {
         Status::InvalidOption
     );
     let (s, m) = err(Task::Refer as u32, region(0, [1.0, 2.0, 3.0, 4.0]), greedy(2));
-    assert_eq!(s, Status::InvalidArgument);
-    assert!(m.contains("only used by MGM_TASK_IDENTIFY"), "{m}");
+    assert_eq!(s, Status::InvalidOption);
+    assert!(m.contains("only used by the identify task, not by refer"), "{m}");
 
     let mut p = mgm_model_params_default();
     let dir = cpath(fixtures());
@@ -301,7 +304,7 @@ fn out_of_range_values_are_errors() {
         expect(mgm_image_from_pixels(2, 2, 1, 0, px.as_ptr().cast(), &mut img), Status::InvalidArgument, "stride 1");
         expect(mgm_image_from_pixels(0, 2, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "zero size");
         expect(mgm_image_set_color_mode(image.0, 2), Status::InvalidArgument, "color mode 2");
-        expect(mgm_image_set_window(image.0, 10.0, 0.0), Status::InvalidArgument, "width > 0");
+        expect(mgm_image_set_window(image.0, 10.0, 0.0), Status::InvalidOption, "a width > 0");
         let mut n = 0;
         let mut b = std::mem::zeroed();
         let a = generate(&image, Task::Report, None, None, &greedy(1)).unwrap();

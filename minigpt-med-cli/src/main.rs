@@ -9,8 +9,8 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
-    Answer, ColorMode, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model, ModelFiles,
-    Region, Sampling, Task, WeightDType, Window, WindowPreset,
+    Answer, ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model,
+    ModelFiles, Preset, Region, Task, TaskKind, WeightDType, Window, WindowPreset,
 };
 use serde_json::json;
 
@@ -93,6 +93,7 @@ impl ModelArgs {
                 if p.done == p.total {
                     eprintln!();
                 }
+                true
             }))
         };
         LoadOptions { device: self.device, llm_dtype: self.llm_dtype, vit_dtype: self.vit_dtype, progress }
@@ -101,9 +102,9 @@ impl ModelArgs {
 
 #[derive(Args)]
 struct TaskArgs {
-    /// report (default), vqa, detection, refer, grounding or identify.
+    /// report (default), vqa, detection, refer, grounding, identify or custom.
     #[arg(long)]
-    task: Option<String>,
+    task: Option<TaskKind>,
     /// The task's text: the question, class, phrase, or a replacement instruction.
     #[arg(long)]
     prompt: Option<String>,
@@ -113,7 +114,7 @@ struct TaskArgs {
     /// Region for identify, in pixels of the input image: x1,y1,x2,y2.
     #[arg(long = "box", value_name = "X1,Y1,X2,Y2", conflicts_with = "grid_box")]
     pixel_box: Option<String>,
-    /// Region for identify on the model's 0-100 grid: x1,y1,x2,y2.
+    /// Region for identify on the model's 0-100 grid: x1,y1,x2,y2 (whole numbers).
     #[arg(long, value_name = "X1,Y1,X2,Y2")]
     grid_box: Option<String>,
 }
@@ -124,73 +125,59 @@ impl TaskArgs {
             return Ok(Task::Custom(i.clone()));
         }
         let region = match (&self.pixel_box, &self.grid_box) {
-            (Some(b), _) => Some(Region::Pixels(parse_box(b)?)),
-            (_, Some(b)) => Some(Region::Grid(parse_box(b)?.map(|v| v as u32))),
+            (Some(b), _) => Some(Region::pixels(Region::parse_corners(b)?)?),
+            (_, Some(b)) => Some(Region::grid(Region::parse_corners(b)?)?),
             _ => None,
         };
-        Task::from_name(self.task.as_deref().unwrap_or("report"), self.prompt.as_deref(), region)
-    }
-}
-
-fn parse_box(s: &str) -> Result<[f64; 4], minigpt_med::Error> {
-    let v: Vec<f64> = s
-        .split(',')
-        .map(|x| x.trim().parse::<f64>())
-        .collect::<Result<_, _>>()
-        .map_err(|_| minigpt_med::Error::InvalidOption(format!("box {s:?}: expected four numbers x1,y1,x2,y2")))?;
-    match v.as_slice() {
-        [a, b, c, d] if v.iter().all(|x| x.is_finite() && *x >= 0.0) => Ok([*a, *b, *c, *d]),
-        _ => {
-            Err(minigpt_med::Error::InvalidOption(format!("box {s:?}: expected four non-negative numbers x1,y1,x2,y2")))
-        }
+        Task::new(self.task.unwrap_or_default(), self.prompt.as_deref(), region)
     }
 }
 
 #[derive(Args)]
 struct DecodeArgs {
-    /// Most new tokens.
-    #[arg(long, default_value_t = 300)]
-    max_new_tokens: usize,
+    /// Most new tokens (default: the preset's, 300 for eval and 500 for demo).
+    #[arg(long)]
+    max_new_tokens: Option<usize>,
     /// eval (greedy, the paper's) or demo (the original demo's sampling, context capped at 2000).
-    #[arg(long, default_value = "eval")]
-    preset: String,
-    /// Sample with this temperature instead of greedy decoding.
+    #[arg(long)]
+    preset: Option<Preset>,
+    /// Sample at this temperature (0: greedy); alone it samples the whole distribution.
     #[arg(long)]
     temperature: Option<f32>,
-    /// Nucleus sampling mass (with sampling).
-    #[arg(long, default_value_t = 0.9)]
-    top_p: f32,
-    /// Top-k (with sampling; 0 = off).
-    #[arg(long, default_value_t = 50)]
-    top_k: usize,
-    /// Sampling seed.
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    /// Nucleus sampling mass (needs sampling).
+    #[arg(long)]
+    top_p: Option<f32>,
+    /// Top-k (needs sampling; 0 = off).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sampling seed (needs sampling; default 0).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Repetition penalty (1.0 = off).
     #[arg(long)]
     repetition_penalty: Option<f32>,
     /// Stop when the answer contains this text (repeatable).
     #[arg(long = "stop")]
     stop: Vec<String>,
+    /// Cap on prompt + new tokens; the prompt is left-truncated to fit.
+    #[arg(long)]
+    context_limit: Option<usize>,
 }
 
 impl DecodeArgs {
     fn options(&self) -> Result<GenerateOptions, minigpt_med::Error> {
-        let mut o = match self.preset.as_str() {
-            "eval" => GenerateOptions::eval(),
-            "demo" => GenerateOptions::demo(self.seed),
-            other => return Err(minigpt_med::Error::InvalidOption(format!("preset {other:?}: use eval or demo"))),
-        };
-        o.max_new_tokens = self.max_new_tokens;
-        if let Some(t) = self.temperature {
-            o.sampling = Sampling::Sample { temperature: t, top_p: self.top_p, top_k: self.top_k, seed: self.seed };
+        DecodeSettings {
+            preset: self.preset,
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            seed: self.seed,
+            repetition_penalty: self.repetition_penalty,
+            stop_strings: (!self.stop.is_empty()).then(|| self.stop.clone()),
+            context_limit: self.context_limit,
         }
-        if let Some(p) = self.repetition_penalty {
-            o.repetition_penalty = p;
-        }
-        o.stop_strings = self.stop.clone();
-        o.validate()?;
-        Ok(o)
+        .resolve()
     }
 }
 
@@ -365,19 +352,9 @@ fn run(
 }
 
 fn answer_json(model: &Model, a: &Answer) -> serde_json::Value {
-    json!({
-        "text": a.text,
-        "token_ids": a.token_ids,
-        "stop_reason": format!("{:?}", a.stop_reason).to_lowercase(),
-        "boxes": a.boxes.iter().map(|b| json!({"label": b.label, "grid": b.grid, "pixels": b.pixels})).collect::<Vec<_>>(),
-        "timings": {
-            "load_ms": model.info().load_ms,
-            "encode_ms": a.timings.encode_ms,
-            "prefill_ms": a.timings.prefill_ms,
-            "decode_ms": a.timings.decode_ms,
-            "tokens_per_s": a.timings.tokens_per_s,
-        },
-    })
+    let mut v = serde_json::to_value(a).unwrap_or_default();
+    v["timings"]["load_ms"] = json!(model.info().load_ms);
+    v
 }
 
 fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), minigpt_med::Error> {

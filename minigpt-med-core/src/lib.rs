@@ -26,6 +26,7 @@
 mod answer;
 mod chat;
 mod config;
+mod contain;
 #[doc(hidden)]
 pub mod cpu;
 mod device;
@@ -85,6 +86,9 @@ pub fn set_threads(n: usize) -> Result<()> {
         ))),
     }
 }
+
+#[doc(hidden)]
+pub use contain::caught_panics;
 
 /// Crate version (`CARGO_PKG_VERSION`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

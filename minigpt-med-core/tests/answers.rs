@@ -66,8 +66,18 @@ fn malformed_groups_are_skipped_without_panicking() {
         "<delim><delim>{<",
         "",
     ];
-    for text in hostile {
-        let _ = Answer::parse_boxes(text, 10, 10);
+    // What each should give, worked out by hand from the documented rules: only a complete
+    // group of four integers that fit in i64 makes a box.
+    let want: [usize; 14] = [0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 0, 0];
+    assert_eq!(hostile.len(), want.len());
+    for (text, n) in hostile.iter().zip(want) {
+        let boxes = Answer::parse_boxes(text, 10, 10);
+        assert_eq!(boxes.len(), n, "{text:?}: {boxes:?}");
+        for b in boxes {
+            assert_eq!(b.grid, [1, 2, 3, 4], "{text:?}");
+            let want = [0.1, 0.2, 0.3, 0.4];
+            assert!(b.pixels.iter().zip(want).all(|(p, w)| (p - w).abs() < 1e-12), "{text:?}: {:?}", b.pixels);
+        }
     }
     assert_eq!(grids("{<1><2><3>} {<1><2><3><4>}"), vec![(None, [1, 2, 3, 4])]);
     assert_eq!(grids("{<1><2><3><4>"), vec![]);
@@ -78,7 +88,8 @@ fn malformed_groups_are_skipped_without_panicking() {
 }
 
 #[test]
-fn boxes_are_plain_values() {
-    let b = BoundingBox { label: None, grid: [1, 2, 3, 4], pixels: [1.0, 2.0, 3.0, 4.0] };
-    assert_eq!(b.clone(), b);
+fn boxes_serialize_as_the_cli_prints_them() {
+    let b = BoundingBox { label: Some("nodule".into()), grid: [1, 2, 3, 4], pixels: [1.5, 2.0, 3.0, 4.0] };
+    let v = serde_json::to_value(&b).unwrap();
+    assert_eq!(v, serde_json::json!({"label": "nodule", "grid": [1, 2, 3, 4], "pixels": [1.5, 2.0, 3.0, 4.0]}));
 }

@@ -59,6 +59,7 @@ fn missing_files_are_named() {
     std::fs::remove_file(dir.join("llama-2-7b-chat-hf/model.safetensors")).unwrap();
     let e = load(&ModelFiles::from_dir(&dir));
     assert!(matches!(e, Error::WeightsFormat { .. }) && e.to_string().contains("model.safetensors"), "{e}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -72,6 +73,7 @@ fn truncated_weights_are_format_errors() {
         assert!(matches!(e, Error::WeightsFormat { .. }), "{file}: {e:?}");
         assert!(e.to_string().contains(file.rsplit('/').next().unwrap()), "{file}: {e}");
     }
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -83,6 +85,7 @@ fn missing_tensor_is_named() {
     minigpt_med::candle::safetensors::save(&tensors, &st).unwrap();
     let e = load(&ModelFiles::from_dir(&dir));
     assert!(matches!(&e, Error::MissingTensor { name, .. } if name == "model.norm.weight"), "{e:?}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -94,6 +97,7 @@ fn checkpoint_for_another_llama_size_says_so() {
     let msg = e.to_string();
     assert!(matches!(e, Error::ShapeMismatch { .. }), "{e:?}");
     assert!(msg.contains("width 80") && msg.contains("width 64"), "{msg}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -119,6 +123,7 @@ fn config_contradicting_the_weights_is_rejected() {
     std::fs::remove_file(&cfg).unwrap();
     let e = load(&ModelFiles::from_dir(&dir));
     assert!(e.to_string().contains("1408"), "{e}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -131,6 +136,7 @@ fn pickles_never_execute_code() {
     let e = load(&files);
     assert!(matches!(e, Error::WeightsFormat { .. }), "{e:?}");
     assert!(!marker.exists(), "the pickle's os.system call ran");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -140,6 +146,7 @@ fn a_base_model_is_not_a_checkpoint() {
     files.checkpoint = dir.join("eva_vit_g.pth");
     let e = load(&files);
     assert!(matches!(e, Error::WeightsFormat { .. }) && e.to_string().contains("eva_vit_g.pth"), "{e}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -153,6 +160,7 @@ fn undecodable_images_are_image_errors() {
     assert!(e.to_string().contains("/nonexistent/chest.png"), "{e}");
     assert!(Image::from_pixels(0, 5, minigpt_med::Pixels::Gray8(vec![])).is_err());
     assert!(Image::from_pixels(3, 3, minigpt_med::Pixels::Rgb8(vec![0; 9])).is_err());
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
 }
 
 #[test]
@@ -178,4 +186,23 @@ fn bad_generation_options_are_rejected_before_work() {
     }
     let e = model().generate(&image, &Task::Vqa("<ImageHere>".into()), &GenerateOptions::greedy(2)).unwrap_err();
     assert!(matches!(e, Error::InvalidOption(_)), "{e:?}");
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
+}
+
+#[test]
+fn a_progress_callback_returning_false_cancels_the_load() {
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&seen);
+    let opts = minigpt_med::LoadOptions {
+        progress: Some(std::sync::Arc::new(move |p: minigpt_med::LoadProgress| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            p.done < 2
+        })),
+        ..Default::default()
+    };
+    let err = Model::load_dir(common::fixtures(), &opts).err().expect("the load was cancelled");
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(err.to_string().contains("progress callback returned false"), "{err}");
+    // It stopped at the step that said so, not at the end.
+    assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
 }

@@ -60,6 +60,28 @@ fn returning_false_cancels_and_keeps_the_partial_answer() {
 }
 
 #[test]
+fn a_cancelled_chat_turn_leaves_the_chat_as_it_was() {
+    let model = model();
+    for history in [ChatHistory::KeepAnswers, ChatHistory::Original] {
+        let opts = GenerateOptions::greedy(6);
+        let mut chat = model.chat(&ct()).unwrap().with_history(history);
+        chat.ask("[vqa] first?", &opts).unwrap();
+        let mut twin = model.chat(&ct()).unwrap().with_history(history);
+        twin.ask("[vqa] first?", &opts).unwrap();
+        let (turns, len) = (chat.turns(), chat.context_len());
+        let cut = chat.ask_stream("[vqa] cancelled?", &GenerateOptions::greedy(30), &mut |_| false).unwrap();
+        assert_eq!(cut.stop_reason, StopReason::Cancelled);
+        assert_eq!(chat.turns(), turns, "{history}");
+        assert!(chat.context_len() <= len, "{history}");
+        // The next question is answered as if the cancelled one had never been asked.
+        let a = chat.ask("[vqa] second?", &opts).unwrap();
+        let b = twin.ask("[vqa] second?", &opts).unwrap();
+        assert_eq!(a.token_ids, b.token_ids, "{history}");
+        assert_eq!(chat.context_len(), twin.context_len(), "{history}");
+    }
+}
+
+#[test]
 fn same_seed_same_tokens() {
     let model = model();
     let task = Task::Vqa("is there a nodule?".into());
@@ -146,15 +168,36 @@ fn a_failed_turn_leaves_the_chat_usable() {
 }
 
 #[test]
-fn demo_preset_left_truncates_to_the_context_limit() {
+fn the_context_limit_left_truncates_the_prompt() {
     let model = model();
-    let mut opts = GenerateOptions::demo(1);
-    opts.max_new_tokens = 4;
-    opts.context_limit = Some(100); // keeps only the last 96 prompt positions
-    let a = model.generate(&ct(), &Task::Report(None), &opts).unwrap();
-    assert_eq!(a.token_ids.len(), 4);
+    let image = ct();
+    let task = Task::Report(None);
+    let emb = model.encode_image(&image).unwrap();
+    let instruction = task.instruction(image.width(), image.height()).unwrap();
+    let x = model.input_embeds(&emb, &model.prompt(&instruction).unwrap()).unwrap();
+    let len = x.dim(0).unwrap();
+    let keep = len * 3 / 5;
+    let mut opts = GenerateOptions::greedy(4);
+    opts.context_limit = Some(keep + 4);
+    let a = model.generate(&image, &task, &opts).unwrap();
+    // Reference: the truncated prompt fed by hand, each token chosen from a fresh forward pass
+    // over everything so far (no KV cache, no truncation logic of the engine's).
+    let mut x = x.narrow(0, len - keep, keep).unwrap();
+    let mut want = Vec::new();
+    for _ in 0..4 {
+        let logits = model.logits_for_embeds(&x).unwrap().to_vec1::<f32>().unwrap();
+        let next = (0..logits.len()).fold(0, |b, i| if logits[i] > logits[b] { i } else { b }) as u32;
+        want.push(next);
+        x = minigpt_med::candle::Tensor::cat(&[&x, &model.embed_ids(&[next]).unwrap()], 0).unwrap();
+    }
+    let n = a.token_ids.len();
+    assert!(n >= 1, "at least one token");
+    assert_eq!(a.token_ids, want[..n], "stop reason {}", a.stop_reason);
+    // Without the cap the whole prompt is used and the answer differs.
+    let full = model.generate(&image, &Task::Report(None), &GenerateOptions::greedy(4)).unwrap();
+    assert_ne!(full.token_ids, a.token_ids, "truncating 40% of the prompt changed nothing");
     let mut no_room = GenerateOptions::greedy(4096);
     no_room.context_limit = None;
-    let err = model.generate(&ct(), &Task::Report(None), &no_room).unwrap_err();
-    assert!(err.to_string().contains("positions"), "{err}");
+    let err = model.generate(&image, &Task::Report(None), &no_room).unwrap_err();
+    assert!(matches!(err, minigpt_med::Error::ContextOverflow { .. }), "{err}");
 }

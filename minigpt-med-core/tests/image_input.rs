@@ -26,6 +26,17 @@ fn encode(pixels: image::DynamicImage, format: image::ImageFormat) -> Vec<u8> {
     out.into_inner()
 }
 
+/// A hostile input's result: decoded, or refused with a typed image error, never anything else
+/// (and no decoder panic contained on the way).
+fn assert_decoded_or_refused(r: Result<Image, Error>) -> Option<Image> {
+    assert_eq!(minigpt_med::caught_panics(), 0, "a decoder panicked (contained): a check is missing before it");
+    match r {
+        Ok(img) => Some(img),
+        Err(Error::Image { .. }) => None,
+        Err(e) => panic!("expected an image or Error::Image, got {e:?}"),
+    }
+}
+
 fn assert_image_err<T: std::fmt::Debug>(r: Result<T, Error>, needle: &str) {
     match r {
         Err(Error::Image { reason, .. }) => {
@@ -140,7 +151,7 @@ fn hostile_non_dicom_inputs_fail_cleanly() {
     assert_image_err(Image::from_bytes(&png_header(100_000, 100_000)), "pixel limit");
     // Under the pixel limit but far more than the bytes could hold: rejected before allocating.
     assert_image_err(Image::from_bytes(&png_header(10_000, 10_000)), "holds only");
-    assert_image_err(Image::from_bytes(&png_header(0, 10)), "");
+    assert_image_err(Image::from_bytes(&png_header(0, 10)), "Invalid image dimensions");
     assert_image_err(Image::from_bytes(b""), "unrecognised");
     let mut seed = 0x1234_5678u64;
     let mut next = move || {
@@ -151,13 +162,15 @@ fn hostile_non_dicom_inputs_fail_cleanly() {
         png(image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(x ^ y) as u8]))));
     for _ in 0..200 {
         let random: Vec<u8> = (0..(next() as usize * 4)).map(|_| next()).collect();
-        let _ = Image::from_bytes(&random);
+        assert!(assert_decoded_or_refused(Image::from_bytes(&random)).is_none(), "random bytes decoded");
         let mut flipped = good.clone();
         for _ in 0..4 {
             let i = next() as usize * good.len() / 256;
             flipped[i] ^= next();
         }
-        let _ = Image::from_bytes(&flipped);
+        if let Some(img) = assert_decoded_or_refused(Image::from_bytes(&flipped)) {
+            assert_eq!((img.width(), img.height()), (32, 32), "a damaged PNG may only decode as itself");
+        }
         // Any cut before the 12-byte IEND chunk loses image data.
         let cut = next() as usize * (good.len() - 12) / 256;
         assert!(Image::from_bytes(&good[..cut]).is_err());
@@ -386,7 +399,7 @@ mod dicom {
             }
             for k in 1..12 {
                 let cut = all.len() * k / 12;
-                let _ = Image::from_bytes(&all[..cut]);
+                assert_decoded_or_refused(Image::from_bytes(&all[..cut]));
             }
             for _ in 0..40 {
                 let mut bad = all.clone();
@@ -394,8 +407,8 @@ mod dicom {
                     let i = 132 + next(bad.len() - 132);
                     bad[i] = next(256) as u8;
                 }
-                if let Ok(img) = Image::from_bytes(&bad) {
-                    let _ = img.model_view(16);
+                if let Some(img) = assert_decoded_or_refused(Image::from_bytes(&bad)) {
+                    assert_eq!(img.model_view(16).chw.len(), 3 * 16 * 16);
                 }
             }
         }

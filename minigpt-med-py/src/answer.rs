@@ -1,10 +1,10 @@
 //! `Answer`, `BoundingBox`, `Region` and `parse_boxes`.
 
-use minigpt_med::{Answer, BoundingBox, Region, StopReason};
+use minigpt_med::{Answer, BoundingBox, Region};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::errors::options_error;
+use crate::errors::IntoPyResult;
 
 /// Python's `repr()` of a string (Rust's `{:?}` escapes differently).
 fn py_repr(py: Python<'_>, s: &str) -> PyResult<String> {
@@ -125,12 +125,7 @@ impl PyAnswer {
     /// Why generation stopped: ``"eos"``, ``"max_tokens"``, ``"stop_string"`` or ``"cancelled"``.
     #[getter]
     fn stop_reason(&self) -> &'static str {
-        match self.inner.stop_reason {
-            StopReason::Eos => "eos",
-            StopReason::MaxTokens => "max_tokens",
-            StopReason::StopString => "stop_string",
-            StopReason::Cancelled => "cancelled",
-        }
+        self.inner.stop_reason.name()
     }
 
     /// Phase timings: ``encode_ms``, ``prefill_ms``, ``decode_ms`` and ``tokens_per_s``.
@@ -177,17 +172,16 @@ pub(crate) struct PyRegion {
 
 #[pymethods]
 impl PyRegion {
-    /// Corners ``x1, y1, x2, y2`` on the model's 0-100 grid.
+    /// Corners ``x1, y1, x2, y2`` on the model's 0-100 grid: whole numbers in 0..=100.
     #[staticmethod]
-    fn grid(x1: i64, y1: i64, x2: i64, y2: i64) -> PyResult<Self> {
-        let conv = |v: i64| u32::try_from(v).map_err(|_| options_error(format!("grid value {v} must be in 0..=100")));
-        Ok(Self { inner: Region::Grid([conv(x1)?, conv(y1)?, conv(x2)?, conv(y2)?]) })
+    fn grid(x1: f64, y1: f64, x2: f64, y2: f64) -> PyResult<Self> {
+        Ok(Self { inner: Region::grid([x1, y1, x2, y2]).py()? })
     }
 
-    /// Corners ``x1, y1, x2, y2`` in pixels of the input image.
+    /// Corners ``x1, y1, x2, y2`` in pixels of the input image (finite numbers).
     #[staticmethod]
-    fn pixels(x1: f64, y1: f64, x2: f64, y2: f64) -> Self {
-        Self { inner: Region::Pixels([x1, y1, x2, y2]) }
+    fn pixels(x1: f64, y1: f64, x2: f64, y2: f64) -> PyResult<Self> {
+        Ok(Self { inner: Region::pixels([x1, y1, x2, y2]).py()? })
     }
 
     fn __repr__(&self) -> String {

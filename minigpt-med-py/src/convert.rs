@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use minigpt_med::{ColorMode, GenerateOptions, Image, Pixels, Region, Sampling, Task, Window};
+use minigpt_med::{ColorMode, DecodeSettings, GenerateOptions, Image, Pixels, Region, Task, TaskKind, Window};
 use numpy::prelude::*;
 use numpy::{PyArrayDyn, PyUntypedArray};
 use pyo3::prelude::*;
@@ -95,10 +95,7 @@ pub(crate) fn with_view_options(mut image: Image, color: Option<&str>, window: O
         image = image.with_color(c.parse::<ColorMode>().py()?);
     }
     if let Some((center, width)) = window {
-        if !(center.is_finite() && width.is_finite() && width > 0.0) {
-            return Err(options_error(format!("window ({center}, {width}) must be (center, width) with width > 0")));
-        }
-        image = image.with_window(Window { center, width });
+        image = image.with_window(Window::new(center, width).py()?);
     }
     Ok(image)
 }
@@ -115,7 +112,7 @@ pub(crate) fn to_region(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Regio
         return Ok(Some(r.get().inner));
     }
     match obj.extract::<[f64; 4]>() {
-        Ok(p) => Ok(Some(Region::Pixels(p))),
+        Ok(p) => Ok(Some(Region::pixels(p).py()?)),
         Err(_) => Err(options_error(format!(
             "region {}: use (x1, y1, x2, y2) in pixels of the input image, or minigpt_med.Region.grid(...)",
             obj.repr().map(|r| r.to_string()).unwrap_or_default()
@@ -123,9 +120,9 @@ pub(crate) fn to_region(obj: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Regio
     }
 }
 
-/// The task from its name, prompt text and region (as `Task::from_name`).
+/// The task from its name, prompt text and region (the core's `Task::new` decides).
 pub(crate) fn to_task(task: &str, prompt: Option<&str>, region: Option<&Bound<'_, PyAny>>) -> PyResult<Task> {
-    Task::from_name(task, prompt, to_region(region)?).py()
+    Task::new(task.parse::<TaskKind>().py()?, prompt, to_region(region)?).py()
 }
 
 /// The `stop` argument: one string or a sequence of strings.
@@ -156,59 +153,22 @@ fn count(name: &str, v: i64) -> PyResult<usize> {
 }
 
 impl Decoding {
-    /// The core options: the preset (`eval` by default: greedy, 300 tokens), then each given
-    /// keyword on top. A `temperature` switches greedy presets to sampling.
+    /// The core options: each keyword translated, the rules applied by `DecodeSettings::resolve`.
     pub(crate) fn to_options(&self) -> PyResult<GenerateOptions> {
-        let preset = self.preset.as_deref().unwrap_or("eval");
-        let mut o = match preset.to_ascii_lowercase().as_str() {
-            "eval" | "greedy" => GenerateOptions::eval(),
-            "demo" => GenerateOptions::demo(self.seed.unwrap_or(0)),
-            other => return Err(options_error(format!("preset {other:?}: use eval (greedy) or demo (sampling)"))),
+        let settings = DecodeSettings {
+            preset: self.preset.as_deref().map(str::parse).transpose().py()?,
+            max_new_tokens: self.max_new_tokens.map(|n| count("max_new_tokens", n)).transpose()?,
+            temperature: self.temperature.map(|t| t as f32),
+            top_p: self.top_p.map(|p| p as f32),
+            top_k: self.top_k.map(|k| count("top_k", k)).transpose()?,
+            seed: self.seed,
+            repetition_penalty: self.repetition_penalty.map(|r| r as f32),
+            stop_strings: self.stop.as_ref().map(|s| match s {
+                StopArg::One(s) => vec![s.clone()],
+                StopArg::Many(v) => v.clone(),
+            }),
+            context_limit: self.context_limit.map(|n| count("context_limit", n)).transpose()?,
         };
-        if let Some(n) = self.max_new_tokens {
-            o.max_new_tokens = count("max_new_tokens", n)?;
-        }
-        if let Some(t) = self.temperature {
-            o.sampling = match o.sampling {
-                Sampling::Greedy => Sampling::Sample { temperature: t as f32, top_p: 1.0, top_k: 0, seed: 0 },
-                Sampling::Sample { top_p, top_k, seed, .. } => {
-                    Sampling::Sample { temperature: t as f32, top_p, top_k, seed }
-                }
-            };
-        }
-        match &mut o.sampling {
-            Sampling::Sample { top_p, top_k, seed, .. } => {
-                if let Some(p) = self.top_p {
-                    *top_p = p as f32;
-                }
-                if let Some(k) = self.top_k {
-                    *top_k = count("top_k", k)?;
-                }
-                if let Some(s) = self.seed {
-                    *seed = s;
-                }
-            }
-            Sampling::Greedy => {
-                // Silently ignoring them (as HF does with a warning) hides a mistake.
-                if self.top_p.is_some() || self.top_k.is_some() || self.seed.is_some() {
-                    return Err(options_error(
-                        "top_p, top_k and seed apply to sampling: also pass temperature=... or preset=\"demo\"",
-                    ));
-                }
-            }
-        }
-        if let Some(r) = self.repetition_penalty {
-            o.repetition_penalty = r as f32;
-        }
-        match &self.stop {
-            Some(StopArg::One(s)) => o.stop_strings = vec![s.clone()],
-            Some(StopArg::Many(v)) => o.stop_strings = v.clone(),
-            None => {}
-        }
-        if let Some(n) = self.context_limit {
-            o.context_limit = Some(count("context_limit", n)?);
-        }
-        o.validate().py()?;
-        Ok(o)
+        settings.resolve().py()
     }
 }

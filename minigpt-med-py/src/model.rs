@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use minigpt_med::{Chat, ChatHistory, LoadOptions, LoadProgress, Model, ModelFiles, Task};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBool, PyDict};
 
 use crate::answer::PyAnswer;
 use crate::convert::{to_image, to_task, Decoding, StopArg};
@@ -32,15 +32,22 @@ impl Progress {
         Ok(Some(Arc::new(Self { callable: callable.unbind(), error: Mutex::new(None) })))
     }
 
-    fn report(&self, p: LoadProgress) {
+    /// Calls the callable; `false` (cancel the load) when it returned `False` or raised.
+    fn report(&self, p: LoadProgress) -> bool {
         Python::attach(|py| {
             let mut error = self.error.lock().unwrap_or_else(|e| e.into_inner());
-            if error.is_none() {
-                if let Err(e) = self.callable.call1(py, (p.done, p.total)) {
+            if error.is_some() {
+                return false;
+            }
+            match self.callable.call1(py, (p.done, p.total)) {
+                // Only an explicit `False` cancels: a bar's `None` (or any other value) goes on.
+                Ok(r) => !r.bind(py).is_instance_of::<PyBool>() || r.bind(py).is_truthy().unwrap_or(true),
+                Err(e) => {
                     *error = Some(e);
+                    false
                 }
             }
-        });
+        })
     }
 
     /// Closes a bar (anything with `close()`) and returns the callback's first error.
@@ -78,10 +85,9 @@ fn load_model(
     let result = py.detach(|| Model::load(&files, &opts));
     // Drop the callback (and its reference to the Python callable) while attached.
     drop(opts);
-    let finished = progress.map_or(Ok(()), |p| p.finish(py));
-    let model = result.py()?;
-    finished?;
-    Ok(PyModel { inner: Arc::new(model) })
+    // The callback's own exception, if it raised, explains the cancellation best.
+    progress.map_or(Ok(()), |p| p.finish(py))?;
+    Ok(PyModel { inner: Arc::new(result.py()?) })
 }
 
 /// A loaded MiniGPT-Med model.
@@ -129,7 +135,9 @@ impl PyModel {
     ///     dtype: LLaMA weights: ``"f32"`` (exact), ``"f16"``, ``"bf16"``, ``"q8_0"``, ``"q4_0"``, ``"q4k"``.
     ///     vit_dtype: ViT weights: ``"f32"``, ``"f16"`` or ``"bf16"``.
     ///     progress: ``True`` (default) shows a tqdm bar if tqdm is installed, ``False`` shows
-    ///         nothing, a callable is called as ``progress(done, total)``.
+    ///         nothing, a callable is called as ``progress(done, total)``; it cancels the
+    ///         load by returning ``False`` (:class:`CancelledError`) or by raising (the
+    ///         exception propagates).
     ///
     /// Raises:
     ///     ModelFileError: a file is missing, unreadable, or not what it should be.
@@ -183,8 +191,9 @@ impl PyModel {
     ///     preset: ``"eval"`` (default: greedy, 300 tokens) or ``"demo"`` (the original demo's
     ///         sampling: temperature 0.6, top_p 0.9, top_k 50, repetition penalty 1.05, 500 tokens).
     ///     max_new_tokens: most tokens to generate.
-    ///     temperature: sample at this temperature (> 0); greedy when not given.
-    ///     top_p, top_k, seed: sampling settings (need sampling).
+    ///     temperature: sample at this temperature (0: greedy). Alone it samples the whole
+    ///         distribution (top_p 1, top_k 0, seed 0), as the CLI's ``--temperature`` does.
+    ///     top_p, top_k, seed: sampling settings (need sampling: a temperature or ``"demo"``).
     ///     repetition_penalty: HF-style penalty (1.0 = off).
     ///     stop: a stop string or a list of them.
     ///     context_limit: cap on prompt + new tokens (the prompt is left-truncated to fit).
@@ -288,11 +297,7 @@ impl PyModel {
         window: Option<(f64, f64)>,
         history: &str,
     ) -> PyResult<PyChat> {
-        let history = match history.to_ascii_lowercase().as_str() {
-            "keep_answers" | "keep" => ChatHistory::KeepAnswers,
-            "original" => ChatHistory::Original,
-            other => return Err(options_error(format!("history {other:?}: use keep_answers or original"))),
-        };
+        let history: ChatHistory = history.parse().py()?;
         let image = to_image(image, color, window)?;
         let model = Arc::clone(&self.inner);
         let cell = py

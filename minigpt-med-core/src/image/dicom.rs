@@ -24,10 +24,10 @@
 //!
 //! Hostile input: the header is validated (sizes, bit depths, frame index, pixel limit, the
 //! dimensions a compressed codestream declares) before any pixel buffer is allocated, the
-//! pixel data must hold the declared bytes, and dicom-rs runs inside `catch_unwind`.
+//! pixel data must hold the declared bytes, RLE is decoded here with every offset and run
+//! checked, and dicom-rs runs inside `contain` (a contained panic fails the test suites).
 
 use std::borrow::Cow;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use dicom_core::header::HasLength;
 use dicom_dictionary_std::tags;
@@ -64,12 +64,7 @@ pub(crate) fn magic_offset(bytes: &[u8]) -> Option<usize> {
 
 /// Runs third-party decoding code, turning a panic into an [`Error::Image`].
 fn guarded<T>(name: Option<&str>, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
-        let msg = p
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| p.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+    crate::contain::contain(f).unwrap_or_else(|msg| {
         Err(Error::image(name, format!("{what} failed on malformed data (decoder panic: {msg}); the file is corrupt")))
     })
 }
@@ -277,11 +272,18 @@ fn decode_object(
         .ok_or_else(|| err("no Pixel Data (7FE0,0010): not an image object".into()))?;
     let ybr422 = h.photometric == "YBR_FULL_422";
     let (data, photometric): (Cow<[u8]>, &str) = if let Some(fragments) = pixel.fragments() {
-        check_codestreams(fragments.iter().map(|f| f.as_slice()), &h).map_err(err)?;
-        let decoded = obj
-            .decode_pixel_data_frame(frame as u32)
-            .map_err(|e| err(format!("cannot decode frame {frame} ({ts_name}): {e}")))?;
-        let mut data = decoded.into_data();
+        let mut data = if ts_uid == RLE_LOSSLESS {
+            let fragment = fragments.get(frame).ok_or_else(|| {
+                err(format!("RLE Pixel Data holds {} fragment(s), frame {frame} has none", fragments.len()))
+            })?;
+            rle_frame(fragment, &h).map_err(|e| err(format!("frame {frame} (RLE Lossless): {e}")))?
+        } else {
+            check_codestreams(fragments.iter().map(|f| f.as_slice()), &h).map_err(err)?;
+            let decoded = obj
+                .decode_pixel_data_frame(frame as u32)
+                .map_err(|e| err(format!("cannot decode frame {frame} ({ts_name}): {e}")))?;
+            decoded.into_data()
+        };
         let want = h.rows * h.cols * h.samples * usize::from(h.bits_allocated.div_ceil(8));
         if data.len() < want {
             return Err(err(format!(
@@ -448,6 +450,78 @@ fn native_frame(all: &[u8], frame: usize, h: &Header, ybr422: bool) -> std::resu
             all.len(), h.cols, h.rows, h.samples, h.bits_allocated, range.end
         )
     })
+}
+
+/// Decodes one RLE Lossless frame (PS3.5 Annex G): one PackBits segment per byte of each
+/// sample, most significant first. Output as dicom-rs lays it out: samples interleaved, each
+/// little-endian. Every offset and run is bounds-checked (dicom-rs's own decoder indexes
+/// unchecked and panics on a short segment).
+fn rle_frame(fragment: &[u8], h: &Header) -> std::result::Result<Vec<u8>, String> {
+    let bytes = match h.bits_allocated {
+        8 => 1,
+        16 => 2,
+        b => return Err(format!("{b} bits allocated; RLE is supported for 8 and 16")),
+    };
+    let segments = h.samples * bytes;
+    let u32_at = |i: usize| fragment.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    if fragment.len() < 64 {
+        return Err(format!("the fragment has {} bytes, less than the 64-byte RLE header", fragment.len()));
+    }
+    let declared = u32_at(0).unwrap_or(0);
+    if declared != segments {
+        return Err(format!(
+            "the RLE header declares {declared} segment(s), {} sample(s) of {} bits need {segments}",
+            h.samples, h.bits_allocated
+        ));
+    }
+    let mut offsets: Vec<usize> = (0..segments).map(|i| u32_at(4 + 4 * i).unwrap_or(0)).collect();
+    offsets.push(fragment.len());
+    if offsets[0] != 64 || offsets.windows(2).any(|w| w[0] > w[1]) {
+        return Err(format!("the RLE segment offsets {:?} are not increasing from 64", &offsets[..segments]));
+    }
+    let pixels = h.rows * h.cols;
+    let mut out = vec![0u8; pixels * segments];
+    let mut plane = vec![0u8; pixels];
+    for seg in 0..segments {
+        packbits(&fragment[offsets[seg]..offsets[seg + 1]], &mut plane)
+            .map_err(|got| format!("RLE segment {seg} decodes to {got} bytes, {pixels} pixels need {pixels}"))?;
+        let (sample, k) = (seg / bytes, seg % bytes);
+        let at = sample * bytes + (bytes - 1 - k);
+        for (p, &v) in plane.iter().enumerate() {
+            out[p * segments + at] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// Fills `out` from a PackBits stream (extra output is ignored, as the standard allows a
+/// padding byte); `Err(n)` when the stream ends after `n < out.len()` bytes.
+fn packbits(mut src: &[u8], out: &mut [u8]) -> std::result::Result<(), usize> {
+    let mut n = 0;
+    while n < out.len() {
+        let (&head, rest) = src.split_first().ok_or(n)?;
+        src = rest;
+        match head as i8 {
+            -128 => {}
+            c @ 0..=127 => {
+                let len = c as usize + 1;
+                let run = src.get(..len).ok_or(n)?;
+                let take = len.min(out.len() - n);
+                out[n..n + take].copy_from_slice(&run[..take]);
+                n += take;
+                src = &src[len..];
+            }
+            c => {
+                let (&v, rest) = src.split_first().ok_or(n)?;
+                src = rest;
+                let take = (1 - c as isize) as usize;
+                let take = take.min(out.len() - n);
+                out[n..n + take].fill(v);
+                n += take;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Rejects compressed frames whose codestream declares a larger image than the header,

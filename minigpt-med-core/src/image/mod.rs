@@ -249,11 +249,8 @@ impl Image {
                     "frame {f} requested, but only DICOM inputs have several frames (this one has frame 0 only)"
                 )));
             }
-            let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                Self::decode_common(bytes, name, opts.max_pixels)
-            }));
-            decoded.unwrap_or_else(|_| {
-                Err(Error::image(name, "the decoder failed on malformed data; the file is corrupt"))
+            crate::contain::contain(|| Self::decode_common(bytes, name, opts.max_pixels)).unwrap_or_else(|msg| {
+                Err(Error::image(name, format!("the decoder failed on malformed data ({msg}); the file is corrupt")))
             })?
         };
         if let Some(w) = requested {

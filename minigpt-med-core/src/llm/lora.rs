@@ -24,6 +24,12 @@ pub(crate) struct LoraDeltas<'a> {
 }
 
 impl<'a> LoraDeltas<'a> {
+    /// No adapters at all (tests of the base model's loading).
+    #[cfg(test)]
+    pub(crate) fn none(src: &'a dyn TensorSource) -> Self {
+        Self { src, pairs: HashMap::new(), scale: 0.0, device: Device::Cpu }
+    }
+
     /// Finds every `...layers.{i}.{module}.lora_{A,B}[.default].weight` pair in `src` and checks
     /// them against the LLaMA dimensions.
     pub(crate) fn find(

@@ -260,3 +260,119 @@ fn rope_tables(cfg: &LlamaConfig, device: &Device) -> Result<(Tensor, Tensor)> {
     let freqs = t.broadcast_mul(&inv_freq)?;
     Ok((freqs.cos()?, freqs.sin()?))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::MiniGptMedConfig;
+    use crate::quant::{QuantFormat, QuantMatrix};
+    use crate::weights::synthetic_sources;
+
+    /// The LLaMA weights of `inner` with every quantized matrix replaced by what its quantized
+    /// form stands for: the reference a quantized model must reproduce.
+    struct Dequantized<'a> {
+        inner: &'a dyn TensorSource,
+        format: QuantFormat,
+    }
+
+    impl TensorSource for Dequantized<'_> {
+        fn origin(&self) -> &Path {
+            self.inner.origin()
+        }
+        fn shapes(&self) -> &HashMap<String, Vec<usize>> {
+            self.inner.shapes()
+        }
+        fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
+            let t = self.inner.read(name, device)?;
+            if t.rank() != 2 || name == "model.embed_tokens.weight" {
+                return Ok(t);
+            }
+            let (rows, cols) = t.dims2()?;
+            let w = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            let q = QuantMatrix::quantize(&w, rows, cols, self.format)?;
+            Ok(Tensor::from_vec(q.dequantize(), (rows, cols), device)?)
+        }
+    }
+
+    /// A checkpoint without tensors.
+    struct NoTensors(HashMap<String, Vec<usize>>);
+
+    impl TensorSource for NoTensors {
+        fn origin(&self) -> &Path {
+            Path::new("<none>")
+        }
+        fn shapes(&self) -> &HashMap<String, Vec<usize>> {
+            &self.0
+        }
+        fn read(&self, name: &str, _: &Device) -> Result<Tensor> {
+            Err(Error::MissingTensor { name: name.into(), path: "<none>".into(), hint: String::new() })
+        }
+    }
+
+    /// Logits of a few random positions run through `llama`.
+    fn logits(llama: &Llama, x: &Tensor) -> Vec<f32> {
+        let mut cache = llama.new_cache(8).unwrap();
+        llama.forward(x, &mut cache).unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn quantized_kernels_compute_the_dequantized_products() {
+        // 256 wide: Q4_K's super-blocks fit every matrix, so no layer falls back to f16.
+        let cfg = LlamaConfig {
+            hidden_size: 256,
+            intermediate_size: 512,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(4),
+            vocab_size: 512,
+            max_position_embeddings: 64,
+            ..LlamaConfig::llama2_7b()
+        };
+        let mm = MiniGptMedConfig::default();
+        let (_, _, src) = synthetic_sources(&mm, &cfg);
+        // No adapters: every matrix is quantized straight from the file, in both models alike.
+        let no_adapters = NoTensors(HashMap::new());
+        let lora = LoraDeltas::none(&no_adapters);
+        let load =
+            |src: &dyn TensorSource, dtype| Llama::load(src, &cfg, &lora, dtype, &Device::Cpu, || Ok(())).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (5, 256), &Device::Cpu).unwrap();
+        let exact = logits(&load(&src, WeightDType::F32), &x);
+        let f16_bytes = load(&src, WeightDType::F16).weight_bytes();
+        for (dtype, format) in [
+            (WeightDType::Q8_0, QuantFormat::Q8_0),
+            (WeightDType::Q4_0, QuantFormat::Q4_0),
+            (WeightDType::Q4K, QuantFormat::Q4K),
+        ] {
+            let quantized = load(&src, dtype);
+            assert!(
+                quantized.weight_bytes() * 10 < f16_bytes * 6,
+                "{dtype}: {} bytes against f16's {f16_bytes}: some matrix fell back to f16",
+                quantized.weight_bytes()
+            );
+            let q = logits(&quantized, &x);
+            let reference = logits(&load(&Dequantized { inner: &src, format }, WeightDType::F32), &x);
+            let (kernel_err, format_err) = (max_diff(&q, &reference), max_diff(&reference, &exact));
+            let scale = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+            eprintln!("{dtype}: |q - dequantized| {kernel_err:.2e}, |dequantized - f32| {format_err:.2e}, logits up to {scale:.2}");
+            // The kernels round the activations to 8-bit blocks (as llama.cpp's do); beyond that
+            // they must compute exactly the dequantized product. Measured: 0.6 % of the logit
+            // range for all three formats; for the 4-bit ones, 12x closer to the dequantized
+            // model than the format is to f32.
+            assert!(kernel_err <= 0.012 * scale, "{dtype}: kernels off the dequantized product by {kernel_err}");
+            assert!(format_err > 0.0, "{dtype}: the round trip changed nothing, so the test tests nothing");
+            if format != QuantFormat::Q8_0 {
+                assert!(
+                    kernel_err * 4.0 < format_err,
+                    "{dtype}: not closer to its own dequantized weights than to f32"
+                );
+            }
+        }
+    }
+}

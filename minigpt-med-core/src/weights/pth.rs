@@ -30,8 +30,8 @@ impl PthFile {
         let format_err =
             |reason: String| Error::WeightsFormat { path: path.to_owned(), expected: expected.to_owned(), reason };
         // The pickle reader is third-party code fed with untrusted bytes: contain any panic.
-        let inner = std::panic::catch_unwind(|| PthTensors::new(path, key))
-            .map_err(|_| format_err("the pickle is malformed".into()))?
+        let inner = crate::contain::contain(|| PthTensors::new(path, key))
+            .map_err(|msg| format_err(format!("the pickle is malformed ({msg})")))?
             .map_err(|e| {
                 format_err(format!(
                     "{e} (it must be a zip-format torch.save file; a truncated download also looks like this)"
@@ -59,8 +59,8 @@ impl TensorSource for PthFile {
     fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
         let format_err =
             |reason: String| Error::WeightsFormat { path: self.path.clone(), expected: self.expected.clone(), reason };
-        let t = std::panic::catch_unwind(|| self.inner.get(name))
-            .map_err(|_| format_err(format!("tensor `{name}` is malformed")))?
+        let t = crate::contain::contain(|| self.inner.get(name))
+            .map_err(|msg| format_err(format!("tensor `{name}` is malformed ({msg})")))?
             .map_err(|e| format_err(format!("tensor `{name}`: {e} (truncated or corrupt file?)")))?
             .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone(), hint: String::new() })?;
         Ok(t.to_device(device)?)
