@@ -50,6 +50,14 @@ echo "test-python: $("$MATURIN" --version), profile $PROFILE, CARGO_TARGET_DIR=$
 "$VPY" -m pip install --quiet --disable-pip-version-check "$WORK"/wheels/minigpt_med-*.whl \
     pytest numpy pillow tqdm
 
+# The CLI and the C library, for the test that asks the same question through every front door.
+cargo build --locked --manifest-path "$ROOT/Cargo.toml" -p minigpt-med-cli -p minigpt-med-capi \
+    --profile "$PROFILE"
+profile_dir="$PROFILE"
+[[ "$PROFILE" == dev ]] && profile_dir=debug
+export MINIGPT_MED_CLI="$CARGO_TARGET_DIR/$profile_dir/minigpt-med"
+export MINIGPT_MED_CAPI_LIB="$CARGO_TARGET_DIR/$profile_dir/libminigpt_med.so"
+
 # Run from the repository root with the installed wheel (python/ sources are not on sys.path).
 cd "$ROOT"
 "$VPY" -c 'import minigpt_med, sys; print("test-python: minigpt_med", minigpt_med.__version__, "from", minigpt_med.__file__)'

@@ -299,6 +299,30 @@ def test_load_with_files_dtypes_and_progress():
     with pytest.raises(RuntimeError, match="progress failed"):
         mm.Model.load_dir(TINY, progress=boom)
 
+    # Returning False cancels the load at that step; None (a bar's return) goes on.
+    steps = []
+
+    def stop_at_two(done, total):
+        steps.append(done)
+        return done < 2
+
+    with pytest.raises(mm.CancelledError, match="progress callback returned false"):
+        mm.Model.load_dir(TINY, progress=stop_at_two)
+    assert steps == [1, 2]
+
+
+def test_temperature_zero_is_greedy(model):
+    greedy = model.generate(CT, "vqa", "what?", max_new_tokens=6).token_ids
+    assert model.generate(CT, "vqa", "what?", temperature=0, max_new_tokens=6).token_ids == greedy
+
+
+def test_grid_regions_take_whole_numbers_only():
+    assert repr(mm.Region.grid(1, 2, 3, 4)) == "Region.grid(1, 2, 3, 4)"
+    with pytest.raises(mm.OptionsError, match="whole number"):
+        mm.Region.grid(1.5, 2, 3, 4)
+    with pytest.raises(mm.OptionsError, match="0..=100"):
+        mm.Region.grid(0, 0, 101, 5)
+
 
 # --- streaming -------------------------------------------------------------------------------
 
@@ -429,7 +453,7 @@ def test_bad_images(model, bad):
     [
         (dict(max_new_tokens=0), "max_new_tokens"),
         (dict(max_new_tokens=-1), "max_new_tokens"),
-        (dict(temperature=0.0), "temperature"),
+        (dict(temperature=-0.5), "temperature"),
         (dict(temperature=float("nan")), "temperature"),
         (dict(temperature=0.7, top_p=1.5), "top_p"),
         (dict(temperature=0.7, top_k=-3), "top_k"),
@@ -444,9 +468,10 @@ def test_bad_images(model, bad):
         (dict(task="vqa"), "question"),
         (dict(task="identify"), "region"),
         (dict(task="identify", region=(1, 2, 3)), "region"),
-        (dict(task="identify", region=mm.Region.grid(0, 0, 101, 5)), "100"),
         (dict(color="purple"), "colour"),
         (dict(window=(100.0, 0.0)), "window"),
+        (dict(task="vqa", prompt="q", region=(1, 2, 3, 4)), "only used by the identify task"),
+        (dict(task="identify", region=(1, float("nan"), 3, 4)), "finite"),
     ],
 )
 def test_bad_options(model, kwargs, match):
