@@ -412,6 +412,32 @@ typedef uint32_t mgm_ChatHistory;
 #endif // __cplusplus
 
 /**
+ * Named starting points for `mgm_GenerateParams` (see `mgm_generate_params_preset`).
+ */
+enum mgm_Preset
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+  /**
+   * The paper's evaluation: greedy, 300 new tokens (what `mgm_generate_params_default` gives).
+   */
+  MGM_PRESET_EVAL = 0,
+  /**
+   * The original demo's sampling: temperature 0.6, top-p 0.9, top-k 50, repetition penalty
+   * 1.05, 500 new tokens, context capped at 2000, seed 0.
+   */
+  MGM_PRESET_DEMO = 1,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mgm_Preset mgm_Preset;
+#else
+typedef uint32_t mgm_Preset;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * A model's answer (opaque, immutable). Made by `mgm_generate` / `mgm_chat_ask`, freed by
  * `mgm_answer_free`. Pointers it hands out (text, ids, labels) stay valid until it is freed.
  * Its accessors may be called from several threads at once.
@@ -572,8 +598,8 @@ typedef struct mgm_Region {
 
 /**
  * Called during loading with the fraction done (0..1]; return `true` to go on, `false` to
- * cancel (the load then returns `MGM_STATUS_CANCELLED`). Runs on the loading thread; it must
- * not throw (C++ exceptions may not unwind through this library).
+ * cancel (the load then stops at once and returns `MGM_STATUS_CANCELLED`). Runs on the
+ * loading thread; it must not throw (C++ exceptions may not unwind through this library).
  */
 typedef bool (*mgm_ProgressCallback)(float fraction, void *user_data);
 
@@ -645,9 +671,10 @@ const char *mgm_version(void);
 
 /**
  * Sets the CPU threads used for all matrix work (the engine's quantized kernels and the f32
- * GEMM). The thread pool reads this once, when it is first used: call it before the first
- * `mgm_model_load`. Returns `MGM_STATUS_INVALID_OPTION` for 0. Same as the environment
- * variable `RAYON_NUM_THREADS`.
+ * GEMM) by building the process-wide thread pool with that many threads. The pool is built
+ * once (by this call or the first `mgm_model_load`): call it first. Returns
+ * `MGM_STATUS_INVALID_OPTION` for 0, and for another size once the pool exists. The
+ * environment is never written (other threads of the host may be reading it).
  */
 mgm_Status mgm_set_threads(size_t threads);
 
@@ -734,11 +761,22 @@ void mgm_answer_free(struct mgm_Answer *answer);
 
 /**
  * The default generation parameters: greedy, 300 new tokens, no penalty, no stop strings, no
- * context cap, no streaming (the paper's evaluation settings). The sampling fields hold the
- * original demo's values (temperature 0.6, top-p 0.9, top-k 50) for callers who switch
- * `sampling` to `MGM_SAMPLING_SAMPLE`.
+ * context cap, no streaming (the paper's evaluation settings, `MGM_PRESET_EVAL`). The sampling
+ * fields hold temperature 1, top-p 1, top-k 0 (no limit) and seed 0: switching `sampling` to
+ * `MGM_SAMPLING_SAMPLE` and setting `temperature` alone samples as the CLI's `--temperature`
+ * and Python's `temperature=` do. A temperature of 0 with `MGM_SAMPLING_SAMPLE` is greedy.
  */
 struct mgm_GenerateParams mgm_generate_params_default(void);
+
+/**
+ * The generation parameters of a named preset (an `mgm_Preset`), as the CLI's `--preset` and
+ * Python's `preset=`: `MGM_PRESET_EVAL` (greedy, 300 new tokens) or `MGM_PRESET_DEMO` (the
+ * original demo's sampling). Adjust the fields afterwards as with the defaults.
+ *
+ * # Safety
+ * `out_params` is NULL or writable.
+ */
+mgm_Status mgm_generate_params_preset(mgm_Preset preset, struct mgm_GenerateParams *out_params);
 
 /**
  * Answers one task about an image.
@@ -769,8 +807,9 @@ mgm_Status mgm_generate(const struct mgm_Model *model, const struct mgm_Image *i
 mgm_Status mgm_chat_new(const struct mgm_Model *model, const struct mgm_Image *image, mgm_ChatHistory history, struct mgm_Chat **out_chat);
 
 /**
- * Asks the next question of a chat; arguments as `mgm_generate`. On failure the chat is
- * unchanged and may be asked again.
+ * Asks the next question of a chat; arguments as `mgm_generate`. On failure, and when the
+ * streaming callback cancels the answer, the chat is as it was before the question and may be
+ * asked again.
  *
  * # Safety
  * `chat` is NULL or a live chat no other thread is using; the other pointers as

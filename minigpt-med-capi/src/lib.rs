@@ -71,9 +71,10 @@ pub extern "C" fn mgm_version() -> *const c_char {
 }
 
 /// Sets the CPU threads used for all matrix work (the engine's quantized kernels and the f32
-/// GEMM). The thread pool reads this once, when it is first used: call it before the first
-/// `mgm_model_load`. Returns `MGM_STATUS_INVALID_OPTION` for 0. Same as the environment
-/// variable `RAYON_NUM_THREADS`.
+/// GEMM) by building the process-wide thread pool with that many threads. The pool is built
+/// once (by this call or the first `mgm_model_load`): call it first. Returns
+/// `MGM_STATUS_INVALID_OPTION` for 0, and for another size once the pool exists. The
+/// environment is never written (other threads of the host may be reading it).
 #[no_mangle]
 pub extern "C" fn mgm_set_threads(threads: usize) -> Status {
     status::guard(|| Ok(engine::set_threads(threads)?))

@@ -625,3 +625,28 @@ fn draw_writes_a_png_of_the_input_and_dicom_opens() {
     let a = generate(&img, Task::Vqa, Some("what is shown?"), None, &greedy(3)).unwrap();
     assert_eq!(take(a).0.len(), 3);
 }
+
+#[test]
+fn presets_and_sampling_defaults_are_the_engines() {
+    let d = mgm_generate_params_default();
+    assert_eq!((d.max_new_tokens, d.sampling, d.top_p, d.top_k, d.seed), (300, Sampling::Greedy as u32, 1.0, 0, 0));
+    let mut p = d;
+    // SAFETY: a writable params struct.
+    assert_eq!(unsafe { mgm_generate_params_preset(Preset::Demo as u32, &mut p) }, Status::Ok);
+    assert_eq!(
+        (p.max_new_tokens, p.sampling, p.temperature, p.top_p, p.top_k, p.repetition_penalty, p.context_limit),
+        (500, Sampling::Sample as u32, 0.6, 0.9, 50, 1.05, 2000)
+    );
+    // SAFETY: as above.
+    expect(unsafe { mgm_generate_params_preset(7, &mut p) }, Status::InvalidArgument, "preset 7");
+    // MGM_SAMPLING_SAMPLE with a temperature alone is the engine's lone temperature.
+    let lone = GenerateParams { sampling: Sampling::Sample as u32, temperature: 0.7, ..d };
+    // SAFETY: no stop strings.
+    let opts = unsafe { lone.to_engine() }.unwrap();
+    let want = engine::DecodeSettings { temperature: Some(0.7), ..Default::default() }.resolve().unwrap();
+    assert_eq!(opts, want);
+    // Temperature 0 with sampling is greedy, as `temperature=0` in Python.
+    let zero = GenerateParams { sampling: Sampling::Sample as u32, temperature: 0.0, ..d };
+    // SAFETY: no stop strings.
+    assert_eq!(unsafe { zero.to_engine() }.unwrap().sampling, engine::Sampling::Greedy);
+}

@@ -214,7 +214,7 @@ impl DecodeSettings {
             o.max_new_tokens = n;
         }
         match self.temperature {
-            Some(t) if t == 0.0 => o.sampling = Sampling::Greedy,
+            Some(0.0) => o.sampling = Sampling::Greedy,
             Some(t) => {
                 o.sampling = match o.sampling {
                     Sampling::Greedy => Sampling::with_temperature(t),

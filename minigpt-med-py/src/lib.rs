@@ -16,11 +16,12 @@ use pyo3::prelude::*;
 
 /// Sets the CPU threads used for all matrix work (the quantized kernels and the f32 GEMM).
 ///
-/// The thread pool reads this once, when first used: call it before loading a model. Same as
-/// the environment variable ``RAYON_NUM_THREADS``.
+/// Builds the process-wide thread pool with ``threads`` threads. The pool is built once (by
+/// this call or the first model load): call it before loading a model. The environment is not
+/// written.
 ///
 /// Raises:
-///     OptionsError: ``threads`` is 0.
+///     OptionsError: ``threads`` is 0, or the pool already runs another number of threads.
 #[pyfunction]
 fn set_threads(threads: usize) -> PyResult<()> {
     minigpt_med::set_threads(threads).map_err(errors::to_py_err)

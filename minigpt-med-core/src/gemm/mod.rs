@@ -2,9 +2,7 @@
 //! register-blocked micro-kernel, plus the row-wise math the ViT fuses around it (softmax, exact
 //! GELU). Public for benchmarks and for crates that want a fast f32 `x W^T` of their own.
 //!
-//! candle's f32 matmul (the `gemm` crate) reached 35-46 GFLOP/s on the ViT-g's shapes on the
-//! 2-core project machine, where PyTorch's MKL reaches 83-118, so one image took 77 s in the
-//! ViT against PyTorch's 31 s. What this module does differently:
+//! How it is fast (the measurements behind each choice are in `docs/perf.md`):
 //!
 //! - A weight matrix is packed once, at load, into panels of [`NR`] output columns stored
 //!   k-major (`[n / NR][k][NR]`, 64-byte aligned rows), replacing the loaded tensor: the hot

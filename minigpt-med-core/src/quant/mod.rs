@@ -4,12 +4,10 @@
 //!
 //! The formats are llama.cpp's (Q8_0, Q4_0: blocks of 32 values sharing an f16 scale; Q4_K:
 //! super-blocks of 256), quantized with the same arithmetic, so a matrix holds the same numbers
-//! as llama.cpp's file would. What differs is the layout and the kernels:
+//! as llama.cpp's file would. What differs from candle's quantized matmul (which `docs/perf.md`
+//! compares) is the layout and the kernels:
 //!
-//! - candle 0.11.1's x86 path builds a second, repacked copy of every Q4_K matrix on first use
-//!   and keeps both (a third more memory than the weights), and its Q4_0/Q8_0 dot products run
-//!   one block at a time with software f16 conversion (~11 GFLOP/s on two cores).
-//! - Here each matrix is held once, quantized from the loaded tensor in place. Rows are
+//! - Each matrix is held once, quantized from the loaded tensor in place. Rows are
 //!   interleaved by four ("quads"), so a kernel computing four outputs reads one contiguous
 //!   stream (prefetched ahead in software) and shares each activation load between four rows.
 //!   Q4_0 and Q8_0 keep quants and scales in separate arrays, so eight block scales widen with

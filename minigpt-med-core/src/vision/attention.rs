@@ -1,11 +1,9 @@
 //! The ViT's multi-head self-attention on the CPU, fused: per (head, block of query rows) one
 //! task computes `softmax(q k^T * scale) v` with the scores held in a small per-thread buffer.
 //!
-//! Through candle this was three tensor ops per block (0.28 s of 1.6 s at ViT-g's 1025 tokens on
-//! two cores): copies of q, k and v out of the qkv output, a single-threaded softmax over the
-//! 16 x 1025 x 1025 scores, and two batched matmuls. Here q, k and v are read in place from the
-//! qkv rows; k and v are packed once per head; the scale is applied while packing q; the
-//! softmax's division is applied to the `head_dim`-long output rows.
+//! q, k and v are read in place from the qkv rows (no copies out of it); k and v are packed
+//! once per head; the scale is applied while packing q; the softmax's division is applied to the
+//! `head_dim`-long output rows instead of the probability rows. `docs/perf.md` has the timings.
 
 use std::cell::RefCell;
 
