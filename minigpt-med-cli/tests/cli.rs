@@ -126,6 +126,25 @@ fn errors_exit_non_zero_with_the_reason() {
     let out = bin().args(["demo", "--task", "identify", "--box", "1,2,3"]).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("x1,y1,x2,y2"));
+
+    // The core's rules, with the core's words: no silent truncation or ignored settings.
+    for (args, want) in [
+        (&["--task", "identify", "--grid-box", "1.5,2,3,4"][..], "not a whole number in 0..=100"),
+        (&["--task", "vqa", "--prompt", "q", "--box", "1,2,3,4"][..], "only used by the identify task"),
+        (&["--task", "vqa", "--prompt", "q", "--top-p", "0.5"][..], "apply to sampling"),
+    ] {
+        let out = bin()
+            .args(["generate", "--model-dir"])
+            .arg(tiny())
+            .arg("--image")
+            .arg(tiny().join("images/ct_nlst.png"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
 }
 
 #[test]

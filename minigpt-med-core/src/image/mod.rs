@@ -161,7 +161,8 @@ impl ImageOptions {
 }
 
 /// How colour inputs become the model's three channels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ColorMode {
     /// MiniGPT-Med's evaluation: Pillow `convert("L")` (ITU-R 601 luma), replicated to R, G, B.
     #[default]
@@ -178,6 +179,16 @@ impl std::str::FromStr for ColorMode {
             "rgb" | "color" | "colour" => Ok(Self::Rgb),
             other => Err(Error::InvalidOption(format!("colour mode {other:?}: use gray or rgb"))),
         }
+    }
+}
+
+/// `gray` or `rgb`, the names `FromStr` reads.
+impl std::fmt::Display for ColorMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gray => "gray",
+            Self::Rgb => "rgb",
+        })
     }
 }
 
