@@ -83,7 +83,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
             let o = opts(WeightDType::Q4K);
             let what = format!("synthetic MiniGPT-Med 7B (random weights), llm {}, vit {}", o.llm_dtype, o.vit_dtype);
             let cfg = MiniGptMedConfig::default();
-            (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tiny.join("llama-2-7b-chat-hf"), &o)?, what)
+            (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tiny.path().join("llama-2-7b-chat-hf"), &o)?, what)
         }
         (None, Some(dir)) => {
             let o = opts(WeightDType::F32);
@@ -93,7 +93,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         (None, None) => {
             let o = opts(WeightDType::F32);
             let what = format!("bundled tiny model (random weights), llm {}, vit {}", o.llm_dtype, o.vit_dtype);
-            (Model::load_dir(&tiny, &o)?, what)
+            (Model::load_dir(tiny.path(), &o)?, what)
         }
     };
     let load_ms = model.info().load_ms;

@@ -21,24 +21,42 @@ const FILES: &[(&str, &[u8])] = &[
 /// The NLST CT slice of the fixtures (PNG, decoded exactly).
 pub const CT_IMAGE: &[u8] = fixture!("images/ct_nlst.png");
 
-/// Writes the tiny model to a per-version directory under the temp dir (once) and returns it.
-pub fn unpack() -> Result<PathBuf, minigpt_med::Error> {
-    let dir = std::env::temp_dir().join(format!("minigpt-med-demo-{}", minigpt_med::VERSION));
-    for (name, bytes) in FILES {
-        let path = dir.join(name);
-        if std::fs::read(&path).is_ok_and(|b| b == *bytes) {
-            continue;
-        }
-        let io = |e| minigpt_med::Error::Io {
-            path: path.clone(),
-            source: e,
-            hint: "could not unpack the demo model".into(),
-        };
-        std::fs::create_dir_all(path.parent().unwrap_or(&dir)).map_err(io)?;
-        // Write then rename, so concurrent demos never read a half-written file.
-        let tmp = path.with_extension(format!("part{}", std::process::id()));
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::rename(&tmp, &path).map_err(io)?;
+/// The unpacked tiny model: a private directory (mode 0700, a fresh name, created exclusively,
+/// so no other user can plant or read files in it), removed when dropped.
+pub struct DemoDir(PathBuf);
+
+impl DemoDir {
+    /// Where the model files are.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
     }
-    Ok(dir)
+}
+
+impl Drop for DemoDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes the tiny model into a new private temporary directory.
+pub fn unpack() -> Result<DemoDir, minigpt_med::Error> {
+    let io = |path: &std::path::Path, e| minigpt_med::Error::Io {
+        path: path.to_owned(),
+        source: e,
+        hint: "could not unpack the demo model into the temporary directory".into(),
+    };
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let dir = std::env::temp_dir().join(format!("minigpt-med-demo-{}-{stamp}", std::process::id()));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    // `create` (not `create_all`) fails if the name exists: the directory is ours alone.
+    builder.create(&dir).map_err(|e| io(&dir, e))?;
+    let guard = DemoDir(dir);
+    for (name, bytes) in FILES {
+        let path = guard.0.join(name);
+        std::fs::create_dir_all(path.parent().unwrap_or(&guard.0)).map_err(|e| io(&path, e))?;
+        std::fs::write(&path, bytes).map_err(|e| io(&path, e))?;
+    }
+    Ok(guard)
 }

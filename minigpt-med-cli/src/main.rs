@@ -299,6 +299,9 @@ fn generate(a: GenerateArgs) -> Result<(), minigpt_med::Error> {
     let task = a.task.task()?;
     let opts = a.decode.options()?;
     let model = Model::load(&a.model.files(), &a.model.options(a.output.json))?;
+    if let Some(draw) = &a.output.draw {
+        minigpt_med::image::ensure_not_input(draw, &a.image.image)?;
+    }
     run(&model, &image, &task, &opts, &a.output)
 }
 
@@ -318,7 +321,10 @@ fn demo(a: DemoArgs) -> Result<(), minigpt_med::Error> {
     } else {
         a.task.task()?
     };
-    let model = Model::load_dir(&dir, &LoadOptions::default())?;
+    let model = Model::load_dir(dir.path(), &LoadOptions::default())?;
+    if let (Some(draw), Some(input)) = (&a.output.draw, &a.image) {
+        minigpt_med::image::ensure_not_input(draw, input)?;
+    }
     run(&model, &image, &task, &GenerateOptions::greedy(a.max_new_tokens), &a.output)
 }
 
@@ -366,5 +372,6 @@ fn preprocess(a: PreprocessArgs) -> Result<(), minigpt_med::Error> {
     if let Some(w) = image.effective_window() {
         eprintln!("window {w}");
     }
+    minigpt_med::image::ensure_not_input(&a.out, &a.image.image)?;
     image.model_view(a.size).save_png(&a.out)
 }

@@ -117,6 +117,17 @@ impl MiniGptMedConfig {
     pub(crate) fn validate(&self, path: &Path) -> Result<()> {
         let v = &self.vision;
         let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
+        // Every size below sets an allocation: bounded before anything is built from it.
+        within(path, "vision.image_size", v.image_size, 4096)?;
+        within(path, "vision.patch_size", v.patch_size, 1024)?;
+        within(path, "vision.width", v.width, 1 << 15)?;
+        within(path, "vision.depth", v.depth, 512)?;
+        within(path, "vision.heads", v.heads, 1024)?;
+        within(path, "vision.mlp_hidden", v.mlp_hidden, 1 << 17)?;
+        within(path, "connector.tokens_per_group", self.connector.tokens_per_group, 1 << 12)?;
+        within(path, "lora.r", self.lora.r, 1 << 14)?;
+        positive_eps(path, "vision.layer_norm_eps", v.layer_norm_eps)?;
+        positive_eps(path, "vision.ln_vision_eps", v.ln_vision_eps)?;
         if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
             return bad(format!(
                 "vision.image_size {} must be a positive multiple of vision.patch_size {}",
@@ -131,11 +142,33 @@ impl MiniGptMedConfig {
         if g == 0 || tokens % g != 0 || v.grid() % g != 0 {
             return bad(format!("connector.tokens_per_group {g} must divide the {} patches of a grid row", v.grid()));
         }
-        if self.lora.r == 0 {
-            return bad("lora.r must be positive".into());
+        if !(self.lora.alpha.is_finite()) {
+            return bad(format!("lora.alpha {} must be a finite number", self.lora.alpha));
         }
         Ok(())
     }
+}
+
+/// `value` must be in `1..=max`; the error names the key and both bounds.
+fn within(path: &Path, key: &str, value: usize, max: usize) -> Result<()> {
+    if value == 0 || value > max {
+        return Err(Error::Config {
+            path: path.to_owned(),
+            reason: format!("{key} is {value}; it must be between 1 and {max}"),
+        });
+    }
+    Ok(())
+}
+
+/// An epsilon must be a finite number above 0.
+fn positive_eps(path: &Path, key: &str, value: f64) -> Result<()> {
+    if !(value.is_finite() && value > 0.0) {
+        return Err(Error::Config {
+            path: path.to_owned(),
+            reason: format!("{key} {value} must be a finite number > 0"),
+        });
+    }
+    Ok(())
 }
 
 /// The LLaMA dimensions read from an HF `config.json`.
@@ -232,6 +265,21 @@ impl LlamaConfig {
 
     fn validate(&self, path: &Path) -> Result<()> {
         let bad = |reason: String| Err(Error::Config { path: path.to_owned(), reason });
+        // Every size below sets an allocation (the RoPE tables are `max_position_embeddings x
+        // head_dim`): bounded before anything is built from it.
+        within(path, "hidden_size", self.hidden_size, 1 << 16)?;
+        within(path, "intermediate_size", self.intermediate_size, 1 << 18)?;
+        within(path, "num_hidden_layers", self.num_hidden_layers, 1024)?;
+        within(path, "num_attention_heads", self.num_attention_heads, 1024)?;
+        within(path, "vocab_size", self.vocab_size, 1 << 22)?;
+        within(path, "max_position_embeddings", self.max_position_embeddings, 1 << 18)?;
+        positive_eps(path, "rms_norm_eps", self.rms_norm_eps)?;
+        positive_eps(path, "rope_theta", self.rope_theta)?;
+        for (key, id) in [("bos_token_id", self.bos_token_id), ("eos_token_id", self.eos_token_id)] {
+            if id as usize >= self.vocab_size {
+                return bad(format!("{key} {id} is outside the vocabulary of {}", self.vocab_size));
+            }
+        }
         if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",

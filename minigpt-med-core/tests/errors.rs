@@ -206,3 +206,43 @@ fn a_progress_callback_returning_false_cancels_the_load() {
     // It stopped at the step that said so, not at the end.
     assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+#[test]
+fn config_sizes_are_bounded_before_anything_is_allocated() {
+    let dir = scratch();
+    let path = dir.join("llama-2-7b-chat-hf/config.json");
+    let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    for (key, value, want) in [
+        ("num_hidden_layers", serde_json::json!(1_000_000_000_000u64), "num_hidden_layers is 1000000000000"),
+        ("max_position_embeddings", serde_json::json!(1_000_000_000u64), "max_position_embeddings is 1000000000"),
+        ("hidden_size", serde_json::json!(0), "hidden_size is 0"),
+        ("vocab_size", serde_json::json!(1u64 << 40), "vocab_size"),
+        ("rms_norm_eps", serde_json::json!(-1.0), "rms_norm_eps"),
+        ("eos_token_id", serde_json::json!(4_000_000), "eos_token_id 4000000 is outside the vocabulary"),
+    ] {
+        let mut cfg = original.clone();
+        cfg[key] = value;
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let e = load(&ModelFiles::from_dir(&dir));
+        assert!(matches!(e, Error::Config { .. }) && e.to_string().contains(want), "{key}: {e}");
+    }
+    std::fs::write(&path, original.to_string()).unwrap();
+    let mm = dir.join("minigpt_med.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&mm).unwrap()).unwrap();
+    cfg["vision"]["depth"] = serde_json::json!(1u64 << 40);
+    std::fs::write(&mm, cfg.to_string()).unwrap();
+    let e = load(&ModelFiles::from_dir(&dir));
+    assert!(matches!(e, Error::Config { .. }) && e.to_string().contains("vision.depth"), "{e}");
+}
+
+#[test]
+fn only_regular_files_of_bounded_size_are_read_as_images() {
+    let e = Image::open("/dev/zero").unwrap_err();
+    assert!(matches!(e, Error::Image { .. }) && e.to_string().contains("not a regular file"), "{e}");
+    let e = Image::open(std::env::temp_dir()).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let small = minigpt_med::ImageOptions { max_file_bytes: 100, ..Default::default() };
+    let e = Image::open_with(fixtures().join("images/ct_nlst.png"), &small).unwrap_err();
+    assert!(e.to_string().contains("over the 100-byte limit"), "{e}");
+    assert_eq!(minigpt_med::caught_panics(), 0);
+}

@@ -94,7 +94,8 @@ fn raw_buffers_are_checked() {
     assert!(Image::from_pixels(2, 2, Pixels::GrayF32(vec![-1000.0, 0.0, 1.0, 2.0])).is_ok());
     assert_image_err(Image::from_pixels(2, 2, Pixels::Rgb8(vec![0; 11])), "does not match");
     assert_image_err(Image::from_pixels(0, 2, Pixels::Gray8(vec![])), "zero size");
-    assert_image_err(Image::from_pixels(usize::MAX, 2, Pixels::Gray8(vec![0; 4])), "does not match");
+    assert_image_err(Image::from_pixels(usize::MAX, 2, Pixels::Gray8(vec![0; 4])), "side over 65535");
+    assert_image_err(Image::from_pixels(3, 2, Pixels::Gray8(vec![0; 4])), "does not match");
     // Real values: the min-max default, or a window in those units; NaN renders black.
     let img = Image::from_pixels(2, 2, Pixels::GrayF32(vec![-1000.0, 0.0, f32::NAN, 1000.0])).unwrap();
     assert_eq!(img.to_8bit().pixels(), &Pixels::Gray8(vec![0, 128, 0, 255]));
@@ -148,11 +149,18 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
 
 #[test]
 fn hostile_non_dicom_inputs_fail_cleanly() {
-    assert_image_err(Image::from_bytes(&png_header(100_000, 100_000)), "pixel limit");
+    assert_image_err(Image::from_bytes(&png_header(20_000, 20_000)), "pixel limit");
     // Under the pixel limit but far more than the bytes could hold: rejected before allocating.
-    assert_image_err(Image::from_bytes(&png_header(10_000, 10_000)), "holds only");
+    assert_image_err(Image::from_bytes(&png_header(9_000, 9_000)), "holds only");
     assert_image_err(Image::from_bytes(&png_header(0, 10)), "Invalid image dimensions");
     assert_image_err(Image::from_bytes(b""), "unrecognised");
+    // A half-megabyte PNG of 1 x 268,435,455 pixels once made the resize allocate 448 x height.
+    assert_image_err(Image::from_bytes(&png_header(1, 268_435_455)), "side over 65535");
+    assert_image_err(Image::from_bytes(&png_header(268_435_455, 1)), "side over 65535");
+    assert_image_err(Image::from_pixels(70_000, 1, Pixels::Gray8(vec![0; 70_000])), "side over 65535");
+    // The widest accepted strip still resizes (bounded filter tables and passes).
+    let strip = Image::from_pixels(65_535, 1, Pixels::Gray8((0..65_535).map(|i| (i % 251) as u8).collect())).unwrap();
+    assert_eq!(strip.model_view(448).chw.len(), 3 * 448 * 448);
     let mut seed = 0x1234_5678u64;
     let mut next = move || {
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);

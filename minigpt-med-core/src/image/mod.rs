@@ -16,9 +16,17 @@ pub use window::{Window, WindowPreset};
 
 use crate::error::{Error, Result};
 
-/// Default largest accepted input, in pixels (width * height); protects against
-/// decompression bombs. See [`ImageOptions::max_pixels`].
-pub const DEFAULT_MAX_PIXELS: u64 = 256 * 1024 * 1024;
+/// Default largest accepted input, in pixels (width * height): Pillow's `MAX_IMAGE_PIXELS`
+/// (the original model's decoder warns of a decompression bomb above it). The model sees
+/// 448x448; see [`ImageOptions::max_pixels`].
+pub const DEFAULT_MAX_PIXELS: u64 = 89_478_485;
+
+/// Longest accepted side of an input, in pixels (JPEG's and DICOM's own maximum). It bounds the
+/// resize's buffers and filter tables (a 1 x 268,435,455 PNG is a half-megabyte file).
+pub const MAX_SIDE: usize = 65_535;
+
+/// Default largest image file read, in bytes; see [`ImageOptions::max_file_bytes`].
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 1 << 30;
 
 /// The CLIP normalisation mean used by MiniGPT-Med, per RGB channel.
 pub const CLIP_MEAN: [f32; 3] = [0.481_454_66, 0.457_827_5, 0.408_210_73];
@@ -110,11 +118,20 @@ pub struct ImageOptions {
     pub color: ColorMode,
     /// Largest accepted `width * height`; larger inputs fail before pixels are allocated.
     pub max_pixels: u64,
+    /// Largest file [`Image::open_with`] reads, in bytes (default [`DEFAULT_MAX_FILE_BYTES`]).
+    pub max_file_bytes: u64,
 }
 
 impl Default for ImageOptions {
     fn default() -> Self {
-        Self { window: None, preset: None, frame: None, color: ColorMode::Gray, max_pixels: DEFAULT_MAX_PIXELS }
+        Self {
+            window: None,
+            preset: None,
+            frame: None,
+            color: ColorMode::Gray,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+        }
     }
 }
 
@@ -216,6 +233,7 @@ impl Image {
         if width == 0 || height == 0 {
             return Err(Error::image(None, format!("zero size {width}x{height}")));
         }
+        check_sides(None, width, height)?;
         let expected = width.checked_mul(height).and_then(|n| n.checked_mul(per_pixel));
         if expected != Some(len) {
             return Err(Error::image(
@@ -236,7 +254,7 @@ impl Image {
     pub fn open_with(path: impl AsRef<Path>, opts: &ImageOptions) -> Result<Self> {
         let path = path.as_ref();
         let name = path.display().to_string();
-        let bytes = std::fs::read(path).map_err(|e| Error::image(Some(&name), format!("cannot read the file: {e}")))?;
+        let bytes = read_image_file(path, opts.max_file_bytes).map_err(|reason| Error::image(Some(&name), reason))?;
         Self::decode(&bytes, Some(&name), opts)
     }
 
@@ -302,6 +320,7 @@ impl Image {
         if w == 0 || h == 0 {
             return Err(Error::image(name, format!("zero size {w}x{h}")));
         }
+        check_sides(name, w as usize, h as usize)?;
         if pixels > max_pixels {
             return Err(Error::image(
                 name,
@@ -495,7 +514,78 @@ pub fn encode_rgb_png(width: usize, height: usize, rgb: &[u8]) -> Result<Vec<u8>
 /// Writes interleaved RGB bytes (`[height, width, 3]`) as a PNG file.
 pub fn save_rgb_png(path: &Path, width: usize, height: usize, rgb: &[u8]) -> Result<()> {
     let png = encode_rgb_png(width, height, rgb)?;
-    std::fs::write(path, png).map_err(|e| Error::io(path, e, "the directory must exist and be writable"))
+    write_atomic(path, &png)
+}
+
+/// Writes `bytes` to a temporary file beside `path`, then renames it over `path`: a reader
+/// never sees half a file, and a failed write leaves what was there.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let hint = "the directory must exist and be writable";
+    let file_name = path.file_name().ok_or_else(|| {
+        Error::io(path, std::io::Error::from(std::io::ErrorKind::InvalidInput), "give a file name, not a directory")
+    })?;
+    let tmp = path.with_file_name(format!(".{}.{}.tmp", file_name.to_string_lossy(), std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::io(path, e, hint))
+        }
+    }
+}
+
+/// Refuses an output path that names the input file (or the same file through another path).
+pub fn ensure_not_input(output: &Path, input: &Path) -> Result<()> {
+    let same = match (std::fs::canonicalize(output), std::fs::canonicalize(input)) {
+        (Ok(o), Ok(i)) => o == i,
+        _ => false,
+    };
+    if same {
+        return Err(Error::InvalidOption(format!(
+            "the output {} is the input image: choose another file name",
+            output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a side longer than [`MAX_SIDE`].
+fn check_sides(name: Option<&str>, width: usize, height: usize) -> Result<()> {
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::image(
+            name,
+            format!("{width}x{height} has a side over {MAX_SIDE} pixels; crop or downscale it first"),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads an image file: a regular file (not a device, FIFO or directory) of at most `max` bytes.
+fn read_image_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file (a directory, device or pipe); give an image file".into());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "the file has {} bytes, over the {max}-byte limit (ImageOptions::max_file_bytes)",
+            meta.len()
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take` bounds the read even if the file grows while it is read.
+    file.take(max + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > max {
+        return Err(format!("the file grew past the {max}-byte limit while it was read"));
+    }
+    Ok(bytes)
 }
 
 /// Whether `bytes` is a DICOM file (`DICM` at offset 128, or at 0 when the preamble is missing).
