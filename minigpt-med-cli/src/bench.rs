@@ -131,7 +131,8 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
             "{}",
             json!({
                 "model": what,
-                "threads": minigpt_med::candle::utils::get_num_threads(),
+                "threads": minigpt_med::threads(),
+                "jpeg_decoder": minigpt_med::image::jpeg_decoder(),
                 "repeats": a.repeats,
                 "load_ms": load_ms,
                 "encode_ms": {"min": enc_min, "median": enc_med},
@@ -148,7 +149,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         let gib =
             |b: Option<u64>| b.map(|b| format!("{:.2} GiB", b as f64 / (1u64 << 30) as f64)).unwrap_or("?".into());
         println!("model            {what}");
-        println!("threads          {}", minigpt_med::candle::utils::get_num_threads());
+        println!("threads          {}", minigpt_med::threads());
         println!("load             {load_ms:.0} ms");
         println!("image encode     min {enc_min:.0} ms, median {enc_med:.0} ms");
         println!("prefill          best {pre_best:.2} tok/s, median {pre_med:.2} tok/s ({prompt_len} tokens)");
@@ -236,12 +237,9 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
         rows_out.push(kernel_row((name, rows, cols, m), &format!("{precision:?}"), t_ours, t_theirs, ours.bytes()));
     }
     if a.json {
-        println!(
-            "{}",
-            json!({"threads": minigpt_med::candle::utils::get_num_threads(), "repeats": a.repeats, "kernels": rows_out})
-        );
+        println!("{}", json!({"threads": minigpt_med::threads(), "repeats": a.repeats, "kernels": rows_out}));
     } else {
-        println!("threads {}, best of {}", minigpt_med::candle::utils::get_num_threads(), a.repeats);
+        println!("threads {}, best of {}", minigpt_med::threads(), a.repeats);
         println!(
             "{:<14} {:>6} {:>4} {:>10} {:>10} {:>12} {:>12} {:>9}",
             "matrix", "format", "m", "ours ms", "candle ms", "ours GFLOP/s", "candle GFLOP/s", "ours GB/s"

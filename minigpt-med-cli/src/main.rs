@@ -309,7 +309,9 @@ fn demo(a: DemoArgs) -> Result<(), minigpt_med::Error> {
     eprintln!(
         "minigpt-med demo: the bundled TINY model has RANDOM weights; its answers are gibberish by design.\n\
          It exercises the real pipeline (file formats, preprocessing, ViT, LoRA-merged LLaMA, decoding) offline.\n\
-         For real answers pass the real weights to `minigpt-med generate` (see the README)."
+         For real answers pass the real weights to `minigpt-med generate` (see the README).\n\
+         JPEG decoder: {}",
+        minigpt_med::image::jpeg_decoder()
     );
     let dir = demo::unpack()?;
     let image = match &a.image {

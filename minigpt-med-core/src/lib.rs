@@ -87,6 +87,11 @@ pub fn set_threads(n: usize) -> Result<()> {
     }
 }
 
+/// The threads of the pool all matrix work runs on (building it, if nothing has yet).
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
 #[doc(hidden)]
 pub use contain::caught_panics;
 

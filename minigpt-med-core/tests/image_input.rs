@@ -2,7 +2,7 @@
 //! colour models, frames), and hostile inputs. The expected DICOM renderings in
 //! tests/fixtures/dicom/*.png were made by pydicom + numpy (`make_expected.py` there) with the
 //! same documented rules; they must match within 1 level (rounding of the linear function and
-//! of the colour conversion), 2 for lossy JPEG (libjpeg vs jpeg-decoder IDCT/upsampling).
+//! of the colour conversion), 0 for lossy JPEG with libjpeg-turbo (the `jpeg-turbo` feature), 2 without (jpeg-decoder's IDCT).
 
 #[cfg(feature = "dicom")]
 use std::path::PathBuf;
@@ -10,6 +10,10 @@ use std::path::PathBuf;
 use minigpt_med::{ColorMode, Error, Image, ImageOptions, Pixels, Window, WindowPreset};
 
 #[cfg(feature = "dicom")]
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
+}
+
 fn dicom_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/dicom")
 }
@@ -145,6 +149,36 @@ fn png_header(width: u32, height: u32) -> Vec<u8> {
         out.extend(crc32(&chunk).to_be_bytes());
     }
     out
+}
+
+#[cfg(feature = "jpeg-turbo")]
+/// The fixture JPEG with `segment` (marker and payload) inserted right after its SOI marker.
+fn jpeg_with_segment(marker: u8, payload: &[u8]) -> Vec<u8> {
+    let jpeg = std::fs::read(fixtures().join("images/cxr_rsna.jpg")).unwrap();
+    let mut out = jpeg[..2].to_vec();
+    out.extend([0xFF, marker]);
+    out.extend(((payload.len() + 2) as u16).to_be_bytes());
+    out.extend(payload);
+    out.extend(&jpeg[2..]);
+    out
+}
+
+#[cfg(feature = "jpeg-turbo")]
+#[test]
+fn jpeg_reads_what_pillow_reads_and_refuses_what_it_refuses() {
+    let plain = Image::open(fixtures().join("images/cxr_rsna.jpg")).unwrap();
+    // A malformed EXIF block and a truncated Adobe APP14 segment: metadata, ignored as by Pillow.
+    let bad_exif = jpeg_with_segment(0xE1, b"Exif\0\0MM\0*\xff\xff\xff\xff garbage");
+    let short_adobe = jpeg_with_segment(0xEE, b"Adob");
+    for (what, bytes) in [("malformed EXIF", bad_exif), ("truncated APP14", short_adobe)] {
+        let img = Image::from_bytes(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(img.model_view(64).chw, plain.model_view(64).chw, "{what}");
+    }
+    // A file cut short is refused (Pillow: "image file is truncated").
+    let jpeg = std::fs::read(fixtures().join("images/cxr_rsna.jpg")).unwrap();
+    assert_image_err(Image::from_bytes(&jpeg[..jpeg.len() / 2]), "truncated or corrupt");
+    assert!(minigpt_med::image::jpeg_decoder().starts_with("libjpeg-turbo"));
+    assert_eq!(minigpt_med::caught_panics(), 0);
 }
 
 #[test]
@@ -289,7 +323,10 @@ mod dicom {
 
     #[test]
     fn jpeg_baseline_ybr() {
-        assert_eq!(ts(&compare("SC_rgb_jpeg_dcmtk", 2)), "1.2.840.10008.1.2.4.50");
+        assert_eq!(
+            ts(&compare("SC_rgb_jpeg_dcmtk", if cfg!(feature = "jpeg-turbo") { 0 } else { 2 })),
+            "1.2.840.10008.1.2.4.50"
+        );
     }
 
     #[test]

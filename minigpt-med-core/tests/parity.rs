@@ -38,14 +38,15 @@ fn resized_pixels_match_pillow() {
         let want = golden_view(name);
         let max = ours.chw.iter().zip(&want.chw).map(|(a, b)| a.abs_diff(*b)).max().unwrap();
         let differing = ours.chw.iter().zip(&want.chw).filter(|(a, b)| a != b).count();
-        if file.ends_with(".png") {
-            assert_eq!(max, 0, "{name}: PNG input must resize bit-exactly");
+        if file.ends_with(".png") || cfg!(feature = "jpeg-turbo") {
+            // PNG, and JPEG through libjpeg-turbo (Pillow's decoder): bit-exact.
+            assert_eq!(max, 0, "{name}: {file} must decode and resize bit-exactly ({differing} values differ)");
             let digest = hex(&Sha256::digest(&ours.chw));
             assert_eq!(digest, img["pixel_u8_sha256"].as_str().unwrap());
         } else {
-            // JPEG: the goldens were decoded by libjpeg-turbo (Pillow); the `image` crate's
-            // decoder (zune-jpeg) rounds its IDCT/upsampling differently. Measured after the
-            // resize: cxr_rsna 2544 of 602112 values differ by 1; mri_brain 3684 by at most 2.
+            // JPEG without libjpeg-turbo: the `image` crate's decoder (zune-jpeg) rounds its
+            // IDCT/upsampling differently. Measured after the resize: cxr_rsna 2544 of 602112
+            // values differ by 1; mri_brain 3684 by at most 2.
             eprintln!(
                 "{name}: JPEG decode differs from Pillow's on {differing} of {} values, max {max}",
                 ours.chw.len()
@@ -165,14 +166,15 @@ fn llm_matches_embeddings_logits_and_greedy_tokens() {
 }
 
 #[test]
-fn whole_pipeline_from_png_files() {
-    // PNG inputs decode exactly, so the public API from a file must give the goldens end to end.
+fn whole_pipeline_from_image_files() {
+    // PNG inputs (and JPEG through libjpeg-turbo) decode exactly, so the public API from a file
+    // must give the goldens end to end.
     let model = model();
     for p in golden_json()["prompts"].as_array().unwrap() {
         let image_name = p["image"].as_str().unwrap();
         let img = images().into_iter().find(|i| i["name"] == image_name).unwrap();
         let file = img["file"].as_str().unwrap();
-        if !file.ends_with(".png") {
+        if !(file.ends_with(".png") || cfg!(feature = "jpeg-turbo")) {
             continue;
         }
         let image = Image::open(fixtures().join(file)).unwrap();

@@ -25,7 +25,7 @@
 //! Hostile input: the header is validated (sizes, bit depths, frame index, pixel limit, the
 //! dimensions a compressed codestream declares) before any pixel buffer is allocated, the
 //! pixel data must hold the declared bytes, RLE is decoded here with every offset and run
-//! checked, and dicom-rs runs inside `contain` (a contained panic fails the test suites).
+//! checked, 8-bit lossy JPEG goes through libjpeg-turbo (as pydicom's Pillow handler, bit-exact), and dicom-rs runs inside `contain` (a contained panic fails the test suites).
 
 use std::borrow::Cow;
 
@@ -272,13 +272,17 @@ fn decode_object(
         .ok_or_else(|| err("no Pixel Data (7FE0,0010): not an image object".into()))?;
     let ybr422 = h.photometric == "YBR_FULL_422";
     let (data, photometric): (Cow<[u8]>, &str) = if let Some(fragments) = pixel.fragments() {
-        let mut data = if ts_uid == RLE_LOSSLESS {
+        if ts_uid != RLE_LOSSLESS {
+            check_codestreams(fragments.iter().map(|f| f.as_slice()), &h).map_err(err)?;
+        }
+        let mut data = if let Some(d) = jpeg_frame(fragments, frame, &h, &ts_uid, max_pixels, name)? {
+            d
+        } else if ts_uid == RLE_LOSSLESS {
             let fragment = fragments.get(frame).ok_or_else(|| {
                 err(format!("RLE Pixel Data holds {} fragment(s), frame {frame} has none", fragments.len()))
             })?;
             rle_frame(fragment, &h).map_err(|e| err(format!("frame {frame} (RLE Lossless): {e}")))?
         } else {
-            check_codestreams(fragments.iter().map(|f| f.as_slice()), &h).map_err(err)?;
             let decoded = obj
                 .decode_pixel_data_frame(frame as u32)
                 .map_err(|e| err(format!("cannot decode frame {frame} ({ts_name}): {e}")))?;
@@ -450,6 +454,59 @@ fn native_frame(all: &[u8], frame: usize, h: &Header, ybr422: bool) -> std::resu
             all.len(), h.cols, h.rows, h.samples, h.bits_allocated, range.end
         )
     })
+}
+
+/// JPEG Baseline (Process 1) and Extended (Processes 2 & 4): the 8-bit lossy syntaxes.
+const JPEG_LOSSY: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
+
+/// Decodes a frame of 8-bit lossy JPEG Pixel Data with libjpeg-turbo, as pydicom's Pillow
+/// handler does (bit-exact with it, where dicom-rs's pure-Rust decoder rounds differently):
+/// `Ok(None)` for other syntaxes, builds without `jpeg-turbo`, or a fragment layout other than
+/// one frame per fragment (or all fragments of a single frame), which dicom-rs then decodes.
+fn jpeg_frame(
+    fragments: &[Vec<u8>],
+    frame: usize,
+    h: &Header,
+    ts_uid: &str,
+    max_pixels: u64,
+    name: Option<&str>,
+) -> Result<Option<Vec<u8>>> {
+    if !cfg!(feature = "jpeg-turbo") || !JPEG_LOSSY.contains(&ts_uid) || h.bits_allocated != 8 {
+        return Ok(None);
+    }
+    let joined;
+    let stream: &[u8] = if h.frames == 1 {
+        joined = fragments.concat();
+        &joined
+    } else if fragments.len() == h.frames {
+        &fragments[frame]
+    } else {
+        return Ok(None);
+    };
+    #[cfg(feature = "jpeg-turbo")]
+    {
+        let (w, rows, pixels) = super::jpeg::decode(stream, name, max_pixels)?;
+        if (w, rows) != (h.cols, h.rows) {
+            return Err(Error::image(
+                name,
+                format!("a JPEG frame of {w}x{rows} in a {}x{} image; the file is corrupt", h.cols, h.rows),
+            ));
+        }
+        Ok(match (pixels, h.samples) {
+            (Pixels::Gray8(v), 1) | (Pixels::Rgb8(v), 3) => Some(v),
+            (p, samples) => {
+                return Err(Error::image(
+                    name,
+                    format!("a JPEG frame with {} channel(s) for {samples} sample(s) per pixel", p.channels()),
+                ))
+            }
+        })
+    }
+    #[cfg(not(feature = "jpeg-turbo"))]
+    {
+        let _ = (stream, max_pixels, name);
+        Ok(None)
+    }
 }
 
 /// Decodes one RLE Lossless frame (PS3.5 Annex G): one PackBits segment per byte of each

@@ -4,6 +4,7 @@
 
 #[cfg(feature = "dicom")]
 mod dicom;
+mod jpeg;
 mod resize;
 mod window;
 
@@ -11,6 +12,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
+pub use jpeg::jpeg_decoder;
 pub use resize::resize_plane_bicubic;
 pub use window::{Window, WindowPreset};
 
@@ -306,6 +308,11 @@ impl Image {
     /// PNG, JPEG, TIFF or BMP through the `image` crate.
     fn decode_common(bytes: &[u8], name: Option<&str>, max_pixels: u64) -> Result<Self> {
         use image::DynamicImage as D;
+        #[cfg(feature = "jpeg-turbo")]
+        if jpeg::is_jpeg(bytes) {
+            let (w, h, pixels) = jpeg::decode(bytes, name, max_pixels)?;
+            return Self::from_pixels(w, h, pixels).map_err(|e| rename(e, name));
+        }
         let reader = || {
             image::ImageReader::new(std::io::Cursor::new(bytes))
                 .with_guessed_format()
