@@ -152,15 +152,7 @@ bool on_progress(float fraction, void* /*user_data*/) noexcept {
   return true;
 }
 
-const char* stop_reason_name(mgm_StopReason r) {
-  switch (r) {
-    case MGM_STOP_REASON_EOS: return "eos";
-    case MGM_STOP_REASON_MAX_TOKENS: return "max_tokens";
-    case MGM_STOP_REASON_STOP_STRING: return "stop_string";
-    case MGM_STOP_REASON_CANCELLED: return "cancelled";
-  }
-  return "?";
-}
+const char* stop_reason_name(mgm_StopReason r) { return mgm_stop_reason_name(static_cast<uint32_t>(r)); }
 
 int run(int argc, char** argv) {
   if (argc < 3) {

@@ -37,6 +37,45 @@ pub enum StopReason {
     StopString = 2,
     /// The streaming callback returned false.
     Cancelled = 3,
+    /// The model's context was full before `max_new_tokens` were generated.
+    ContextFull = 4,
+}
+
+impl StopReason {
+    /// Every reason, in the order of their values.
+    #[cfg(test)]
+    pub(crate) const ALL: [StopReason; 5] = [
+        StopReason::Eos,
+        StopReason::MaxTokens,
+        StopReason::StopString,
+        StopReason::Cancelled,
+        StopReason::ContextFull,
+    ];
+
+    fn from_engine(r: engine::StopReason) -> Self {
+        match r {
+            engine::StopReason::Eos => StopReason::Eos,
+            engine::StopReason::MaxTokens => StopReason::MaxTokens,
+            engine::StopReason::StopString => StopReason::StopString,
+            engine::StopReason::Cancelled => StopReason::Cancelled,
+            engine::StopReason::ContextFull => StopReason::ContextFull,
+        }
+    }
+}
+
+/// The name of a stop reason (an `mgm_StopReason`) as every output of the engine spells it
+/// (`"eos"`, `"max_tokens"`, `"stop_string"`, `"cancelled"`, `"context_full"`: the CLI's JSON,
+/// Python), or `"unknown"` for a value that is not one. A static string, never freed.
+#[no_mangle]
+pub extern "C" fn mgm_stop_reason_name(reason: u32) -> *const c_char {
+    static NAMES: std::sync::OnceLock<Vec<(u32, std::ffi::CString)>> = std::sync::OnceLock::new();
+    let names = NAMES.get_or_init(|| {
+        engine::StopReason::ALL
+            .iter()
+            .map(|&r| (StopReason::from_engine(r) as u32, std::ffi::CString::new(r.name()).unwrap_or_default()))
+            .collect()
+    });
+    names.iter().find(|(v, _)| *v == reason).map_or(c"unknown".as_ptr(), |(_, n)| n.as_ptr())
 }
 
 /// A box the model wrote.
@@ -186,12 +225,7 @@ pub unsafe extern "C" fn mgm_answer_stop_reason(answer: *const Answer, out_reaso
         // SAFETY: per this function's contract.
         let a = unsafe { ptr::arg(answer, "answer") }?;
         let out = unsafe { ptr::arg_mut(out_reason, "out_reason") }?;
-        *out = match a.inner.stop_reason {
-            engine::StopReason::Eos => StopReason::Eos,
-            engine::StopReason::MaxTokens => StopReason::MaxTokens,
-            engine::StopReason::StopString => StopReason::StopString,
-            engine::StopReason::Cancelled => StopReason::Cancelled,
-        };
+        *out = StopReason::from_engine(a.inner.stop_reason);
         Ok(())
     })
 }

@@ -27,7 +27,8 @@ use std::ffi::c_char;
 
 pub use answer::{
     mgm_answer_box, mgm_answer_box_count, mgm_answer_draw_png, mgm_answer_free, mgm_answer_stop_reason,
-    mgm_answer_text, mgm_answer_timings, mgm_answer_token_ids, Answer, BoundingBox, StopReason, Timings,
+    mgm_answer_text, mgm_answer_timings, mgm_answer_token_ids, mgm_stop_reason_name, Answer, BoundingBox, StopReason,
+    Timings,
 };
 pub use generate::{
     mgm_chat_ask, mgm_chat_context_len, mgm_chat_free, mgm_chat_new, mgm_chat_turns, mgm_generate,

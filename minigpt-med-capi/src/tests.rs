@@ -650,3 +650,12 @@ fn presets_and_sampling_defaults_are_the_engines() {
     // SAFETY: no stop strings.
     assert_eq!(unsafe { zero.to_engine() }.unwrap().sampling, engine::Sampling::Greedy);
 }
+
+#[test]
+fn stop_reason_names_are_the_engines() {
+    // SAFETY: the function returns a static NUL-terminated string.
+    let name = |r: u32| unsafe { CStr::from_ptr(mgm_stop_reason_name(r)) }.to_str().unwrap().to_owned();
+    let all: Vec<String> = StopReason::ALL.iter().map(|&r| name(r as u32)).collect();
+    assert_eq!(all, ["eos", "max_tokens", "stop_string", "cancelled", "context_full"]);
+    assert_eq!(name(99), "unknown");
+}

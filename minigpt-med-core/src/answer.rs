@@ -25,7 +25,7 @@ pub struct Timings {
 }
 
 /// Why generation stopped. Every output spells it as [`StopReason::name`] (`eos`,
-/// `max_tokens`, `stop_string`, `cancelled`): `Display`, serde, Python and the CLI's JSON.
+/// `max_tokens`, `stop_string`, `cancelled`, `context_full`): `Display`, serde, Python and the CLI's JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StopReason {
@@ -38,12 +38,19 @@ pub enum StopReason {
     StopString,
     /// The streaming callback asked to stop.
     Cancelled,
+    /// The model's context was full before `max_new_tokens` were generated.
+    ContextFull,
 }
 
 impl StopReason {
     /// Every reason.
-    pub const ALL: [StopReason; 4] =
-        [StopReason::Eos, StopReason::MaxTokens, StopReason::StopString, StopReason::Cancelled];
+    pub const ALL: [StopReason; 5] = [
+        StopReason::Eos,
+        StopReason::MaxTokens,
+        StopReason::StopString,
+        StopReason::Cancelled,
+        StopReason::ContextFull,
+    ];
 
     /// The name every output uses.
     pub const fn name(self) -> &'static str {
@@ -52,6 +59,7 @@ impl StopReason {
             StopReason::MaxTokens => "max_tokens",
             StopReason::StopString => "stop_string",
             StopReason::Cancelled => "cancelled",
+            StopReason::ContextFull => "context_full",
         }
     }
 }
@@ -176,7 +184,7 @@ mod tests {
     #[test]
     fn stop_reasons_have_one_name_everywhere() {
         let names: Vec<String> = StopReason::ALL.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
-        assert_eq!(names, ["\"eos\"", "\"max_tokens\"", "\"stop_string\"", "\"cancelled\""]);
+        assert_eq!(names, ["\"eos\"", "\"max_tokens\"", "\"stop_string\"", "\"cancelled\"", "\"context_full\""]);
         for r in StopReason::ALL {
             assert_eq!(format!("\"{r}\""), serde_json::to_string(&r).unwrap());
             assert_eq!(serde_json::from_str::<StopReason>(&format!("\"{}\"", r.name())).unwrap(), r);

@@ -164,7 +164,8 @@ impl<M: Deref<Target = Model>> Chat<M> {
             ChatHistory::Original if self.turns > 0 => self.before_answer,
             _ => self.context_len(),
         };
-        let drop = fit_context(base, n, opts, llama.config().max_position_embeddings)?;
+        let fit = fit_context(base, n, opts, llama.config().max_position_embeddings)?;
+        let drop = fit.drop;
         let x = match &prompt {
             Some(p) => model.input_embeds(&self.image, p)?,
             None => llama.embed(&follow_up)?,
@@ -173,10 +174,10 @@ impl<M: Deref<Target = Model>> Chat<M> {
         let n = n - drop;
         let cache = match &mut self.cache {
             Some(c) => c,
-            None => self.cache.insert(llama.new_cache(n + opts.max_new_tokens)?),
+            None => self.cache.insert(llama.new_cache(n + fit.new_tokens)?),
         };
         cache.truncate(base);
-        let mut turn = Turn::new(llama, codec, opts, self.image.width, self.image.height);
+        let mut turn = Turn::new(llama, codec, opts, fit.new_tokens, self.image.width, self.image.height);
         // On error `Turn::run` has rolled the cache back to `base`.
         let answer = turn.run(&x, cache, on_text)?;
         if answer.stop_reason == StopReason::Cancelled {

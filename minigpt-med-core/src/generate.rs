@@ -27,11 +27,21 @@ pub(crate) fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
+/// How a prompt fits the context: leading positions to drop, and the new tokens there is room
+/// for (`opts.max_new_tokens`, or fewer where the context ends first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fit {
+    pub(crate) drop: usize,
+    pub(crate) new_tokens: usize,
+}
+
 /// Checks that a prompt of `prompt_len` positions, after `base` positions already in the
-/// cache, fits with `opts.max_new_tokens` new ones; returns how many leading prompt positions
-/// to drop. With a `context_limit`, a first prompt (`base == 0`) is left-truncated to fit it,
-/// as the original demo does; a follow-up never is (it would cut the conversation).
-pub(crate) fn fit_context(base: usize, prompt_len: usize, opts: &GenerateOptions, max_pos: usize) -> Result<usize> {
+/// cache, fits the context, before anything is embedded. With a `context_limit`, a first prompt
+/// (`base == 0`) is left-truncated to leave room for `max_new_tokens`, as the original demo
+/// does; a follow-up never is (it would cut the conversation). Otherwise the answer may use
+/// what the context has left: fewer new tokens than asked end it with
+/// [`StopReason::ContextFull`]; a prompt with no room for one new token is an error.
+pub(crate) fn fit_context(base: usize, prompt_len: usize, opts: &GenerateOptions, max_pos: usize) -> Result<Fit> {
     let new = opts.max_new_tokens;
     let mut drop = 0;
     if let Some(limit) = opts.context_limit {
@@ -48,16 +58,16 @@ pub(crate) fn fit_context(base: usize, prompt_len: usize, opts: &GenerateOptions
             drop = prompt_len - keep;
         }
     }
-    let needed = base + prompt_len - drop + new;
-    if needed > max_pos {
+    let used = base + prompt_len - drop;
+    if used >= max_pos {
         let hint = if base > 0 {
-            "start a new chat or lower max_new_tokens"
+            "start a new chat"
         } else {
-            "lower max_new_tokens or set context_limit to left-truncate the prompt"
+            "shorten the instruction or set context_limit to left-truncate the prompt"
         };
-        return Err(Error::ContextOverflow { needed, available: max_pos, hint: hint.into() });
+        return Err(Error::ContextOverflow { needed: used + 1, available: max_pos, hint: hint.into() });
     }
-    Ok(drop)
+    Ok(Fit { drop, new_tokens: new.min(max_pos - used) })
 }
 
 /// Turns generated ids into text one id at a time, decoding only a short window per step
@@ -133,6 +143,8 @@ fn floor_boundary(s: &str, i: usize) -> usize {
 pub(crate) struct Turn<'m> {
     llama: &'m Llama,
     opts: &'m GenerateOptions,
+    /// New tokens the context has room for (at most `opts.max_new_tokens`).
+    budget: usize,
     width: usize,
     height: usize,
     sampler: Sampler,
@@ -153,12 +165,14 @@ impl<'m> Turn<'m> {
         llama: &'m Llama,
         codec: &'m TextCodec,
         opts: &'m GenerateOptions,
+        budget: usize,
         width: usize,
         height: usize,
     ) -> Self {
         Self {
             llama,
             opts,
+            budget,
             width,
             height,
             sampler: Sampler::new(opts),
@@ -224,7 +238,10 @@ impl<'m> Turn<'m> {
                 break;
             }
             self.searched = self.detok.text().len();
-            if self.detok.ids().len() >= self.opts.max_new_tokens {
+            if self.detok.ids().len() >= self.budget {
+                if self.budget < self.opts.max_new_tokens {
+                    stop_reason = StopReason::ContextFull;
+                }
                 break;
             }
             logits = llama.forward(&llama.embed(&[next])?, cache)?;
@@ -386,15 +403,19 @@ mod tests {
 
     #[test]
     fn the_context_check_truncates_only_first_prompts() {
+        let fit = |drop, new_tokens| Fit { drop, new_tokens };
         let mut o = GenerateOptions::greedy(10);
-        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), 0);
-        let e = fit_context(0, 95, &o, 100).unwrap_err();
-        assert!(matches!(e, Error::ContextOverflow { needed: 105, available: 100, .. }), "{e}");
+        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), fit(0, 10));
+        // The context ends first: the answer gets the 5 positions left.
+        assert_eq!(fit_context(0, 95, &o, 100).unwrap(), fit(0, 5));
+        assert_eq!(fit_context(60, 35, &o, 100).unwrap(), fit(0, 5));
+        let e = fit_context(0, 100, &o, 100).unwrap_err();
+        assert!(matches!(e, Error::ContextOverflow { needed: 101, available: 100, .. }), "{e}");
         o.context_limit = Some(40);
-        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), 20);
-        assert_eq!(fit_context(0, 30, &o, 100).unwrap(), 0);
+        assert_eq!(fit_context(0, 50, &o, 100).unwrap(), fit(20, 10));
+        assert_eq!(fit_context(0, 30, &o, 100).unwrap(), fit(0, 10));
         let e = fit_context(25, 10, &o, 100).unwrap_err();
         assert!(matches!(e, Error::ContextOverflow { needed: 45, available: 40, .. }), "{e}");
-        assert_eq!(fit_context(20, 10, &o, 100).unwrap(), 0);
+        assert_eq!(fit_context(20, 10, &o, 100).unwrap(), fit(0, 10));
     }
 }

@@ -321,11 +321,12 @@ impl Model {
         opts.validate()?;
         let prompt = self.prompt(instruction)?;
         let len = prompt.before_image.len() + image.embeds.dim(0)? + prompt.after_image.len();
-        let drop = fit_context(0, len, opts, self.llama.config().max_position_embeddings)?;
+        let fit = fit_context(0, len, opts, self.llama.config().max_position_embeddings)?;
         let x = self.input_embeds(image, &prompt)?;
-        let x = if drop > 0 { x.narrow(0, drop, len - drop)? } else { x };
-        let mut cache = self.llama.new_cache(len - drop + opts.max_new_tokens)?;
-        Turn::new(&self.llama, &self.codec, opts, image.width, image.height).run(&x, &mut cache, on_text)
+        let x = if fit.drop > 0 { x.narrow(0, fit.drop, len - fit.drop)? } else { x };
+        let mut cache = self.llama.new_cache(len - fit.drop + fit.new_tokens)?;
+        Turn::new(&self.llama, &self.codec, opts, fit.new_tokens, image.width, image.height)
+            .run(&x, &mut cache, on_text)
     }
 
     /// Starts a conversation about `image` (encoded once; the KV cache is kept between turns).

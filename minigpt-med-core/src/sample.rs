@@ -48,9 +48,13 @@ impl Sampler {
                 if top_k > 0 {
                     order.truncate(top_k.max(1));
                 }
-                let max = logits[order[0] as usize] / temperature;
+                // Differences first, in f64: `logit / temperature` overflows for a tiny
+                // temperature (inf - inf = NaN), while `(logit - max) / temperature` only goes to
+                // -inf, so a near-zero temperature samples the top token, as its limit should.
+                let top = f64::from(logits[order[0] as usize]);
+                let t = f64::from(temperature);
                 let mut probs: Vec<f64> =
-                    order.iter().map(|&i| f64::from(logits[i as usize] / temperature - max).exp()).collect();
+                    order.iter().map(|&i| ((f64::from(logits[i as usize]) - top) / t).exp()).collect();
                 let total: f64 = probs.iter().sum();
                 probs.iter_mut().for_each(|p| *p /= total);
                 // Keep the smallest prefix whose mass reaches top_p (at least one token).
@@ -97,6 +101,23 @@ mod tests {
         // id 0 is penalised to 1.0, so id 1 wins.
         assert_eq!(s.next(&mut logits, &[0, 0, 2]), 1);
         assert_eq!(logits, [1.0, 1.5, -2.0]);
+    }
+
+    #[test]
+    fn a_tiny_temperature_samples_the_top_token() {
+        // Distinct values: a tie would rightly be sampled among its tokens.
+        let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 50) as f32 * 0.1 - 1.0).collect();
+        for temperature in [1e-30f32, f32::MIN_POSITIVE, 1e-45] {
+            let opts = GenerateOptions {
+                sampling: Sampling::Sample { temperature, top_p: 0.9, top_k: 0, seed: 3 },
+                ..GenerateOptions::greedy(1)
+            };
+            opts.validate().unwrap();
+            let mut s = Sampler::new(&opts);
+            for _ in 0..20 {
+                assert_eq!(s.next(&mut logits.clone(), &[]), crate::generate::argmax(&logits), "t = {temperature:e}");
+            }
+        }
     }
 
     #[test]

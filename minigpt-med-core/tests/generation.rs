@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 use minigpt_med::candle::Tensor;
-use minigpt_med::{ChatHistory, GenerateOptions, Image, Sampling, StopReason, Task};
+use minigpt_med::{ChatHistory, GenerateOptions, Image, Model, Sampling, StopReason, Task};
 
 fn ct() -> Image {
     Image::open(fixtures().join("images/ct_nlst.png")).unwrap()
@@ -159,9 +159,9 @@ fn a_failed_turn_leaves_the_chat_usable() {
     let mut chat = model.chat(&ct()).unwrap();
     chat.ask("[vqa] first?", &GenerateOptions::greedy(4)).unwrap();
     let len = chat.context_len();
-    let mut too_long = GenerateOptions::greedy(5000);
-    too_long.context_limit = None;
-    assert!(chat.ask("[vqa] second?", &too_long).is_err());
+    let too_long = format!("[vqa] {}", "word ".repeat(5000));
+    let e = chat.ask(&too_long, &GenerateOptions::greedy(4)).unwrap_err();
+    assert!(matches!(e, minigpt_med::Error::ContextOverflow { .. }), "{e}");
     assert_eq!(chat.context_len(), len);
     let ok = chat.ask("[vqa] second?", &GenerateOptions::greedy(4)).unwrap();
     assert_eq!(ok.token_ids.len(), 4);
@@ -196,8 +196,48 @@ fn the_context_limit_left_truncates_the_prompt() {
     // Without the cap the whole prompt is used and the answer differs.
     let full = model.generate(&image, &Task::Report(None), &GenerateOptions::greedy(4)).unwrap();
     assert_ne!(full.token_ids, a.token_ids, "truncating 40% of the prompt changed nothing");
-    let mut no_room = GenerateOptions::greedy(4096);
-    no_room.context_limit = None;
-    let err = model.generate(&image, &Task::Report(None), &no_room).unwrap_err();
+}
+
+#[test]
+fn an_answer_stops_where_the_context_ends_and_is_kept() {
+    let model = model();
+    let image = ct();
+    let task = Task::Vqa("is there a nodule?".into());
+    let emb = model.encode_image(&image).unwrap();
+    let instruction = task.instruction(image.width(), image.height()).unwrap();
+    let prompt = model.prompt(&instruction).unwrap();
+    let len = prompt.before_image.len() + emb.embeds.dim(0).unwrap() + prompt.after_image.len();
+    // The same model with a context of the prompt plus 6 positions.
+    let dir = std::env::temp_dir().join(format!("mgm-context-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    copy_dir(&fixtures(), &dir);
+    let config = dir.join("llama-2-7b-chat-hf/config.json");
+    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    cfg["max_position_embeddings"] = serde_json::json!(len + 6);
+    std::fs::write(&config, cfg.to_string()).unwrap();
+    let short = Model::load_dir(&dir, &minigpt_med::LoadOptions::default()).unwrap();
+    let a = short.generate(&image, &task, &GenerateOptions::greedy(50)).unwrap();
+    let want = model.generate(&image, &task, &GenerateOptions::greedy(6)).unwrap();
+    assert_eq!(a.token_ids, want.token_ids, "the answer so far is the full model's");
+    assert_eq!(want.stop_reason, StopReason::MaxTokens, "the reference must run its 6 tokens");
+    assert_eq!(a.stop_reason, StopReason::ContextFull);
+    assert_eq!(a.token_ids.len(), 6);
+    // A prompt with no room for one new token is an error, before anything is embedded.
+    let long = Task::Vqa("word ".repeat(5000));
+    let err = model.generate(&image, &long, &GenerateOptions::greedy(4)).unwrap_err();
     assert!(matches!(err, minigpt_med::Error::ContextOverflow { .. }), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
 }

@@ -70,7 +70,7 @@ impl From<BoundingBox> for PyBoundingBox {
 ///     text: the cleaned answer text.
 ///     token_ids: the generated token ids (EOS excluded).
 ///     boxes: boxes parsed from ``text``, in pixels of the input image.
-///     stop_reason: ``"eos"``, ``"max_tokens"``, ``"stop_string"`` or ``"cancelled"``.
+///     stop_reason: ``"eos"``, ``"max_tokens"``, ``"stop_string"``, ``"cancelled"`` or ``"context_full"``.
 ///     timings: ``{"encode_ms", "prefill_ms", "decode_ms", "tokens_per_s"}``.
 #[pyclass(frozen, name = "Answer", module = "minigpt_med")]
 pub(crate) struct PyAnswer {
@@ -122,7 +122,7 @@ impl PyAnswer {
         self.inner.boxes.iter().cloned().map(PyBoundingBox::from).collect()
     }
 
-    /// Why generation stopped: ``"eos"``, ``"max_tokens"``, ``"stop_string"`` or ``"cancelled"``.
+    /// Why generation stopped: ``"eos"``, ``"max_tokens"``, ``"stop_string"``, ``"cancelled"`` or ``"context_full"``.
     #[getter]
     fn stop_reason(&self) -> &'static str {
         self.inner.stop_reason.name()

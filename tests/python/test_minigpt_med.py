@@ -367,7 +367,7 @@ def test_stream_errors_are_raised(model):
     with pytest.raises(mm.OptionsError):
         model.stream(CT, "vqa")  # no question: raised before any thread starts
     with pytest.raises(mm.ContextOverflowError):
-        list(model.stream(CT, "vqa", "what?", max_new_tokens=5000))
+        list(model.stream(CT, "vqa", "word " * 5000))
 
 
 # --- chat ------------------------------------------------------------------------------------
@@ -493,7 +493,7 @@ def test_bad_load_options():
 
 def test_context_overflow(model):
     with pytest.raises(mm.ContextOverflowError, match="positions"):
-        model.generate(CT, "vqa", "what?", max_new_tokens=5000)
+        model.generate(CT, "vqa", "word " * 5000)
     # context_limit left-truncates the prompt instead.
     assert model.generate(CT, "vqa", "what?", max_new_tokens=20, context_limit=100).token_ids
 
