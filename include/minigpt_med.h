@@ -161,6 +161,10 @@ enum mgm_StopReason
    * The streaming callback returned false.
    */
   MGM_STOP_REASON_CANCELLED = 3,
+  /**
+   * The model's context was full before `max_new_tokens` were generated.
+   */
+  MGM_STOP_REASON_CONTEXT_FULL = 4,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -690,6 +694,13 @@ const char *mgm_last_error(void);
  * value that is not one. A static string, never freed.
  */
 const char *mgm_status_name(uint32_t status);
+
+/**
+ * The name of a stop reason (an `mgm_StopReason`) as every output of the engine spells it
+ * (`"eos"`, `"max_tokens"`, `"stop_string"`, `"cancelled"`, `"context_full"`: the CLI's JSON,
+ * Python), or `"unknown"` for a value that is not one. A static string, never freed.
+ */
+const char *mgm_stop_reason_name(uint32_t reason);
 
 /**
  * The answer text: `*out_text` is UTF-8 of `*out_len` bytes followed by a NUL (the text may

@@ -119,11 +119,29 @@ pub unsafe extern "C" fn mgm_generate(
 }
 
 /// A conversation about one image (opaque): the image is encoded once and every turn stays in
-/// the model's context. Created by `mgm_chat_new`, freed by `mgm_chat_free`. One thread at a
-/// time: calls on one chat must not overlap (different chats may run in parallel). It holds a
-/// reference to its model, which may be freed first.
+/// the model's context. Created by `mgm_chat_new`, freed by `mgm_chat_free`. One question at a
+/// time: a call made while another thread is in one on the same chat returns
+/// `MGM_STATUS_BUSY` (different chats run in parallel). It holds a reference to its model,
+/// which may be freed first.
 pub struct Chat {
-    inner: engine::Chat,
+    /// Locked by each call; a call that finds it locked reports `MGM_STATUS_BUSY`.
+    inner: std::sync::Mutex<engine::Chat>,
+}
+
+impl Chat {
+    /// The chat, or `MGM_STATUS_BUSY` when another thread is using it.
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, engine::Chat>, Failure> {
+        match self.inner.try_lock() {
+            Ok(chat) => Ok(chat),
+            // A panic mid-turn is reported as MGM_STATUS_PANIC; the engine's chat stays usable.
+            Err(std::sync::TryLockError::Poisoned(p)) => Ok(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Err(Failure {
+                status: Status::Busy,
+                message: "this chat is answering a question on another thread; wait for it, or use one chat per thread"
+                    .into(),
+            }),
+        }
+    }
 }
 
 /// Starts a chat about `image` (encoded now; the image may be freed afterwards). `history` is
@@ -148,7 +166,7 @@ pub unsafe extern "C" fn mgm_chat_new(
         // and its handle may outlive the model's.
         let embeddings = model.inner.encode_image(&image.inner)?;
         let chat = engine::Chat::new(Arc::clone(&model.inner), embeddings).with_history(history);
-        *out = Box::into_raw(Box::new(Chat { inner: chat }));
+        *out = Box::into_raw(Box::new(Chat { inner: std::sync::Mutex::new(chat) }));
         Ok(())
     })
 }
@@ -157,8 +175,11 @@ pub unsafe extern "C" fn mgm_chat_new(
 /// streaming callback cancels the answer, the chat is as it was before the question and may be
 /// asked again.
 ///
+/// Returns `MGM_STATUS_BUSY` (and changes nothing) while another thread is in a call on the
+/// same chat.
+///
 /// # Safety
-/// `chat` is NULL or a live chat no other thread is using; the other pointers as
+/// `chat` is NULL or a live chat (other threads may be using it); the other pointers as
 /// `mgm_generate`.
 #[no_mangle]
 pub unsafe extern "C" fn mgm_chat_ask(
@@ -172,10 +193,12 @@ pub unsafe extern "C" fn mgm_chat_ask(
     guard(|| {
         // SAFETY: per this function's contract.
         let out = unsafe { ptr::out_handle(out_answer, "out_answer") }?;
-        let chat = unsafe { ptr::arg_mut(chat, "chat") }?;
+        // Shared, not `&mut`: two threads may hold the pointer at once; the lock decides.
+        let chat = unsafe { ptr::arg(chat.cast_const(), "chat") }?;
         let task = unsafe { self::task(task, text, region) }?;
         let (opts, p) = unsafe { options(params) }?;
-        let answer = with_stream(&p, |on_text| chat.inner.ask_task_stream(&task, &opts, on_text))?;
+        let mut chat = chat.lock()?;
+        let answer = with_stream(&p, |on_text| chat.ask_task_stream(&task, &opts, on_text))?;
         *out = Box::into_raw(Box::new(Answer::new(answer)));
         Ok(())
     })
@@ -190,7 +213,7 @@ pub unsafe extern "C" fn mgm_chat_turns(chat: *const Chat, out_turns: *mut usize
     guard(|| {
         // SAFETY: per this function's contract.
         let chat = unsafe { ptr::arg(chat, "chat") }?;
-        *unsafe { ptr::arg_mut(out_turns, "out_turns") }? = chat.inner.turns();
+        *unsafe { ptr::arg_mut(out_turns, "out_turns") }? = chat.lock()?.turns();
         Ok(())
     })
 }
@@ -204,7 +227,7 @@ pub unsafe extern "C" fn mgm_chat_context_len(chat: *const Chat, out_len: *mut u
     guard(|| {
         // SAFETY: per this function's contract.
         let chat = unsafe { ptr::arg(chat, "chat") }?;
-        *unsafe { ptr::arg_mut(out_len, "out_len") }? = chat.inner.context_len();
+        *unsafe { ptr::arg_mut(out_len, "out_len") }? = chat.lock()?.context_len();
         Ok(())
     })
 }

@@ -44,6 +44,9 @@ pub enum Status {
     /// The library panicked (a bug: please report it with the message). The handles passed to
     /// the failed call remain valid to free.
     Panic = 14,
+    /// The handle is in use by a call on another thread (a chat answers one question at a
+    /// time); nothing was changed: retry when that call has returned.
+    Busy = 15,
 }
 
 impl Status {
@@ -65,12 +68,13 @@ impl Status {
             Status::Cancelled => "MGM_STATUS_CANCELLED\0",
             Status::Internal => "MGM_STATUS_INTERNAL\0",
             Status::Panic => "MGM_STATUS_PANIC\0",
+            Status::Busy => "MGM_STATUS_BUSY\0",
         }
     }
 
     /// The status for a raw value, if it is one.
     pub(crate) fn from_raw(raw: u32) -> Option<Self> {
-        const ALL: [Status; 15] = [
+        const ALL: [Status; 16] = [
             Status::Ok,
             Status::InvalidArgument,
             Status::Io,
@@ -86,6 +90,7 @@ impl Status {
             Status::Cancelled,
             Status::Internal,
             Status::Panic,
+            Status::Busy,
         ];
         ALL.into_iter().find(|s| *s as u32 == raw)
     }

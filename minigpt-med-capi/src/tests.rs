@@ -127,7 +127,7 @@ fn versions_match_the_crate() {
 
 #[test]
 fn status_names_cover_every_code() {
-    for raw in 0..=14u32 {
+    for raw in 0..=15u32 {
         let status = Status::from_raw(raw).unwrap();
         assert_eq!(status as u32, raw);
         // SAFETY: a static NUL-terminated string.
@@ -135,7 +135,7 @@ fn status_names_cover_every_code() {
         assert!(name.starts_with("MGM_STATUS_") && name != "MGM_STATUS_UNKNOWN", "{name}");
     }
     // SAFETY: as above.
-    assert_eq!(unsafe { CStr::from_ptr(mgm_status_name(15)) }.to_str().unwrap(), "MGM_STATUS_UNKNOWN");
+    assert_eq!(unsafe { CStr::from_ptr(mgm_status_name(16)) }.to_str().unwrap(), "MGM_STATUS_UNKNOWN");
 }
 
 #[test]
@@ -658,4 +658,71 @@ fn stop_reason_names_are_the_engines() {
     let all: Vec<String> = StopReason::ALL.iter().map(|&r| name(r as u32)).collect();
     assert_eq!(all, ["eos", "max_tokens", "stop_string", "cancelled", "context_full"]);
     assert_eq!(name(99), "unknown");
+}
+
+/// What the holding callback below shares with the test: it reports its first call, then waits
+/// to be released.
+struct Gate {
+    entered: std::sync::Mutex<std::sync::mpsc::Sender<()>>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+    held: std::sync::atomic::AtomicBool,
+}
+
+unsafe extern "C" fn hold(_: *const c_char, _: usize, user_data: *mut c_void) -> bool {
+    // SAFETY: `user_data` is the test's `Gate`, which outlives the call.
+    let gate = unsafe { &*(user_data as *const Gate) };
+    if !gate.held.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let _ = gate.entered.lock().unwrap().send(());
+        let _ = gate.release.lock().unwrap().recv_timeout(std::time::Duration::from_secs(60));
+    }
+    true
+}
+
+#[test]
+fn a_chat_asked_from_two_threads_at_once_is_busy_not_undefined() {
+    let image = open_image("ct_nlst.png");
+    let mut chat = null_mut();
+    // SAFETY: live handles and a writable out-pointer.
+    assert_eq!(unsafe { mgm_chat_new(model(), image.0, 0, &mut chat) }, Status::Ok);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel();
+    let gate = Gate {
+        entered: std::sync::Mutex::new(entered_tx),
+        release: std::sync::Mutex::new(release_rx),
+        held: std::sync::atomic::AtomicBool::new(false),
+    };
+    let (chat_addr, gate_addr) = (chat as usize, &gate as *const Gate as usize);
+    let asking = std::thread::spawn(move || {
+        let mut p = greedy(20);
+        p.on_text = Some(hold);
+        p.on_text_user_data = gate_addr as *mut c_void;
+        let text = CString::new("is it large?").unwrap();
+        let mut a = null_mut();
+        // SAFETY: the chat and the gate outlive this thread (joined below).
+        let s = unsafe { mgm_chat_ask(chat_addr as *mut Chat, Task::Vqa as u32, text.as_ptr(), null(), &p, &mut a) };
+        // SAFETY: an answer from the call (or NULL).
+        unsafe { mgm_answer_free(a) };
+        s
+    });
+    entered_rx.recv_timeout(std::time::Duration::from_secs(60)).expect("the first question streams text");
+    let text = CString::new("and now?").unwrap();
+    let (mut a, mut n) = (null_mut(), 0usize);
+    // SAFETY: valid pointers; the chat is in use by the other thread, which is the point.
+    unsafe {
+        expect(
+            mgm_chat_ask(chat, Task::Vqa as u32, text.as_ptr(), null(), &greedy(2), &mut a),
+            Status::Busy,
+            "another thread",
+        );
+        assert!(a.is_null());
+        expect(mgm_chat_turns(chat, &mut n), Status::Busy, "another thread");
+    }
+    release_tx.send(()).unwrap();
+    assert_eq!(asking.join().unwrap(), Status::Ok);
+    // SAFETY: the chat is free again.
+    unsafe {
+        assert_eq!(mgm_chat_turns(chat, &mut n), Status::Ok);
+        assert_eq!(n, 1, "the busy call changed nothing");
+        mgm_chat_free(chat);
+    }
 }
