@@ -15,9 +15,10 @@
  *    live until it is freed. Strings from mgm_version()/mgm_status_name() are static.
  *  - Threads: mgm_Model is immutable and may be used by any number of threads at once, and
  *    freed while chats made from it live. mgm_Answer and mgm_Image are read-only after
- *    creation (mgm_image_set_* need exclusive use). An mgm_Chat is used by one thread at a
- *    time. Callbacks run on the calling thread, before the call returns, and must not throw
- *    C++ exceptions or longjmp out.
+ *    creation (mgm_image_set_* need exclusive use). An mgm_Chat answers one question at a
+ *    time: a call on it while another thread is in one returns MGM_STATUS_BUSY. Callbacks
+ *    run on the calling thread, before the call returns, and must not throw C++ exceptions
+ *    or longjmp out.
  *  - Parameter structs start with uint32_t struct_size: always initialise them with their
  *    mgm_*_params_default() function.
  */
@@ -128,6 +129,11 @@ enum mgm_Status
    * the failed call remain valid to free.
    */
   MGM_STATUS_PANIC = 14,
+  /**
+   * The handle is in use by a call on another thread (a chat answers one question at a
+   * time); nothing was changed: retry when that call has returned.
+   */
+  MGM_STATUS_BUSY = 15,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -450,9 +456,10 @@ typedef struct mgm_Answer mgm_Answer;
 
 /**
  * A conversation about one image (opaque): the image is encoded once and every turn stays in
- * the model's context. Created by `mgm_chat_new`, freed by `mgm_chat_free`. One thread at a
- * time: calls on one chat must not overlap (different chats may run in parallel). It holds a
- * reference to its model, which may be freed first.
+ * the model's context. Created by `mgm_chat_new`, freed by `mgm_chat_free`. One question at a
+ * time: a call made while another thread is in one on the same chat returns
+ * `MGM_STATUS_BUSY` (different chats run in parallel). It holds a reference to its model,
+ * which may be freed first.
  */
 typedef struct mgm_Chat mgm_Chat;
 
@@ -822,8 +829,11 @@ mgm_Status mgm_chat_new(const struct mgm_Model *model, const struct mgm_Image *i
  * streaming callback cancels the answer, the chat is as it was before the question and may be
  * asked again.
  *
+ * Returns `MGM_STATUS_BUSY` (and changes nothing) while another thread is in a call on the
+ * same chat.
+ *
  * # Safety
- * `chat` is NULL or a live chat no other thread is using; the other pointers as
+ * `chat` is NULL or a live chat (other threads may be using it); the other pointers as
  * `mgm_generate`.
  */
 mgm_Status mgm_chat_ask(struct mgm_Chat *chat, mgm_Task task, const char *text, const struct mgm_Region *region, const struct mgm_GenerateParams *params, struct mgm_Answer **out_answer);
