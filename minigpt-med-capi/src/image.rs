@@ -55,7 +55,9 @@ pub unsafe extern "C" fn mgm_image_from_bytes(data: *const u8, len: usize, out_i
 
 /// Copies a raw pixel buffer: `height` rows of `width` pixels in `format`, each row starting
 /// `stride` bytes after the previous one (`stride` 0 means tightly packed). `MGM_PIXEL_FORMAT_GRAY16`
-/// values are native-endian; the buffer needs no particular alignment.
+/// values are native-endian; the buffer needs no particular alignment. A zero side, a side over
+/// 65535 pixels or more than 89,478,485 pixels (Pillow's limit) is `MGM_STATUS_IMAGE`, reported
+/// before the buffer is read.
 ///
 /// # Safety
 /// `pixels` is NULL or points to `stride * (height - 1) + width * bytes_per_pixel` readable
@@ -77,6 +79,8 @@ pub unsafe extern "C" fn mgm_image_from_pixels(
             return Err(Failure::invalid("pixels is NULL"));
         }
         let (w, h) = (width as usize, height as usize);
+        // Checked before the caller's buffer is read or a copy of it allocated.
+        engine::image::check_size(w, h, engine::image::DEFAULT_MAX_PIXELS)?;
         let bpp = match format {
             PixelFormat::Gray8 => 1,
             PixelFormat::Rgb8 => 3,
@@ -100,7 +104,6 @@ pub unsafe extern "C" fn mgm_image_from_pixels(
                 packed.extend_from_slice(&src[y * stride..y * stride + row]);
             }
         }
-        // A zero width or height reaches the engine with an empty buffer and is rejected there.
         let pixels = match format {
             PixelFormat::Gray8 => engine::Pixels::Gray8(packed),
             PixelFormat::Rgb8 => engine::Pixels::Rgb8(packed),

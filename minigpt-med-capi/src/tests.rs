@@ -303,6 +303,9 @@ fn out_of_range_values_are_errors() {
         );
         expect(mgm_image_from_pixels(2, 2, 1, 0, px.as_ptr().cast(), &mut img), Status::InvalidArgument, "stride 1");
         expect(mgm_image_from_pixels(0, 2, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "zero size");
+        // Sizes are checked before the (here 4-byte) buffer is read.
+        expect(mgm_image_from_pixels(65_536, 1, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "side over 65535");
+        expect(mgm_image_from_pixels(20_000, 20_000, 0, 0, px.as_ptr().cast(), &mut img), Status::Image, "pixel limit");
         expect(mgm_image_set_color_mode(image.0, 2), Status::InvalidArgument, "color mode 2");
         expect(mgm_image_set_window(image.0, 10.0, 0.0), Status::InvalidOption, "a width > 0");
         let mut n = 0;

@@ -72,17 +72,9 @@ pub(crate) fn decode(bytes: &[u8], name: Option<&str>, max_pixels: u64) -> Resul
     if unsafe { tj::tj3DecompressHeader(h.0, bytes.as_ptr(), bytes.len() as _) } != 0 {
         return Err(err(format!("cannot read the JPEG header: {}", h.message())));
     }
-    let (w, hgt) = (h.get(tj::TJPARAM_TJPARAM_JPEGWIDTH), h.get(tj::TJPARAM_TJPARAM_JPEGHEIGHT));
-    if w <= 0 || hgt <= 0 {
-        return Err(err(format!("zero size {w}x{hgt}")));
-    }
-    let (w, hgt) = (w as usize, hgt as usize);
-    super::check_sides(name, w, hgt)?;
-    if (w as u64) * (hgt as u64) > max_pixels {
-        return Err(err(format!(
-            "{w}x{hgt} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"
-        )));
-    }
+    let size = |p| usize::try_from(h.get(p)).unwrap_or(0);
+    let (w, hgt) = (size(tj::TJPARAM_TJPARAM_JPEGWIDTH), size(tj::TJPARAM_TJPARAM_JPEGHEIGHT));
+    super::check_size(w, hgt, max_pixels).map_err(|e| super::rename(e, name))?;
     if h.get(tj::TJPARAM_TJPARAM_PRECISION) != 8 || h.get(tj::TJPARAM_TJPARAM_LOSSLESS) == 1 {
         return Err(err(format!(
             "a {}-bit{} JPEG: only 8-bit lossy JPEG is supported (as by Pillow)",

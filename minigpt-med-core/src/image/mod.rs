@@ -324,16 +324,7 @@ impl Image {
         };
         let (w, h) = probe.into_dimensions().map_err(|e| Error::image(name, format!("cannot read the header: {e}")))?;
         let pixels = u64::from(w) * u64::from(h);
-        if w == 0 || h == 0 {
-            return Err(Error::image(name, format!("zero size {w}x{h}")));
-        }
-        check_sides(name, w as usize, h as usize)?;
-        if pixels > max_pixels {
-            return Err(Error::image(
-                name,
-                format!("{w}x{h} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"),
-            ));
-        }
+        check_size(w as usize, h as usize, max_pixels).map_err(|e| rename(e, name))?;
         if format == image::ImageFormat::Png && pixels > (bytes.len() as u64).saturating_mul(PNG_MAX_EXPANSION) {
             return Err(Error::image(
                 name,
@@ -557,6 +548,24 @@ pub fn ensure_not_input(output: &Path, input: &Path) -> Result<()> {
             "the output {} is the input image: choose another file name",
             output.display()
         )));
+    }
+    Ok(())
+}
+
+/// Checks the size of an image before its pixels are allocated or read: both sides non-zero
+/// and at most [`MAX_SIDE`], `width * height` at most `max_pixels`.
+pub fn check_size(width: usize, height: usize, max_pixels: u64) -> Result<()> {
+    if width == 0 || height == 0 {
+        return Err(Error::image(None, format!("zero size {width}x{height}")));
+    }
+    check_sides(None, width, height)?;
+    if (width as u64) * (height as u64) > max_pixels {
+        return Err(Error::image(
+            None,
+            format!(
+                "{width}x{height} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"
+            ),
+        ));
     }
     Ok(())
 }
