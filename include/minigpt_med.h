@@ -884,7 +884,9 @@ mgm_Status mgm_image_from_bytes(const uint8_t *data, size_t len, struct mgm_Imag
 /**
  * Copies a raw pixel buffer: `height` rows of `width` pixels in `format`, each row starting
  * `stride` bytes after the previous one (`stride` 0 means tightly packed). `MGM_PIXEL_FORMAT_GRAY16`
- * values are native-endian; the buffer needs no particular alignment.
+ * values are native-endian; the buffer needs no particular alignment. A zero side, a side over
+ * 65535 pixels or more than 89,478,485 pixels (Pillow's limit) is `MGM_STATUS_IMAGE`, reported
+ * before the buffer is read.
  *
  * # Safety
  * `pixels` is NULL or points to `stride * (height - 1) + width * bytes_per_pixel` readable
