@@ -118,6 +118,20 @@ fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
         assert_typed_error(&o, key, key);
     }
     std::fs::write(&config_path, original.to_string()).unwrap();
+    // Checkpoints whose tensors declare more than their storage holds.
+    let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile");
+    for (file, want) in [("huge_lora.pth", "2147483647"), ("short_storage.pth", "its storage holds 4 values")] {
+        std::fs::copy(hostile.join(file), dir.join("minigpt_med.pth")).unwrap();
+        let o = limited(&[
+            "generate".as_ref(),
+            "--model-dir".as_ref(),
+            dir.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+        ]);
+        assert_typed_error(&o, want, file);
+    }
+    std::fs::copy(tiny().join("minigpt_med.pth"), dir.join("minigpt_med.pth")).unwrap();
     // A prompt far beyond the context is refused before it is embedded.
     let long = "word ".repeat(20_000);
     let o = limited(&[

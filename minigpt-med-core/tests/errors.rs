@@ -246,3 +246,19 @@ fn only_regular_files_of_bounded_size_are_read_as_images() {
     assert!(e.to_string().contains("over the 100-byte limit"), "{e}");
     assert_eq!(minigpt_med::caught_panics(), 0);
 }
+
+#[test]
+fn tensors_larger_than_their_storage_are_refused_before_reading() {
+    let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile");
+    let mut files = ModelFiles::from_dir(fixtures());
+    // The right shape over a storage of 4 values: the reader would read past the storage.
+    files.checkpoint = hostile.join("short_storage.pth");
+    let e = load(&files);
+    assert!(matches!(e, Error::WeightsFormat { .. }), "{e:?}");
+    assert!(e.to_string().contains("`llama_proj.bias` declares shape [64] but its storage holds 4 values"), "{e}");
+    // A LoRA B of [2147483647, 64]: 512 GiB the reader would allocate before reading.
+    files.checkpoint = hostile.join("huge_lora.pth");
+    let e = load(&files);
+    assert!(matches!(&e, Error::ShapeMismatch { found, .. } if found == &vec![2147483647, 64]), "{e:?}");
+    assert_eq!(minigpt_med::caught_panics(), 0);
+}

@@ -68,6 +68,23 @@ impl<'a> LoraDeltas<'a> {
             let a = src.shape_of(&pair.a, "")?;
             let b = src.shape_of(&pair.b, "")?;
             let in_dim = a.get(1).copied().unwrap_or(0);
+            let Some((out, input)) = base_shape(module, llama) else {
+                return Err(Error::WeightsFormat {
+                    path: src.origin().to_owned(),
+                    expected: "MiniGPT-Med checkpoint".into(),
+                    reason: format!("{} adapts `{module}`, which LLaMA does not have", pair.a),
+                });
+            };
+            // B must be `[out, r]` for the projection it adapts; its size is read from the file,
+            // so it is checked before anything is allocated for it.
+            if b != [out, lora.r] && a.len() == 2 && a[0] == lora.r && in_dim == input {
+                return Err(Error::ShapeMismatch {
+                    name: pair.b.clone(),
+                    expected: vec![out, lora.r],
+                    found: b.to_vec(),
+                    hint: format!("the adapter of {module} must project rank {} back to width {out}", lora.r),
+                });
+            }
             if a.len() != 2 || b.len() != 2 || a[0] != lora.r || b[1] != lora.r {
                 return Err(Error::ShapeMismatch {
                     name: pair.a.clone(),
@@ -76,7 +93,7 @@ impl<'a> LoraDeltas<'a> {
                     hint: format!("lora.r is {} in the model config; B is {:?}", lora.r, b),
                 });
             }
-            if (module.starts_with("self_attn.") && in_dim != h) || *layer >= llama.num_hidden_layers {
+            if in_dim != input || *layer >= llama.num_hidden_layers {
                 return Err(Error::ShapeMismatch {
                     name: pair.a.clone(),
                     expected: vec![lora.r, h],
@@ -105,10 +122,24 @@ impl<'a> LoraDeltas<'a> {
     /// `(B @ A) * alpha / r` for `module` of `layer` (f32), or `None` without an adapter there.
     pub(crate) fn delta(&self, layer: usize, module: &str) -> Result<Option<Tensor>> {
         let Some(pair) = self.pairs.get(&(layer, module.to_owned())) else { return Ok(None) };
-        let a = self.src.read(&pair.a, &self.device)?.to_dtype(DType::F32)?;
-        let b = self.src.read(&pair.b, &self.device)?.to_dtype(DType::F32)?;
+        // Shapes were checked in `find`; read through `get` so they are checked again here.
+        let (a_shape, b_shape) = (self.src.shape_of(&pair.a, "")?.to_vec(), self.src.shape_of(&pair.b, "")?.to_vec());
+        let a = self.src.get(&pair.a, &a_shape, DType::F32, &self.device, "")?;
+        let b = self.src.get(&pair.b, &b_shape, DType::F32, &self.device, "")?;
         Ok(Some((b.matmul(&a)? * self.scale)?))
     }
+}
+
+/// `(out, in)` of the LLaMA projection `module` (`self_attn.q_proj`, `mlp.down_proj`, ...).
+fn base_shape(module: &str, llama: &LlamaConfig) -> Option<(usize, usize)> {
+    let (h, i, kv) = (llama.hidden_size, llama.intermediate_size, llama.kv_heads() * llama.head_dim());
+    Some(match module {
+        "self_attn.q_proj" | "self_attn.o_proj" => (h, h),
+        "self_attn.k_proj" | "self_attn.v_proj" => (kv, h),
+        "mlp.gate_proj" | "mlp.up_proj" => (i, h),
+        "mlp.down_proj" => (h, i),
+        _ => return None,
+    })
 }
 
 /// `…layers.{i}.{module}.lora_{A|B}[.default].weight` -> (i, module, 'A' | 'B').

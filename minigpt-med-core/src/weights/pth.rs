@@ -59,6 +59,25 @@ impl TensorSource for PthFile {
     fn read(&self, name: &str, device: &Device) -> Result<Tensor> {
         let format_err =
             |reason: String| Error::WeightsFormat { path: self.path.clone(), expected: self.expected.clone(), reason };
+        // The reader allocates the declared shape before it reads: a shape the storage (or
+        // the whole file, which torch writes uncompressed) cannot hold is refused first.
+        if let Some(info) = self.inner.tensor_infos().get(name) {
+            let elems = info.layout.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+            let end = elems.and_then(|n| n.checked_add(info.layout.start_offset()));
+            let bytes = end.and_then(|n| n.checked_mul(info.dtype.size_in_bytes()));
+            let file_len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+            match (end, bytes) {
+                (Some(end), Some(bytes)) if end <= info.storage_size && bytes as u64 <= file_len => {}
+                _ => {
+                    return Err(format_err(format!(
+                        "tensor `{name}` declares shape {:?} but its storage holds {} values ({file_len}-byte file); \
+                         the file is corrupt",
+                        info.layout.dims(),
+                        info.storage_size
+                    )))
+                }
+            }
+        }
         let t = crate::contain::contain(|| self.inner.get(name))
             .map_err(|msg| format_err(format!("tensor `{name}` is malformed ({msg})")))?
             .map_err(|e| format_err(format!("tensor `{name}`: {e} (truncated or corrupt file?)")))?
