@@ -459,6 +459,60 @@ mod dicom {
         }
     }
 
+    /// `file` (explicit VR little endian) with `element` inserted after its group-0008 elements.
+    fn insert_after_group_8(file: &[u8], element: &[u8]) -> Vec<u8> {
+        let mut pos = 132;
+        let group = |pos: usize| u16::from_le_bytes([file[pos], file[pos + 1]]);
+        while group(pos) <= 8 {
+            let vr = &file[pos + 4..pos + 6];
+            let long = [&b"OB"[..], b"OW", b"UN", b"SQ", b"UT", b"OF", b"UC", b"UR"].contains(&vr);
+            let (hdr, len) = if long {
+                (12, u32::from_le_bytes(file[pos + 8..pos + 12].try_into().unwrap()) as usize)
+            } else {
+                (8, usize::from(u16::from_le_bytes([file[pos + 6], file[pos + 7]])))
+            };
+            pos += hdr + len;
+        }
+        [&file[..pos], element, &file[pos..]].concat()
+    }
+
+    /// A private UN element of undefined length holding one item with one OB element that
+    /// declares `inner_len` bytes (4 present); `implicit` writes the item's content in implicit
+    /// VR, as the standard has it, else in the file's explicit VR, as dicom-rs reads it.
+    fn un_sequence(inner_len: u32, implicit: bool) -> Vec<u8> {
+        let mut e = vec![0x09, 0x00, 0x10, 0x10];
+        e.extend(b"UN\0\0");
+        e.extend(0xFFFF_FFFFu32.to_le_bytes());
+        e.extend([0xFE, 0xFF, 0x00, 0xE0]);
+        e.extend(0xFFFF_FFFFu32.to_le_bytes());
+        e.extend([0x09, 0x00, 0x11, 0x10]);
+        if !implicit {
+            e.extend(b"OB\0\0");
+        }
+        e.extend(inner_len.to_le_bytes());
+        e.extend([1, 2, 3, 4]);
+        e.extend([0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        e.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+        e
+    }
+
+    #[test]
+    fn un_elements_of_undefined_length_are_checked_as_they_are_read() {
+        let file = std::fs::read(dicom_dir().join("MR_small.dcm")).unwrap();
+        let plain = Image::from_bytes(&file).unwrap();
+        assert_eq!(plain.dicom_info().unwrap().transfer_syntax, "1.2.840.10008.1.2.1");
+        let good = Image::from_bytes(&insert_after_group_8(&file, &un_sequence(4, false))).unwrap();
+        assert_eq!(good.model_view(32).chw, plain.model_view(32).chw);
+        // The length check no longer stops at such an element: a lie inside it is caught.
+        let bad = insert_after_group_8(&file, &un_sequence(0x7FFF_FFF0, false));
+        assert_image_err(Image::from_bytes(&bad), "declares 2147483632 bytes");
+        // Implicit-VR content (which dicom-rs cannot read): a typed error, whatever the lengths.
+        for inner in [4, 0x7FFF_FFF0] {
+            assert_decoded_or_refused(Image::from_bytes(&insert_after_group_8(&file, &un_sequence(inner, true))));
+        }
+        assert_eq!(minigpt_med::caught_panics(), 0);
+    }
+
     /// Patches the value of a US element (explicit VR little endian) in a file.
     fn patch_us(file: &mut [u8], group: u16, element: u16, value: u16) {
         let mut tag = group.to_le_bytes().to_vec();

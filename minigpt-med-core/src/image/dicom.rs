@@ -181,11 +181,9 @@ fn walk(d: &[u8], le: bool, explicit: bool) -> std::result::Result<(), String> {
             (8, len, !(in_fragments && element == 0xE000))
         } else if explicit {
             let (hdr, len) = explicit_header(&d[pos..], le).ok_or("truncated element header")?;
-            if &d[pos + 4..pos + 6] == b"UN" && len == UNDEFINED {
-                // An implicit-VR sequence inside explicit VR: stop checking here rather than
-                // misread it (dicom-rs still bounds-checks what it reads).
-                return Ok(());
-            }
+            // A UN element of undefined length is walked into like a sequence, in this same
+            // syntax: that is how dicom-rs reads it (the standard's implicit-VR content then
+            // fails there, with an error), so every length it will read is checked here.
             (hdr, len, &d[pos + 4..pos + 6] == b"SQ")
         } else {
             let sq = dicom_dictionary_std::StandardDataDictionary
