@@ -120,7 +120,12 @@ fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
     std::fs::write(&config_path, original.to_string()).unwrap();
     // Checkpoints whose tensors declare more than their storage holds.
     let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile");
-    for (file, want) in [("huge_lora.pth", "2147483647"), ("short_storage.pth", "its storage holds 4 values")] {
+    for (file, want) in [
+        ("huge_lora.pth", "2147483647"),
+        ("short_storage.pth", "its storage holds 4 values"),
+        ("memo_bomb.pth", "more than 50000000 values"),
+        ("deep_nesting.pth", "more than 1000 deep"),
+    ] {
         std::fs::copy(hostile.join(file), dir.join("minigpt_med.pth")).unwrap();
         let o = limited(&[
             "generate".as_ref(),

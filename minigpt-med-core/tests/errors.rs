@@ -262,3 +262,15 @@ fn tensors_larger_than_their_storage_are_refused_before_reading() {
     assert!(matches!(&e, Error::ShapeMismatch { found, .. } if found == &vec![2147483647, 64]), "{e:?}");
     assert_eq!(minigpt_med::caught_panics(), 0);
 }
+
+#[test]
+fn pickle_bombs_are_refused_before_the_reader_runs() {
+    let hostile = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hostile");
+    let mut files = ModelFiles::from_dir(fixtures());
+    for (file, want) in [("memo_bomb.pth", "more than 50000000 values"), ("deep_nesting.pth", "more than 1000 deep")] {
+        files.checkpoint = hostile.join(file);
+        let e = load(&files);
+        assert!(matches!(e, Error::WeightsFormat { .. }) && e.to_string().contains(want), "{file}: {e}");
+    }
+    assert_eq!(minigpt_med::caught_panics(), 0);
+}

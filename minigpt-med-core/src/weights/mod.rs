@@ -2,6 +2,7 @@
 //! memory-mapped) and PyTorch zip pickles (`.pth`, `pytorch_model-*.bin`, read lazily, one
 //! tensor at a time, by a pickle reader that never executes code).
 
+mod pickle_scan;
 mod pth;
 mod safetensors;
 mod synthetic;

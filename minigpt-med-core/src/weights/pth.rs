@@ -29,7 +29,9 @@ impl PthFile {
         drop(file);
         let format_err =
             |reason: String| Error::WeightsFormat { path: path.to_owned(), expected: expected.to_owned(), reason };
-        // The pickle reader is third-party code fed with untrusted bytes: contain any panic.
+        // What the pickle can make the reader build is bounded first (a memo bomb or deep
+        // nesting would abort the process inside it), then any panic of it is contained.
+        scan_pickle(path).map_err(|reason| format_err(format!("{reason}; the file is corrupt or hostile")))?;
         let inner = crate::contain::contain(|| PthTensors::new(path, key))
             .map_err(|msg| format_err(format!("the pickle is malformed ({msg})")))?
             .map_err(|e| {
@@ -84,4 +86,22 @@ impl TensorSource for PthFile {
             .ok_or_else(|| Error::MissingTensor { name: name.into(), path: self.path.clone(), hint: String::new() })?;
         Ok(t.to_device(device)?)
     }
+}
+
+/// Reads `*/data.pkl` from the zip container (bounded in size) and checks it with
+/// [`super::pickle_scan::check`]. A file that is not a zip is left to the reader's own error.
+fn scan_pickle(path: &Path) -> std::result::Result<(), String> {
+    use std::io::Read;
+    let Ok(file) = std::fs::File::open(path) else { return Ok(()) };
+    let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else { return Ok(()) };
+    let name = zip.file_names().filter_map(|n| n.ok()).find(|n| n.ends_with("data.pkl")).map(|n| n.into_owned());
+    let Some(name) = name else { return Ok(()) };
+    let entry = zip.by_name(&name).map_err(|e| format!("unreadable {name}: {e}"))?;
+    let max = super::pickle_scan::MAX_PICKLE_BYTES;
+    if entry.size() > max {
+        return Err(format!("{name} holds {} bytes, over the {max}-byte limit", entry.size()));
+    }
+    let mut data = Vec::new();
+    entry.take(max + 1).read_to_end(&mut data).map_err(|e| format!("unreadable {name}: {e}"))?;
+    super::pickle_scan::check(&data).map_err(|e| format!("{name}: {e}"))
 }
