@@ -513,6 +513,58 @@ mod dicom {
         assert_eq!(minigpt_med::caught_panics(), 0);
     }
 
+    /// An explicit-VR little-endian element.
+    fn element(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+        let mut e = [group.to_le_bytes(), element.to_le_bytes()].concat();
+        e.extend(vr);
+        if vr == b"SQ" {
+            e.extend([0, 0]);
+            e.extend((value.len() as u32).to_le_bytes());
+        } else {
+            e.extend((value.len() as u16).to_le_bytes());
+        }
+        e.extend(value);
+        e
+    }
+
+    #[test]
+    fn voi_and_modality_transforms_not_applied_are_named() {
+        let file = std::fs::read(dicom_dir().join("MR_small.dcm")).unwrap();
+        let empty_item = [0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0];
+        for (what, extra) in [
+            ("VOI LUT Function SIGMOID", element(0x0028, 0x1056, b"CS", b"SIGMOID ")),
+            ("VOI LUT Function LINEAR_EXACT", element(0x0028, 0x1056, b"CS", b"LINEAR_EXACT")),
+            ("VOI LUT Sequence (0028,3010)", element(0x0028, 0x3010, b"SQ", &empty_item)),
+        ] {
+            let bytes = insert_after_group_8(&file, &extra);
+            assert_image_err(Image::from_bytes(&bytes), what);
+            // With the caller's window it renders (linearly), as the same window on the plain file.
+            let w = ImageOptions::default().with_window(Window::new(600.0, 1200.0).unwrap());
+            let windowed = Image::from_bytes_with(&bytes, &w).unwrap();
+            assert_eq!(windowed.model_view(32).chw, Image::from_bytes_with(&file, &w).unwrap().model_view(32).chw);
+        }
+        let modality = insert_after_group_8(&file, &element(0x0028, 0x3000, b"SQ", &empty_item));
+        assert_image_err(Image::from_bytes(&modality), "Modality LUT Sequence (0028,3000)");
+        // LINEAR (the default) stays as it was.
+        let linear = insert_after_group_8(&file, &element(0x0028, 0x1056, b"CS", b"LINEAR"));
+        assert_eq!(
+            Image::from_bytes(&linear).unwrap().model_view(32).chw,
+            Image::from_bytes(&file).unwrap().model_view(32).chw
+        );
+        // A bare data set, without the preamble and meta group.
+        let mut pos = 132;
+        while file[pos..pos + 2] == [2, 0] {
+            let long = [&b"OB"[..], b"OW", b"UN", b"SQ", b"UT"].contains(&&file[pos + 4..pos + 6]);
+            pos += if long {
+                12 + u32::from_le_bytes(file[pos + 8..pos + 12].try_into().unwrap()) as usize
+            } else {
+                8 + usize::from(u16::from_le_bytes([file[pos + 6], file[pos + 7]]))
+            };
+        }
+        assert_image_err(Image::from_bytes(&file[pos..]), "without its file meta header");
+        assert_eq!(minigpt_med::caught_panics(), 0);
+    }
+
     /// Patches the value of a US element (explicit VR little endian) in a file.
     fn patch_us(file: &mut [u8], group: u16, element: u16, value: u16) {
         let mut tag = group.to_le_bytes().to_vec();

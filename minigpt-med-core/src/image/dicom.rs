@@ -10,8 +10,9 @@
 //!   [`Pixels::GrayF32`] so windows act on real values (Hounsfield units for CT).
 //! * **VOI**: a caller's window or preset, else the file's first Window Center/Width (top level,
 //!   else functional groups), else the min-max of the rescaled values. Always the DICOM linear
-//!   function ([`Window::apply`]); VOI LUT Function SIGMOID/LINEAR_EXACT and VOI LUT Sequences
-//!   are not applied (the linear window, or min-max, is used instead).
+//!   function ([`Window::apply`]). A file whose own VOI is a VOI LUT Sequence or a SIGMOID /
+//!   LINEAR_EXACT function is refused unless the caller gives a window (then rendered
+//!   linearly); a Modality LUT Sequence is refused.
 //! * **MONOCHROME1** is inverted after windowing (`255 - y`) so that air is black, as in
 //!   MONOCHROME2 images.
 //! * **Colour**: RGB as is; YBR_FULL and YBR_FULL_422 converted to RGB (BT.601 full range;
@@ -43,6 +44,10 @@ const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
 /// A decoded DICOM frame.
 pub(crate) struct Decoded {
+    /// A VOI transform of the file's that is not applied (a VOI LUT Sequence, a SIGMOID or
+    /// LINEAR_EXACT function): rendering with the file's own window is refused, a caller's
+    /// window renders linearly.
+    pub unsupported_voi: Option<String>,
     pub width: usize,
     pub height: usize,
     pub pixels: Pixels,
@@ -324,8 +329,28 @@ fn decode_object(
         file_window: None,
     };
     let invert = photometric == "MONOCHROME1";
+    let present = |tag: Tag| obj.element_opt(tag).ok().flatten().is_some();
+    let mut unsupported_voi = None;
     let pixels = match photometric {
         "MONOCHROME1" | "MONOCHROME2" => {
+            if present(tags::MODALITY_LUT_SEQUENCE) {
+                return Err(err(
+                    "a Modality LUT Sequence (0028,3000) maps its values, which this engine does not apply; \
+                     convert the file to Rescale Slope/Intercept or export the image"
+                        .into(),
+                ));
+            }
+            let function = obj
+                .element_opt(tags::VOILUT_FUNCTION)
+                .ok()
+                .flatten()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim().to_ascii_uppercase());
+            if present(tags::VOILUT_SEQUENCE) {
+                unsupported_voi = Some("a VOI LUT Sequence (0028,3010)".to_string());
+            } else if let Some(f) = function.filter(|f| f == "SIGMOID" || f == "LINEAR_EXACT") {
+                unsupported_voi = Some(format!("the VOI LUT Function {f} (0028,1056)"));
+            }
             let slope = frame_f64(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE, frame).unwrap_or(1.0);
             let intercept =
                 frame_f64(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_INTERCEPT, frame).unwrap_or(0.0);
@@ -346,7 +371,7 @@ fn decode_object(
             )))
         }
     };
-    Ok(Decoded { width: h.cols, height: h.rows, pixels, invert, info })
+    Ok(Decoded { width: h.cols, height: h.rows, pixels, invert, info, unsupported_voi })
 }
 
 fn header(obj: &DefaultDicomObject) -> std::result::Result<Header, String> {

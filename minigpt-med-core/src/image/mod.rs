@@ -274,6 +274,12 @@ impl Image {
         let requested = opts.requested_window()?;
         let mut image = if looks_like_dicom(bytes) {
             Self::decode_dicom(bytes, name, opts)?
+        } else if looks_like_raw_dataset(bytes) {
+            return Err(Error::image(
+                name,
+                "a DICOM data set without its file meta header (no DICM preamble) is not supported; \
+                 add the meta header, e.g. `dcmconv +F in.dcm out.dcm` (DCMTK) or pydicom's `dcmwrite(..., enforce_file_format=True)`",
+            ));
         } else {
             if let Some(f) = opts.frame.filter(|&f| f > 0) {
                 return Err(Error::InvalidOption(format!(
@@ -293,6 +299,15 @@ impl Image {
     #[cfg(feature = "dicom")]
     fn decode_dicom(bytes: &[u8], name: Option<&str>, opts: &ImageOptions) -> Result<Self> {
         let d = dicom::decode(bytes, opts.frame, opts.max_pixels, name)?;
+        if let (Some(what), None) = (&d.unsupported_voi, opts.requested_window()?) {
+            return Err(Error::image(
+                name,
+                format!(
+                    "the file's own display transform is {what}, which this engine does not apply; give a window \
+                     (--window C,W or --window-preset, ImageOptions::window, window=(c, w)) to render it linearly"
+                ),
+            ));
+        }
         let mut image = Self::from_pixels(d.width, d.height, d.pixels).map_err(|e| rename(e, name))?;
         image.invert = d.invert;
         image.window = d.info.file_window;
@@ -602,6 +617,19 @@ fn read_image_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, String
         return Err(format!("the file grew past the {max}-byte limit while it was read"));
     }
     Ok(bytes)
+}
+
+/// Whether `bytes` starts like a bare DICOM data set (no preamble, no meta group): an element
+/// of group 0008 with a plausible VR or a 4-byte length, as such files (old ACR-NEMA-style
+/// exports) begin.
+fn looks_like_raw_dataset(bytes: &[u8]) -> bool {
+    if bytes.len() < 8 || bytes[0..2] != [0x08, 0x00] || u16::from_le_bytes([bytes[2], bytes[3]]) > 0x0100 {
+        return false;
+    }
+    let vr = &bytes[4..6];
+    let explicit = vr.iter().all(u8::is_ascii_uppercase);
+    let implicit_len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+    explicit || implicit_len < 1 << 16
 }
 
 /// Whether `bytes` is a DICOM file (`DICM` at offset 128, or at 0 when the preamble is missing).
