@@ -475,11 +475,31 @@ fn padded_block(row: &[f32], b: usize) -> [f32; BLOCK] {
 fn quantize_q8_block(x: [f32; BLOCK], q: &mut [i8]) -> f32 {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse(d);
     for (q, v) in q.iter_mut().zip(x) {
-        *q = (v * id).round() as i8;
+        *q = scaled(v, id, d).round() as i8;
     }
     d
+}
+
+/// `1 / d`, 0 for 0. For a subnormal `d` the reciprocal overflows to infinity.
+fn inverse(d: f32) -> f32 {
+    if d != 0.0 {
+        1.0 / d
+    } else {
+        0.0
+    }
+}
+
+/// `v / d` as llama.cpp computes it (`v * (1 / d)`), or in f64 when `1 / d` overflowed (a block
+/// whose largest value is subnormal): llama.cpp's product is then inf or NaN and its cast to an
+/// integer undefined.
+fn scaled(v: f32, id: f32, d: f32) -> f32 {
+    if id.is_finite() {
+        v * id
+    } else {
+        (f64::from(v) / f64::from(d)) as f32
+    }
 }
 
 /// llama.cpp's `quantize_row_q4_0`: the value of largest magnitude maps to -8, the scale is
@@ -490,10 +510,10 @@ fn quantize_q4_0_block(x: [f32; BLOCK]) -> (f16, [u8; BLOCK]) {
     let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
     let max = if amax > 0.0 { x.into_iter().find(|v| v.abs() == amax).unwrap_or(0.0) } else { 0.0 };
     let d = max / -8.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    let id = inverse(d);
     let mut q = [0u8; BLOCK];
     for (q, v) in q.iter_mut().zip(x) {
-        *q = ((v * id + 8.5) as i8).min(15) as u8;
+        *q = ((scaled(v, id, d) + 8.5) as i8).min(15) as u8;
     }
     (f16::from_f32(d), q)
 }
@@ -502,6 +522,26 @@ fn quantize_q4_0_block(x: [f32; BLOCK]) -> (f16, [u8; BLOCK]) {
 mod tests {
     use super::*;
     use candle_core::quantized::{GgmlDType, QTensor};
+
+    #[test]
+    fn blocks_with_a_subnormal_maximum_keep_their_proportions() {
+        // Largest magnitude 8e-40 (subnormal): 1 / d overflows to infinity.
+        let mut x = [0f32; BLOCK];
+        x[0] = -8e-40;
+        x[1] = 4e-40;
+        x[2] = 2e-40;
+        let (d, q) = quantize_q4_0_block(x);
+        // d = max / -8 = 1e-40: the maximum maps to index 0 (-8 d), 4e-40 to 4 + 8 = 12, 2e-40
+        // to 10, zeros to 8, as they would with a normal scale.
+        assert_eq!(&q[..4], &[0, 12, 10, 8], "{q:?}");
+        // Its f16 scale rounds to 0: the block dequantizes to zeros, within f16's reach.
+        assert_eq!(d.to_f32(), 0.0);
+        let mut q8 = [0i8; BLOCK];
+        let d8 = quantize_q8_block(x, &mut q8);
+        assert_eq!(&q8[..4], &[-127, 64, 32, 0]);
+        // Subnormal scales keep a few significant digits only.
+        assert!((f64::from(d8) * 127.0 - f64::from(x[0].abs())).abs() < 1e-42);
+    }
     use candle_core::{Device, Tensor};
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
