@@ -53,7 +53,7 @@ pub use device::Device;
 pub use draw::{draw_boxes, PALETTE};
 pub use error::{Error, Result};
 pub use generate::Detokenizer;
-pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, Window, WindowPreset};
+pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, VoiFunction, Window, WindowPreset};
 pub use llm::KvCache;
 pub use model::{EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn};
 pub use nn::WeightDType;

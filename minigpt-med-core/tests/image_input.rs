@@ -7,7 +7,7 @@
 #[cfg(feature = "dicom")]
 use std::path::PathBuf;
 
-use minigpt_med::{ColorMode, Error, Image, ImageOptions, Pixels, Window, WindowPreset};
+use minigpt_med::{ColorMode, Error, Image, ImageOptions, Pixels, VoiFunction, Window, WindowPreset};
 
 #[cfg(feature = "dicom")]
 fn fixtures() -> PathBuf {
@@ -527,15 +527,27 @@ mod dicom {
         e
     }
 
+    fn plain_window(file: &[u8]) -> Window {
+        Image::from_bytes(file).unwrap().effective_window().unwrap()
+    }
+
     #[test]
     fn voi_and_modality_transforms_not_applied_are_named() {
         let file = std::fs::read(dicom_dir().join("MR_small.dcm")).unwrap();
         let empty_item = [0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0];
-        for (what, extra) in [
-            ("VOI LUT Function SIGMOID", element(0x0028, 0x1056, b"CS", b"SIGMOID ")),
-            ("VOI LUT Function LINEAR_EXACT", element(0x0028, 0x1056, b"CS", b"LINEAR_EXACT")),
-            ("VOI LUT Sequence (0028,3010)", element(0x0028, 0x3010, b"SQ", &empty_item)),
-        ] {
+        // The file's window with its VOI LUT Function (the formulas are unit-tested in window.rs).
+        let linear_view = Image::from_bytes(&file).unwrap().model_view(32).chw;
+        for (text, function) in [(&b"SIGMOID "[..], VoiFunction::Sigmoid), (b"LINEAR_EXACT", VoiFunction::LinearExact)]
+        {
+            let img = Image::from_bytes(&insert_after_group_8(&file, &element(0x0028, 0x1056, b"CS", text))).unwrap();
+            let w = img.effective_window().expect("MR_small has a window");
+            assert_eq!(w.function(), function);
+            assert_eq!((w.center(), w.width()), (plain_window(&file).center(), plain_window(&file).width()));
+            if function == VoiFunction::Sigmoid {
+                assert_ne!(img.model_view(32).chw, linear_view, "the sigmoid renders differently");
+            }
+        }
+        for (what, extra) in [("VOI LUT Sequence (0028,3010)", element(0x0028, 0x3010, b"SQ", &empty_item))] {
             let bytes = insert_after_group_8(&file, &extra);
             assert_image_err(Image::from_bytes(&bytes), what);
             // With the caller's window it renders (linearly), as the same window on the plain file.

@@ -10,9 +10,9 @@
 //!   [`Pixels::GrayF32`] so windows act on real values (Hounsfield units for CT).
 //! * **VOI**: a caller's window or preset, else the file's first Window Center/Width (top level,
 //!   else functional groups), else the min-max of the rescaled values. Always the DICOM linear
-//!   function ([`Window::apply`]). A file whose own VOI is a VOI LUT Sequence or a SIGMOID /
-//!   LINEAR_EXACT function is refused unless the caller gives a window (then rendered
-//!   linearly); a Modality LUT Sequence is refused.
+//!   function ([`Window::apply`]), or the file's VOI LUT Function SIGMOID / LINEAR_EXACT with
+//!   its own window (PS3.3 C.11.2.1.3). A file with a VOI LUT Sequence is refused unless the
+//!   caller gives a window (pydicom would apply the LUT); a Modality LUT Sequence is refused.
 //! * **MONOCHROME1** is inverted after windowing (`255 - y`) so that air is black, as in
 //!   MONOCHROME2 images.
 //! * **Colour**: RGB as is; YBR_FULL and YBR_FULL_422 converted to RGB (BT.601 full range;
@@ -346,10 +346,14 @@ fn decode_object(
                 .flatten()
                 .and_then(|e| e.to_str().ok())
                 .map(|s| s.trim().to_ascii_uppercase());
+            let voi = match function.as_deref() {
+                Some("SIGMOID") => super::VoiFunction::Sigmoid,
+                Some("LINEAR_EXACT") => super::VoiFunction::LinearExact,
+                _ => super::VoiFunction::Linear,
+            };
+            // pydicom prefers the LUT to a window when both are there: refused either way.
             if present(tags::VOILUT_SEQUENCE) {
                 unsupported_voi = Some("a VOI LUT Sequence (0028,3010)".to_string());
-            } else if let Some(f) = function.filter(|f| f == "SIGMOID" || f == "LINEAR_EXACT") {
-                unsupported_voi = Some(format!("the VOI LUT Function {f} (0028,1056)"));
             }
             let slope = frame_f64(obj, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE, frame).unwrap_or(1.0);
             let intercept =
@@ -358,7 +362,8 @@ fn decode_object(
             info.rescale_intercept = intercept;
             let center = frame_f64(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_CENTER, frame);
             let width = frame_f64(obj, tags::FRAME_VOILUT_SEQUENCE, tags::WINDOW_WIDTH, frame);
-            info.file_window = center.zip(width).and_then(|(c, w)| Window::new(c, w).ok());
+            // The file's window carries its VOI LUT Function (SIGMOID, LINEAR_EXACT or LINEAR).
+            info.file_window = center.zip(width).and_then(|(c, w)| Window::new(c, w).ok()).map(|w| w.with_function(voi));
             let values = stored_values(&data, &h, native, h.signed).map(|v| (v as f64 * slope + intercept) as f32).collect();
             Pixels::GrayF32(values)
         }

@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor};
 
 pub use jpeg::jpeg_decoder;
 pub use resize::resize_plane_bicubic;
-pub use window::{Window, WindowPreset};
+pub use window::{VoiFunction, Window, WindowPreset};
 
 use crate::error::{Error, Result};
 

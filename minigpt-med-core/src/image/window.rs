@@ -11,6 +11,20 @@ use crate::error::{Error, Result};
 pub struct Window {
     center: f64,
     width: f64,
+    function: VoiFunction,
+}
+
+/// The VOI LUT Function of a window (PS3.3 C.11.2.1.3): how values between its ends map to
+/// 0..=255.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum VoiFunction {
+    /// `LINEAR`, the default: the DICOM linear function with its half-sample offsets.
+    #[default]
+    Linear,
+    /// `LINEAR_EXACT`: `((x - c) / w + 0.5) * 255` between `c - w/2` and `c + w/2`.
+    LinearExact,
+    /// `SIGMOID`: `255 / (1 + exp(-4 (x - c) / w))`.
+    Sigmoid,
 }
 
 impl Window {
@@ -22,12 +36,23 @@ impl Window {
                 "window center {center}, width {width}: need finite values and a width > 0"
             )));
         }
-        Ok(Self { center, width })
+        Ok(Self { center, width, function: VoiFunction::Linear })
     }
 
     /// A window known to be valid (the presets' constants).
     const fn known(center: f64, width: f64) -> Self {
-        Self { center, width }
+        Self { center, width, function: VoiFunction::Linear }
+    }
+
+    /// The same window with another VOI LUT Function.
+    pub fn with_function(mut self, function: VoiFunction) -> Self {
+        self.function = function;
+        self
+    }
+
+    /// The window's VOI LUT Function.
+    pub fn function(&self) -> VoiFunction {
+        self.function
     }
 
     /// The window's centre.
@@ -40,8 +65,21 @@ impl Window {
         self.width
     }
 
-    /// Maps `v` to 0..=255 with the DICOM linear VOI function (output rounded half up).
+    /// Maps `v` to 0..=255 with the window's VOI function (output rounded half up).
     pub fn apply(&self, v: f64) -> u8 {
+        let (c, w) = (self.center, self.width);
+        let y = match self.function {
+            VoiFunction::Linear => return self.apply_linear(v),
+            VoiFunction::LinearExact if v <= c - w / 2.0 => 0.0,
+            VoiFunction::LinearExact if v > c + w / 2.0 => 255.0,
+            VoiFunction::LinearExact => ((v - c) / w + 0.5) * 255.0,
+            VoiFunction::Sigmoid => 255.0 / (1.0 + (-4.0 * (v - c) / w).exp()),
+        };
+        (y + 0.5).floor().clamp(0.0, 255.0) as u8
+    }
+
+    /// The DICOM linear function (C.11.2.1.2), width below 1 applied as 1.
+    fn apply_linear(&self, v: f64) -> u8 {
         let (c, w) = (self.center, self.width.max(1.0));
         let y = if v <= c - 0.5 - (w - 1.0) / 2.0 {
             0.0
@@ -56,7 +94,7 @@ impl Window {
     /// The window spanning `min..=max` exactly: `min` maps to 0, `max` to 255, linearly between.
     pub fn min_max(min: f64, max: f64) -> Self {
         let width = (max - min + 1.0).max(1.0);
-        Self { center: min + (width - 1.0) / 2.0 + 0.5, width }
+        Self { center: min + (width - 1.0) / 2.0 + 0.5, width, function: VoiFunction::Linear }
     }
 
     /// The min-max window of the finite values in `values` (`None` if there are none).
@@ -170,6 +208,23 @@ mod tests {
         assert_eq!((mm.apply(-1000.0), mm.apply(1000.0), mm.apply(0.0)), (0, 255, 128));
         assert_eq!(Window::of_values([f64::NAN, 3.0, 1.0]), Some(Window::min_max(1.0, 3.0)));
         assert_eq!(Window::of_values([f64::NAN]), None);
+    }
+
+    #[test]
+    fn exact_and_sigmoid_functions_follow_the_standard() {
+        // Worked by hand from PS3.3 C.11.2.1.3 (y in 0..=255, rounded half up).
+        let exact = Window::new(100.0, 200.0).unwrap().with_function(VoiFunction::LinearExact);
+        assert_eq!(
+            [exact.apply(0.0), exact.apply(100.0), exact.apply(150.0), exact.apply(200.0), exact.apply(201.0)],
+            [0, 128, 191, 255, 255]
+        );
+        let sigmoid = Window::new(100.0, 200.0).unwrap().with_function(VoiFunction::Sigmoid);
+        // 255 / (1 + e^-2) = 224.60; 255 / (1 + e^2) = 30.40.
+        assert_eq!(
+            [sigmoid.apply(100.0), sigmoid.apply(200.0), sigmoid.apply(0.0), sigmoid.apply(-1e9)],
+            [128, 225, 30, 0]
+        );
+        assert_eq!(Window::new(40.0, 80.0).unwrap().function(), VoiFunction::Linear);
     }
 
     #[test]
