@@ -547,14 +547,13 @@ mod dicom {
                 assert_ne!(img.model_view(32).chw, linear_view, "the sigmoid renders differently");
             }
         }
-        for (what, extra) in [("VOI LUT Sequence (0028,3010)", element(0x0028, 0x3010, b"SQ", &empty_item))] {
-            let bytes = insert_after_group_8(&file, &extra);
-            assert_image_err(Image::from_bytes(&bytes), what);
-            // With the caller's window it renders (linearly), as the same window on the plain file.
-            let w = ImageOptions::default().with_window(Window::new(600.0, 1200.0).unwrap());
-            let windowed = Image::from_bytes_with(&bytes, &w).unwrap();
-            assert_eq!(windowed.model_view(32).chw, Image::from_bytes_with(&file, &w).unwrap().model_view(32).chw);
-        }
+        let (what, extra) = ("VOI LUT Sequence (0028,3010)", element(0x0028, 0x3010, b"SQ", &empty_item));
+        let bytes = insert_after_group_8(&file, &extra);
+        assert_image_err(Image::from_bytes(&bytes), what);
+        // With the caller's window it renders (linearly), as the same window on the plain file.
+        let w = ImageOptions::default().with_window(Window::new(600.0, 1200.0).unwrap());
+        let windowed = Image::from_bytes_with(&bytes, &w).unwrap();
+        assert_eq!(windowed.model_view(32).chw, Image::from_bytes_with(&file, &w).unwrap().model_view(32).chw);
         let modality = insert_after_group_8(&file, &element(0x0028, 0x3000, b"SQ", &empty_item));
         assert_image_err(Image::from_bytes(&modality), "Modality LUT Sequence (0028,3000)");
         // LINEAR (the default) stays as it was.
