@@ -196,6 +196,7 @@ pub unsafe extern "C" fn mgm_chat_ask(
         // Shared, not `&mut`: two threads may hold the pointer at once; the lock decides.
         let chat = unsafe { ptr::arg(chat.cast_const(), "chat") }?;
         let task = unsafe { self::task(task, text, region) }?;
+        // SAFETY: as above.
         let (opts, p) = unsafe { options(params) }?;
         let mut chat = chat.lock()?;
         let answer = with_stream(&p, |on_text| chat.ask_task_stream(&task, &opts, on_text))?;

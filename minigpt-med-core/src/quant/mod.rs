@@ -373,12 +373,16 @@ impl QuantMatrix {
             // activation rows have the lengths the kernels need.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Quad::Q4_0(w, d)) if n == 2 => unsafe { avx2::q4_0_dots(w, d, y) },
+            // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Quad::Q4K(w)) if n == 2 => unsafe { avx2::q4k_dots(w, y) },
+            // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Quad::Q4_0(w, d)) => unsafe { [avx2::q4_0_dots(w, d, [y[0]])[0], [0.0; 4]] },
+            // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Quad::Q4K(w)) => unsafe { [avx2::q4k_dots(w, [y[0]])[0], [0.0; 4]] },
+            // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Quad::Q8_0(w, d)) => unsafe { [avx2::q8_0_dot4(w, d, y[0]), [0.0; 4]] },
             (Isa::Portable, quad) => std::array::from_fn(|k| match quad {
