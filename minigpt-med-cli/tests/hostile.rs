@@ -30,6 +30,27 @@ fn limited(args: &[&std::ffi::OsStr]) -> std::process::Output {
     cmd.args(args).output().unwrap()
 }
 
+/// `minigpt-med generate --model-dir DIR --image IMAGE EXTRA...`, limited.
+fn generate(dir: &Path, image: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["generate".as_ref(), "--model-dir".as_ref(), dir.as_os_str(), "--image".as_ref(), image.as_os_str()];
+    args.extend(extra.iter().map(|a| std::ffi::OsStr::new(*a)));
+    limited(&args)
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
 fn crc32(data: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for &b in data {
@@ -90,15 +111,8 @@ fn hostile_images_get_typed_errors_under_a_memory_limit() {
 #[test]
 fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
     let dir = scratch("model");
-    for entry in ["eva_vit_g.pth", "minigpt_med.pth", "minigpt_med.json"] {
-        std::fs::copy(tiny().join(entry), dir.join(entry)).unwrap();
-    }
+    copy_dir(&tiny(), &dir);
     let llama = dir.join("llama-2-7b-chat-hf");
-    std::fs::create_dir_all(&llama).unwrap();
-    for entry in std::fs::read_dir(tiny().join("llama-2-7b-chat-hf")).unwrap() {
-        let e = entry.unwrap();
-        std::fs::copy(e.path(), llama.join(e.file_name())).unwrap();
-    }
     let config_path = llama.join("config.json");
     let original: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
     let image = tiny().join("images/ct_nlst.png");
@@ -106,16 +120,7 @@ fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
         let mut cfg = original.clone();
         cfg[key] = serde_json::json!(value);
         std::fs::write(&config_path, cfg.to_string()).unwrap();
-        let o = limited(&[
-            "generate".as_ref(),
-            "--model-dir".as_ref(),
-            dir.as_os_str(),
-            "--image".as_ref(),
-            image.as_os_str(),
-            "--max-new-tokens".as_ref(),
-            "2".as_ref(),
-        ]);
-        assert_typed_error(&o, key, key);
+        assert_typed_error(&generate(&dir, &image, &["--max-new-tokens", "2"]), key, key);
     }
     std::fs::write(&config_path, original.to_string()).unwrap();
     // Checkpoints whose tensors declare more than their storage holds.
@@ -127,29 +132,12 @@ fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
         ("deep_nesting.pth", "more than 1000 deep"),
     ] {
         std::fs::copy(hostile.join(file), dir.join("minigpt_med.pth")).unwrap();
-        let o = limited(&[
-            "generate".as_ref(),
-            "--model-dir".as_ref(),
-            dir.as_os_str(),
-            "--image".as_ref(),
-            image.as_os_str(),
-        ]);
-        assert_typed_error(&o, want, file);
+        assert_typed_error(&generate(&dir, &image, &[]), want, file);
     }
     std::fs::copy(tiny().join("minigpt_med.pth"), dir.join("minigpt_med.pth")).unwrap();
     // A prompt far beyond the context is refused before it is embedded.
     let long = "word ".repeat(20_000);
-    let o = limited(&[
-        "generate".as_ref(),
-        "--model-dir".as_ref(),
-        dir.as_os_str(),
-        "--image".as_ref(),
-        image.as_os_str(),
-        "--task".as_ref(),
-        "vqa".as_ref(),
-        "--prompt".as_ref(),
-        long.as_ref(),
-    ]);
+    let o = generate(&dir, &image, &["--task", "vqa", "--prompt", &long]);
     assert_typed_error(&o, "positions", "a 100 kB prompt");
 }
 

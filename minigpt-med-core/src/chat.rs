@@ -107,11 +107,6 @@ impl<M: Deref<Target = Model>> Chat<M> {
         self.cache.as_ref().map_or(0, KvCache::len)
     }
 
-    /// The size of the chat's input image in pixels (`width`, `height`).
-    pub fn image_size(&self) -> (usize, usize) {
-        (self.image.width, self.image.height)
-    }
-
     /// Asks `instruction` (verbatim, e.g. `[vqa] Is there an effusion?`).
     pub fn ask(&mut self, instruction: &str, opts: &GenerateOptions) -> Result<Answer> {
         self.ask_stream(instruction, opts, &mut |_| true)
@@ -119,7 +114,7 @@ impl<M: Deref<Target = Model>> Chat<M> {
 
     /// Asks `task` (its instruction built for this chat's image).
     pub fn ask_task(&mut self, task: &Task, opts: &GenerateOptions) -> Result<Answer> {
-        self.ask(&task.instruction(self.image.width, self.image.height)?, opts)
+        self.ask_task_stream(task, opts, &mut |_| true)
     }
 
     /// [`Chat::ask_task`] with streaming, as [`Model::generate_stream`].
@@ -144,34 +139,24 @@ impl<M: Deref<Target = Model>> Chat<M> {
         let model: &Model = &self.model;
         let llama = model.llama();
         let codec = model.tokenizer();
-        // The question's ids (or, for the first turn, the prompt around the image), counted
-        // and checked against the context before anything is embedded.
-        let (prompt, follow_up) = if self.turns == 0 {
-            (Some(codec.prompt(instruction)?), Vec::new())
+        let base = match self.history {
+            ChatHistory::Original if self.turns > 0 => self.before_answer,
+            _ => self.context_len(),
+        };
+        // Counted and checked against the context before anything is embedded.
+        let (x, fit) = if self.turns == 0 {
+            model.first_turn_input(&self.image, instruction, base, opts)?
         } else {
             let mut ids = match self.history {
                 ChatHistory::KeepAnswers => self.unfed.clone(),
                 ChatHistory::Original => Vec::new(),
             };
             ids.extend(codec.follow_up(instruction)?);
-            (None, ids)
+            // A follow-up is never truncated (`base > 0`): `fit.drop` is 0.
+            let fit = fit_context(base, ids.len(), opts, llama.config().max_position_embeddings)?;
+            (llama.embed(&ids)?, fit)
         };
-        let n = match &prompt {
-            Some(p) => p.before_image.len() + self.image.embeds.dim(0)? + p.after_image.len(),
-            None => follow_up.len(),
-        };
-        let base = match self.history {
-            ChatHistory::Original if self.turns > 0 => self.before_answer,
-            _ => self.context_len(),
-        };
-        let fit = fit_context(base, n, opts, llama.config().max_position_embeddings)?;
-        let drop = fit.drop;
-        let x = match &prompt {
-            Some(p) => model.input_embeds(&self.image, p)?,
-            None => llama.embed(&follow_up)?,
-        };
-        let x = if drop > 0 { x.narrow(0, drop, n - drop)? } else { x };
-        let n = n - drop;
+        let n = x.dim(0)?;
         let cache = match &mut self.cache {
             Some(c) => c,
             None => self.cache.insert(llama.new_cache(n + fit.new_tokens)?),

@@ -13,7 +13,7 @@ use crate::chat::Chat;
 use crate::config::{LlamaConfig, MiniGptMedConfig, ModelFiles};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::generate::{fit_context, Turn};
+use crate::generate::{fit_context, Fit, Turn};
 use crate::image::{Image, ModelView};
 use crate::llm::{Llama, LoraDeltas};
 use crate::nn::WeightDType;
@@ -319,14 +319,28 @@ impl Model {
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
         opts.validate()?;
-        let prompt = self.prompt(instruction)?;
-        let len = prompt.before_image.len() + image.embeds.dim(0)? + prompt.after_image.len();
-        let fit = fit_context(0, len, opts, self.llama.config().max_position_embeddings)?;
-        let x = self.input_embeds(image, &prompt)?;
-        let x = if fit.drop > 0 { x.narrow(0, fit.drop, len - fit.drop)? } else { x };
-        let mut cache = self.llama.new_cache(len - fit.drop + fit.new_tokens)?;
+        let (x, fit) = self.first_turn_input(image, instruction, 0, opts)?;
+        let mut cache = self.llama.new_cache(x.dim(0)? + fit.new_tokens)?;
         Turn::new(&self.llama, &self.codec, opts, fit.new_tokens, image.width, image.height)
             .run(&x, &mut cache, on_text)
+    }
+
+    /// The LLM input `[L, hidden]` of the single-turn prompt for `instruction` about `image`,
+    /// after `base` cached positions, and how it fits the context: tokenized and checked
+    /// (left-truncated under a `context_limit`) before anything is embedded.
+    pub(crate) fn first_turn_input(
+        &self,
+        image: &ImageEmbeddings,
+        instruction: &str,
+        base: usize,
+        opts: &GenerateOptions,
+    ) -> Result<(Tensor, Fit)> {
+        let prompt = self.prompt(instruction)?;
+        let len = prompt.before_image.len() + image.embeds.dim(0)? + prompt.after_image.len();
+        let fit = fit_context(base, len, opts, self.llama.config().max_position_embeddings)?;
+        let x = self.input_embeds(image, &prompt)?;
+        let x = if fit.drop > 0 { x.narrow(0, fit.drop, len - fit.drop)? } else { x };
+        Ok((x, fit))
     }
 
     /// Starts a conversation about `image` (encoded once; the KV cache is kept between turns).

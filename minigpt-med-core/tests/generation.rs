@@ -228,16 +228,3 @@ fn an_answer_stops_where_the_context_ends_and_is_kept() {
     assert!(matches!(err, minigpt_med::Error::ContextOverflow { .. }), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}

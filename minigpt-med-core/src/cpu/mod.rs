@@ -38,15 +38,6 @@ impl Isa {
         }
         all
     }
-
-    /// A short name: `avx2` or `portable`.
-    pub fn name(self) -> &'static str {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            Self::Avx2(_) => "avx2",
-            Self::Portable => "portable",
-        }
-    }
 }
 
 /// Raw pointer to an output buffer that parallel tasks share; each writes disjoint elements.

@@ -485,12 +485,14 @@ fn native_frame(all: &[u8], frame: usize, h: &Header, ybr422: bool) -> std::resu
 }
 
 /// JPEG Baseline (Process 1) and Extended (Processes 2 & 4): the 8-bit lossy syntaxes.
+#[cfg(feature = "jpeg-turbo")]
 const JPEG_LOSSY: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
 
 /// Decodes a frame of 8-bit lossy JPEG Pixel Data with libjpeg-turbo, as pydicom's Pillow
 /// handler does (bit-exact with it, where dicom-rs's pure-Rust decoder rounds differently):
-/// `Ok(None)` for other syntaxes, builds without `jpeg-turbo`, or a fragment layout other than
-/// one frame per fragment (or all fragments of a single frame), which dicom-rs then decodes.
+/// `Ok(None)` for other syntaxes, or a fragment layout other than one frame per fragment (or
+/// all fragments of a single frame), which dicom-rs then decodes.
+#[cfg(feature = "jpeg-turbo")]
 fn jpeg_frame(
     fragments: &[Vec<u8>],
     frame: usize,
@@ -499,42 +501,39 @@ fn jpeg_frame(
     max_pixels: u64,
     name: Option<&str>,
 ) -> Result<Option<Vec<u8>>> {
-    if !cfg!(feature = "jpeg-turbo") || !JPEG_LOSSY.contains(&ts_uid) || h.bits_allocated != 8 {
+    if !JPEG_LOSSY.contains(&ts_uid) || h.bits_allocated != 8 {
         return Ok(None);
     }
     let joined;
-    let stream: &[u8] = if h.frames == 1 {
-        joined = fragments.concat();
-        &joined
-    } else if fragments.len() == h.frames {
-        &fragments[frame]
-    } else {
-        return Ok(None);
-    };
-    #[cfg(feature = "jpeg-turbo")]
-    {
-        let (w, rows, pixels) = super::jpeg::decode(stream, name, max_pixels)?;
-        if (w, rows) != (h.cols, h.rows) {
-            return Err(Error::image(
-                name,
-                format!("a JPEG frame of {w}x{rows} in a {}x{} image; the file is corrupt", h.cols, h.rows),
-            ));
+    let stream: &[u8] = match fragments {
+        [one] if h.frames == 1 => one,
+        _ if h.frames == 1 => {
+            joined = fragments.concat();
+            &joined
         }
-        Ok(match (pixels, h.samples) {
-            (Pixels::Gray8(v), 1) | (Pixels::Rgb8(v), 3) => Some(v),
-            (p, samples) => {
-                return Err(Error::image(
-                    name,
-                    format!("a JPEG frame with {} channel(s) for {samples} sample(s) per pixel", p.channels()),
-                ))
-            }
-        })
+        _ if fragments.len() == h.frames => &fragments[frame],
+        _ => return Ok(None),
+    };
+    let (w, rows, pixels) = super::jpeg::decode(stream, name, max_pixels)?;
+    if (w, rows) != (h.cols, h.rows) {
+        return Err(Error::image(
+            name,
+            format!("a JPEG frame of {w}x{rows} in a {}x{} image; the file is corrupt", h.cols, h.rows),
+        ));
     }
-    #[cfg(not(feature = "jpeg-turbo"))]
-    {
-        let _ = (stream, max_pixels, name);
-        Ok(None)
+    match (pixels, h.samples) {
+        (Pixels::Gray8(v), 1) | (Pixels::Rgb8(v), 3) => Ok(Some(v)),
+        (p, samples) => Err(Error::image(
+            name,
+            format!("a JPEG frame with {} channel(s) for {samples} sample(s) per pixel", p.channels()),
+        )),
     }
+}
+
+/// Without libjpeg-turbo every JPEG frame goes to dicom-rs.
+#[cfg(not(feature = "jpeg-turbo"))]
+fn jpeg_frame(_: &[Vec<u8>], _: usize, _: &Header, _: &str, _: u64, _: Option<&str>) -> Result<Option<Vec<u8>>> {
+    Ok(None)
 }
 
 /// Decodes one RLE Lossless frame (PS3.5 Annex G): one PackBits segment per byte of each

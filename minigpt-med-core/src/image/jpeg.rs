@@ -6,20 +6,11 @@
 //! extraneous bytes) are ignored as Pillow ignores them; a premature end of data is refused, as
 //! Pillow refuses a truncated file.
 //!
-//! Without the feature the `image` crate's pure-Rust decoder is used; it rounds its IDCT and
-//! upsampling differently (1-2 levels on ~0.5 % of the values). [`jpeg_decoder`] says which.
+//! Without the feature (this module is then left out) the `image` crate's pure-Rust decoder is
+//! used; `super::jpeg_decoder` says which.
 
 use super::Pixels;
 use crate::error::{Error, Result};
-
-/// The JPEG decoder of this build: `libjpeg-turbo <version>` or `zune-jpeg (image crate)`.
-pub fn jpeg_decoder() -> &'static str {
-    if cfg!(feature = "jpeg-turbo") {
-        "libjpeg-turbo 3.1.0 (ISLOW, fancy upsampling: Pillow's)"
-    } else {
-        "zune-jpeg via the image crate (not bit-exact with Pillow; build with the jpeg-turbo feature)"
-    }
-}
 
 /// Whether `bytes` starts like a JPEG (SOI marker).
 pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
@@ -28,12 +19,10 @@ pub(crate) fn is_jpeg(bytes: &[u8]) -> bool {
 
 /// Progressive scans allowed before a file counts as a decompression bomb (libjpeg-turbo's
 /// documentation suggests a limit; real files have a dozen at most).
-#[cfg(feature = "jpeg-turbo")]
 const SCAN_LIMIT: i32 = 500;
 
 /// Decodes a JPEG to `(width, height, pixels)`, checking the header's size against `max_pixels`
 /// and [`super::MAX_SIDE`] before any pixel buffer is allocated.
-#[cfg(feature = "jpeg-turbo")]
 pub(crate) fn decode(bytes: &[u8], name: Option<&str>, max_pixels: u64) -> Result<(usize, usize, Pixels)> {
     use turbojpeg_sys as tj;
     let err = |reason: String| Error::image(name, reason);

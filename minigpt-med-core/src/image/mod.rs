@@ -4,6 +4,7 @@
 
 #[cfg(feature = "dicom")]
 mod dicom;
+#[cfg(feature = "jpeg-turbo")]
 mod jpeg;
 mod resize;
 mod window;
@@ -12,11 +13,21 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-pub use jpeg::jpeg_decoder;
 pub use resize::resize_plane_bicubic;
 pub use window::{VoiFunction, Window, WindowPreset};
 
 use crate::error::{Error, Result};
+
+/// The JPEG decoder of this build: libjpeg-turbo (the `jpeg-turbo` feature, bit-exact with
+/// Pillow), or the `image` crate's pure-Rust decoder, which rounds its IDCT and upsampling
+/// differently (1-2 levels on ~0.5 % of the values).
+pub fn jpeg_decoder() -> &'static str {
+    if cfg!(feature = "jpeg-turbo") {
+        "libjpeg-turbo 3.1.0 (ISLOW, fancy upsampling: Pillow's)"
+    } else {
+        "zune-jpeg via the image crate (not bit-exact with Pillow; build with the jpeg-turbo feature)"
+    }
+}
 
 /// Default largest accepted input, in pixels (width * height): Pillow's `MAX_IMAGE_PIXELS`
 /// (the original model's decoder warns of a decompression bomb above it). The model sees
@@ -232,10 +243,7 @@ impl Image {
     /// Wraps raw pixels; `pixels` must hold exactly `width * height` (x3 for RGB) values.
     pub fn from_pixels(width: usize, height: usize, pixels: Pixels) -> Result<Self> {
         let (per_pixel, len) = (pixels.channels(), pixels.len());
-        if width == 0 || height == 0 {
-            return Err(Error::image(None, format!("zero size {width}x{height}")));
-        }
-        check_sides(None, width, height)?;
+        check_size(width, height, u64::MAX)?;
         let expected = width.checked_mul(height).and_then(|n| n.checked_mul(per_pixel));
         if expected != Some(len) {
             return Err(Error::image(
@@ -573,24 +581,18 @@ pub fn check_size(width: usize, height: usize, max_pixels: u64) -> Result<()> {
     if width == 0 || height == 0 {
         return Err(Error::image(None, format!("zero size {width}x{height}")));
     }
-    check_sides(None, width, height)?;
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(Error::image(
+            None,
+            format!("{width}x{height} has a side over {MAX_SIDE} pixels; crop or downscale it first"),
+        ));
+    }
     if (width as u64) * (height as u64) > max_pixels {
         return Err(Error::image(
             None,
             format!(
                 "{width}x{height} exceeds the {max_pixels}-pixel limit (ImageOptions::max_pixels); downscale it first"
             ),
-        ));
-    }
-    Ok(())
-}
-
-/// Refuses a side longer than [`MAX_SIDE`].
-fn check_sides(name: Option<&str>, width: usize, height: usize) -> Result<()> {
-    if width > MAX_SIDE || height > MAX_SIDE {
-        return Err(Error::image(
-            name,
-            format!("{width}x{height} has a side over {MAX_SIDE} pixels; crop or downscale it first"),
         ));
     }
     Ok(())

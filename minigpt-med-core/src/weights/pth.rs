@@ -20,18 +20,20 @@ pub(crate) struct PthFile {
     expected: String,
     inner: PthTensors,
     shapes: HashMap<String, Vec<usize>>,
+    /// Bytes in the file: no tensor can hold more (torch writes its storages uncompressed).
+    file_len: u64,
 }
 
 impl PthFile {
     /// Reads the tensor index of `path`; `key` selects a nested state dict (e.g. `model`).
     pub(crate) fn open(path: &Path, key: Option<&str>, expected: &str) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e, format!("expected {expected}")))?;
-        drop(file);
+        let file_len = file.metadata().map_err(|e| Error::io(path, e, format!("expected {expected}")))?.len();
         let format_err =
             |reason: String| Error::WeightsFormat { path: path.to_owned(), expected: expected.to_owned(), reason };
         // What the pickle can make the reader build is bounded first (a memo bomb or deep
         // nesting would abort the process inside it), then any panic of it is contained.
-        scan_pickle(path).map_err(|reason| format_err(format!("{reason}; the file is corrupt or hostile")))?;
+        scan_pickle(file).map_err(|reason| format_err(format!("{reason}; the file is corrupt or hostile")))?;
         let inner = crate::contain::contain(|| PthTensors::new(path, key))
             .map_err(|msg| format_err(format!("the pickle is malformed ({msg})")))?
             .map_err(|e| {
@@ -47,7 +49,7 @@ impl PthFile {
                 None => "no tensors found".into(),
             }));
         }
-        Ok(Self { path: path.to_owned(), expected: expected.to_owned(), inner, shapes })
+        Ok(Self { path: path.to_owned(), expected: expected.to_owned(), inner, shapes, file_len })
     }
 }
 
@@ -62,12 +64,12 @@ impl TensorSource for PthFile {
         let format_err =
             |reason: String| Error::WeightsFormat { path: self.path.clone(), expected: self.expected.clone(), reason };
         // The reader allocates the declared shape before it reads: a shape the storage (or
-        // the whole file, which torch writes uncompressed) cannot hold is refused first.
+        // the whole file) cannot hold is refused first.
         if let Some(info) = self.inner.tensor_infos().get(name) {
             let elems = info.layout.dims().iter().try_fold(1usize, |n, &d| n.checked_mul(d));
             let end = elems.and_then(|n| n.checked_add(info.layout.start_offset()));
             let bytes = end.and_then(|n| n.checked_mul(info.dtype.size_in_bytes()));
-            let file_len = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+            let file_len = self.file_len;
             match (end, bytes) {
                 (Some(end), Some(bytes)) if end <= info.storage_size && bytes as u64 <= file_len => {}
                 _ => {
@@ -90,9 +92,8 @@ impl TensorSource for PthFile {
 
 /// Reads `*/data.pkl` from the zip container (bounded in size) and checks it with
 /// [`super::pickle_scan::check`]. A file that is not a zip is left to the reader's own error.
-fn scan_pickle(path: &Path) -> std::result::Result<(), String> {
+fn scan_pickle(file: std::fs::File) -> std::result::Result<(), String> {
     use std::io::Read;
-    let Ok(file) = std::fs::File::open(path) else { return Ok(()) };
     let Ok(mut zip) = zip::ZipArchive::new(std::io::BufReader::new(file)) else { return Ok(()) };
     let name = zip.file_names().filter_map(|n| n.ok()).find(|n| n.ends_with("data.pkl")).map(|n| n.into_owned());
     let Some(name) = name else { return Ok(()) };

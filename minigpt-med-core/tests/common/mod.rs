@@ -54,3 +54,17 @@ pub fn ids(name: &str) -> Vec<u32> {
         .map(|v| v as u32)
         .collect()
 }
+
+/// Copies the directory tree `from` to `to` (e.g. the tiny model, for a test to damage).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
