@@ -2,8 +2,8 @@
 
 use std::ffi::c_char;
 
-use crate::ptr;
-use crate::status::{guard, Failure, Status};
+use super::ptr;
+use super::status::{guard, Failure, Status};
 
 /// A model's answer (opaque, immutable). Made by `mgm_generate` / `mgm_chat_ask`, freed by
 /// `mgm_answer_free`. Pointers it hands out (text, ids, labels) stay valid until it is freed.
@@ -201,7 +201,7 @@ pub unsafe extern "C" fn mgm_answer_box(answer: *const Answer, index: usize, out
 #[no_mangle]
 pub unsafe extern "C" fn mgm_answer_draw_png(
     answer: *const Answer,
-    image: *const crate::image::Image,
+    image: *const super::image::Image,
     path: *const c_char,
 ) -> Status {
     guard(|| {

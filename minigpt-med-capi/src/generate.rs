@@ -3,12 +3,12 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use crate::answer::Answer;
-use crate::image::Image;
-use crate::model::Model;
-use crate::params::{self, ChatHistoryValue, GenerateParams, PresetValue, Region, TaskValue};
-use crate::ptr;
-use crate::status::{guard, Failure, Status};
+use super::answer::Answer;
+use super::image::Image;
+use super::model::Model;
+use super::params::{self, ChatHistoryValue, GenerateParams, PresetValue, Region, TaskValue};
+use super::ptr;
+use super::status::{guard, Failure, Status};
 
 /// The default generation parameters: greedy, 300 new tokens, no penalty, no stop strings, no
 /// context cap, no streaming (the paper's evaluation settings, `MGM_PRESET_EVAL`). The sampling

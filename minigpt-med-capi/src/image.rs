@@ -2,9 +2,9 @@
 
 use std::ffi::{c_char, c_void};
 
-use crate::params::{self, ColorModeValue, PixelFormat, PixelFormatValue};
-use crate::ptr;
-use crate::status::{guard, Failure, Status};
+use super::params::{self, ColorModeValue, PixelFormat, PixelFormatValue};
+use super::ptr;
+use super::status::{guard, Failure, Status};
 
 /// An input image (opaque). Created by `mgm_image_open`, `mgm_image_from_bytes` or
 /// `mgm_image_from_pixels`; freed by `mgm_image_free`. It owns a copy of its pixels, so it may

@@ -23,6 +23,12 @@ mod status;
 #[cfg(test)]
 mod tests;
 
+// Compiled into the fuzz target (`fuzz/`, which builds this crate's sources as a module) and
+// into the unit tests, which replay its corpus; not part of the library.
+#[cfg(any(test, fuzzing))]
+#[doc(hidden)]
+pub mod fuzz_harness;
+
 use std::ffi::c_char;
 
 pub use answer::{

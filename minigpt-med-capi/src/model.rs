@@ -4,9 +4,9 @@ use std::ffi::{c_char, c_void};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::params::{self, ModelParams, ProgressCallback};
-use crate::ptr;
-use crate::status::{guard, Failure, Status};
+use super::params::{self, ModelParams, ProgressCallback};
+use super::ptr;
+use super::status::{guard, Failure, Status};
 
 /// A loaded model (opaque). Created by `mgm_model_load` / `mgm_model_load_dir`, freed by
 /// `mgm_model_free`. Immutable: any number of threads may generate with one model at the same

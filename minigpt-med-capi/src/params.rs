@@ -7,8 +7,8 @@
 
 use std::ffi::{c_char, c_void};
 
-use crate::ptr;
-use crate::status::Failure;
+use super::ptr;
+use super::status::Failure;
 
 /// Where the model runs.
 #[repr(u32)]

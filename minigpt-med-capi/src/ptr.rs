@@ -3,7 +3,7 @@
 
 use std::ffi::{c_char, CStr};
 
-use crate::status::Failure;
+use super::status::Failure;
 
 /// `&T` from a caller's pointer; NULL is an error naming the argument.
 ///

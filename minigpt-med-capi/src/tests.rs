@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::ptr::{null, null_mut};
 use std::sync::OnceLock;
 
-use crate::*;
+use super::*;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
@@ -727,5 +727,25 @@ fn a_chat_asked_from_two_threads_at_once_is_busy_not_undefined() {
         assert_eq!(mgm_chat_turns(chat, &mut n), Status::Ok);
         assert_eq!(n, 1, "the busy call changed nothing");
         mgm_chat_free(chat);
+    }
+}
+
+/// Every committed input of the C ABI fuzz target (seed corpus and regressions) replayed: no
+/// call may return `MGM_STATUS_PANIC` or crash (see `fuzz_harness`).
+#[test]
+fn fuzz_corpus_replays_without_panics() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+    let mut files = Vec::new();
+    for dir in ["corpus/capi", "regressions/capi"] {
+        if let Ok(entries) = std::fs::read_dir(root.join(dir)) {
+            files.extend(entries.map(|e| e.unwrap().path()));
+        }
+    }
+    files.sort();
+    assert!(files.len() >= 3, "fuzz/corpus/capi must be committed ({} inputs)", files.len());
+    for path in files {
+        let data = std::fs::read(&path).unwrap();
+        let outcome = std::panic::catch_unwind(|| super::fuzz_harness::run(&data));
+        assert!(outcome.is_ok(), "{} failed", path.display());
     }
 }

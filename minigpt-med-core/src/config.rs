@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 /// EVA ViT-g dimensions (`"vision"` in `minigpt_med.json`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct VisionConfig {
     /// Input side in pixels (448 for MiniGPT-Med).
@@ -53,7 +53,7 @@ impl VisionConfig {
 }
 
 /// How patch tokens become LLM tokens (`"connector"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ConnectorConfig {
     /// Consecutive (raster-order) patch tokens concatenated into one LLM token (4).
@@ -67,7 +67,7 @@ impl Default for ConnectorConfig {
 }
 
 /// LoRA adapter settings (`"lora"`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     /// Rank (64).
@@ -92,7 +92,7 @@ impl LoraConfig {
 }
 
 /// The MiniGPT-Med model config (`minigpt_med.json`); every field optional.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MiniGptMedConfig {
     /// Vision encoder dimensions.
@@ -108,7 +108,12 @@ impl MiniGptMedConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(path, e, "expected a minigpt_med.json model config"))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
+        Self::from_json(&text, path)
+    }
+
+    /// Parses the text of a `minigpt_med.json` (`path` names it in errors); not yet validated.
+    pub(crate) fn from_json(text: &str, path: &Path) -> Result<Self> {
+        serde_json::from_str(text).map_err(|e| Error::Config {
             path: path.to_owned(),
             reason: format!("{e} (fields: vision, connector, lora; see the README)"),
         })
@@ -172,7 +177,7 @@ fn positive_eps(path: &Path, key: &str, value: f64) -> Result<()> {
 }
 
 /// The LLaMA dimensions read from an HF `config.json`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct LlamaConfig {
     /// Model width (4096 for 7B).
     pub hidden_size: usize,
@@ -229,9 +234,14 @@ impl LlamaConfig {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path)
             .map_err(|e| Error::io(&path, e, "--llama must be a Hugging Face Llama-2-7b-chat-hf directory"))?;
+        Self::from_json(&text, &path)
+    }
+
+    /// Parses and validates the text of a `config.json` (`path` names it in errors).
+    pub(crate) fn from_json(text: &str, path: &Path) -> Result<Self> {
         let cfg: Self =
-            serde_json::from_str(&text).map_err(|e| Error::Config { path: path.clone(), reason: e.to_string() })?;
-        cfg.validate(&path)?;
+            serde_json::from_str(text).map_err(|e| Error::Config { path: path.to_owned(), reason: e.to_string() })?;
+        cfg.validate(path)?;
         Ok(cfg)
     }
 

@@ -32,11 +32,14 @@ pub mod cpu;
 mod device;
 mod draw;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gemm;
 mod generate;
 pub mod image;
 mod llm;
 mod model;
+mod model_file;
 mod nn;
 mod options;
 pub mod prompt;
@@ -55,12 +58,18 @@ pub use error::{Error, Result};
 pub use generate::Detokenizer;
 pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, VoiFunction, Window, WindowPreset};
 pub use llm::KvCache;
+pub use model_file::{convert, convert_synthetic, ConvertOptions, ConvertSummary, FORMAT_VERSION};
 pub use model::{EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn};
 pub use nn::WeightDType;
 pub use options::{DecodeSettings, GenerateOptions, Preset, Sampling};
 pub use prompt::{Prompt, TextCodec};
 pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;
+
+/// GGUF files: the reader and writer behind converted model files, for inspecting them.
+pub mod gguf {
+    pub use crate::weights::gguf::{GgmlType, GgufFile, GgufWriter, MetaValue, TensorInfo};
+}
 
 /// The tensor library the engine is built on, re-exported for callers that inspect stages.
 pub use candle_core as candle;

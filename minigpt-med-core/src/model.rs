@@ -21,7 +21,59 @@ use crate::options::GenerateOptions;
 use crate::prompt::{Prompt, TextCodec};
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
-use crate::weights::{open_llama_dir, PthFile, TensorSource};
+use crate::model_file::GgufView;
+use crate::weights::{LlamaLayout, PthFile, TensorSource};
+
+/// The original files of a model, opened and checked against each other: configs, tokenizer,
+/// and the three weight sources (read lazily).
+pub(crate) struct Sources {
+    pub cfg: MiniGptMedConfig,
+    pub llama_cfg: LlamaConfig,
+    pub codec: TextCodec,
+    /// The text of `tokenizer.json`.
+    pub tokenizer_json: Vec<u8>,
+    pub ckpt: Box<dyn TensorSource>,
+    pub vit: Box<dyn TensorSource>,
+    pub llama: Box<dyn TensorSource>,
+    /// The files of the LLaMA directory that are read (config, tokenizer, weights).
+    pub llama_files: Vec<std::path::PathBuf>,
+}
+
+impl Sources {
+    pub(crate) fn open(files: &ModelFiles) -> Result<Self> {
+        let cfg = match &files.config {
+            Some(p) => {
+                let c = MiniGptMedConfig::from_file(p)?;
+                c.validate(p)?;
+                c
+            }
+            None => MiniGptMedConfig::default(),
+        };
+        let llama_cfg = LlamaConfig::from_dir(&files.llama_dir)?;
+        let codec = TextCodec::from_dir(&files.llama_dir)?;
+        if codec.vocab_size() > llama_cfg.vocab_size {
+            return Err(Error::Config {
+                path: files.llama_dir.join("tokenizer.json"),
+                reason: format!(
+                    "the tokenizer has {} tokens but the model only {}; tokenizer.json belongs to another model",
+                    codec.vocab_size(),
+                    llama_cfg.vocab_size
+                ),
+            });
+        }
+        let tokenizer_path = files.llama_dir.join("tokenizer.json");
+        let tokenizer_json =
+            std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e, "expected tokenizer.json"))?;
+        let ckpt =
+            PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
+        let vit = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
+        let layout = LlamaLayout::find(&files.llama_dir)?;
+        let llama = layout.open(&files.llama_dir)?;
+        let mut llama_files = vec![files.llama_dir.join("config.json"), tokenizer_path];
+        llama_files.extend(layout.files());
+        Ok(Self { cfg, llama_cfg, codec, tokenizer_json, ckpt: Box::new(ckpt), vit: Box::new(vit), llama, llama_files })
+    }
+}
 
 /// Load progress: `done` of `total` steps (one per ViT block / LLaMA layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,31 +170,31 @@ impl Model {
     /// (safetensors memory-mapped), LoRA merged and the position table interpolated on the way.
     pub fn load(files: &ModelFiles, opts: &LoadOptions) -> Result<Self> {
         let start = Instant::now();
-        let cfg = match &files.config {
-            Some(p) => {
-                let c = MiniGptMedConfig::from_file(p)?;
-                c.validate(p)?;
-                c
-            }
-            None => MiniGptMedConfig::default(),
-        };
-        let llama_cfg = LlamaConfig::from_dir(&files.llama_dir)?;
-        let codec = TextCodec::from_dir(&files.llama_dir)?;
-        if codec.vocab_size() > llama_cfg.vocab_size {
-            return Err(Error::Config {
-                path: files.llama_dir.join("tokenizer.json"),
-                reason: format!(
-                    "the tokenizer has {} tokens but the model only {}; tokenizer.json belongs to another model",
-                    codec.vocab_size(),
-                    llama_cfg.vocab_size
-                ),
-            });
-        }
-        let ckpt =
-            PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
-        let vit_src = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
-        let llama_src = open_llama_dir(&files.llama_dir)?;
-        Self::from_sources(cfg, llama_cfg, codec, &vit_src, &ckpt, llama_src.as_ref(), opts, start)
+        let s = Sources::open(files)?;
+        let lora = LoraDeltas::find(s.ckpt.as_ref(), &s.cfg.lora, &s.llama_cfg, &opts.device.candle()?)?;
+        Self::from_sources(s.cfg, s.llama_cfg, s.codec, s.vit.as_ref(), s.ckpt.as_ref(), s.llama.as_ref(), &lora, opts, start)
+    }
+
+    /// Opens a converted model file (`minigpt-med convert`): memory-mapped, quantized matrices
+    /// used as stored (repacked into the kernels' layout in one pass, never requantized),
+    /// dense ones built as from the original files. Answers are bit-identical to
+    /// [`Self::load`] of the original files with the dtypes the file was converted to.
+    ///
+    /// The LLM dtype of a quantized file is the file's; a dense file's matrices follow
+    /// `opts.llm_dtype` / `opts.vit_dtype` as the original files' would (so a dense file can
+    /// still be quantized at load).
+    pub fn open(path: impl AsRef<Path>, opts: &LoadOptions) -> Result<Self> {
+        let start = Instant::now();
+        let o = crate::model_file::open(path.as_ref())?;
+        let llm_dtype = if o.llm_dtype.is_quantized() { o.llm_dtype } else { opts.llm_dtype };
+        let opts = LoadOptions { llm_dtype, ..opts.clone() };
+        let (heads, kv_heads) = (o.llama.num_attention_heads, o.llama.kv_heads());
+        let llama = GgufView::llama(Arc::clone(&o.file), heads, kv_heads);
+        let vit = GgufView::vit(Arc::clone(&o.file));
+        let proj = GgufView::projector(Arc::clone(&o.file));
+        let _ = o.vit_dtype;
+        let lora = LoraDeltas::none(&proj);
+        Self::from_sources(o.cfg, o.llama, o.codec, &vit, &proj, &llama, &lora, &opts, start)
     }
 
     /// A model of the given dimensions with random weights built in memory (never written to
@@ -157,7 +209,8 @@ impl Model {
         let start = Instant::now();
         let codec = TextCodec::from_dir(tokenizer_dir)?;
         let (vit, ckpt, llama) = crate::weights::synthetic_sources(&cfg, &llama_cfg);
-        Self::from_sources(cfg, llama_cfg, codec, &vit, &ckpt, &llama, opts, start)
+        let lora = LoraDeltas::find(&ckpt, &cfg.lora, &llama_cfg, &opts.device.candle()?)?;
+        Self::from_sources(cfg, llama_cfg, codec, &vit, &ckpt, &llama, &lora, opts, start)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -168,6 +221,7 @@ impl Model {
         vit_src: &dyn TensorSource,
         ckpt: &dyn TensorSource,
         llama_src: &dyn TensorSource,
+        lora: &LoraDeltas,
         opts: &LoadOptions,
         start: Instant,
     ) -> Result<Self> {
@@ -188,9 +242,8 @@ impl Model {
         // Every dimension is checked before any large read, so a wrong file fails fast.
         EvaVit::validate(vit_src, &cfg.vision)?;
         let connector = Connector::load(ckpt, &cfg, &llama_cfg, &device)?;
-        let lora = LoraDeltas::find(ckpt, &cfg.lora, &llama_cfg, &device)?;
         let vit = EvaVit::load(vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
-        let llama = Llama::load(llama_src, &llama_cfg, &lora, opts.llm_dtype, &device, &mut step)?;
+        let llama = Llama::load(llama_src, &llama_cfg, lora, opts.llm_dtype, &device, &mut step)?;
         let info = ModelInfo {
             config: cfg.clone(),
             llama: llama_cfg,

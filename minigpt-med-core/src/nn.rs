@@ -43,7 +43,7 @@ impl WeightDType {
         }
     }
 
-    fn quant(self) -> Option<QuantFormat> {
+    pub(crate) fn quant(self) -> Option<QuantFormat> {
         match self {
             Self::Q8_0 => Some(QuantFormat::Q8_0),
             Self::Q4_0 => Some(QuantFormat::Q4_0),
@@ -130,12 +130,7 @@ impl Linear {
         let dense = match dtype.quant() {
             Some(q) if q.accepts(in_features) => {
                 let weight = if cpu {
-                    let packed = if weight.dtype() == DType::F16 {
-                        with_slice(&weight, |data| QuantMatrix::quantize_f16(data, out_features, in_features, q))?
-                    } else {
-                        with_f32_slice(&weight, |data| QuantMatrix::quantize(data, out_features, in_features, q))?
-                    };
-                    Weight::Packed(Arc::new(packed))
+                    Weight::Packed(Arc::new(quantize_matrix(&weight, q)?))
                 } else {
                     let ggml = match q {
                         QuantFormat::Q8_0 => GgmlDType::Q8_0,
@@ -165,6 +160,16 @@ impl Linear {
             return Ok(Self { weight: Weight::Gemm { w: Arc::new(w), bias }, bias: None });
         }
         Ok(Self { weight: Weight::Dense(weight.to_dtype(dense.float())?), bias })
+    }
+
+    /// A layer over an already quantized weight (read from a converted model file). On the CPU
+    /// it is used as it is; elsewhere its values go through [`Self::new`] in `dtype`.
+    pub(crate) fn from_quant(q: QuantMatrix, dtype: WeightDType, device: &Device) -> Result<Self> {
+        if matches!(device, Device::Cpu) {
+            return Ok(Self { weight: Weight::Packed(Arc::new(q)), bias: None });
+        }
+        let (rows, cols) = q.dims();
+        Self::new(Tensor::from_vec(q.dequantize(), (rows, cols), device)?, None, dtype)
     }
 
     /// Bytes held by the weight and bias.
@@ -206,6 +211,28 @@ impl Linear {
             Epilogue::Identity => y,
             Epilogue::Gelu => y.gelu_erf()?,
         })
+    }
+}
+
+/// How [`Linear::new`] holds an `[out, in_features]` weight in `dtype` on the CPU: the quantized
+/// format, or `None` for a dense one. A model file stores exactly what this says.
+pub(crate) fn quantized_as(dtype: WeightDType, in_features: usize) -> Option<QuantFormat> {
+    dtype.quant().filter(|q| q.accepts(in_features))
+}
+
+/// Whether [`Linear::new`] rounds a dense weight to f16 (the f16 dtype, and the fallback of a
+/// quantized dtype for a shape its format cannot hold).
+pub(crate) fn rounds_to_f16(dtype: WeightDType, in_features: usize) -> bool {
+    dtype == WeightDType::F16 || (dtype.quant().is_some() && quantized_as(dtype, in_features).is_none())
+}
+
+/// Quantizes a CPU weight `[out, in]` (f16 as stored, or f32) to `format`.
+pub(crate) fn quantize_matrix(weight: &Tensor, format: QuantFormat) -> Result<QuantMatrix> {
+    let (out_features, in_features) = weight.dims2()?;
+    if weight.dtype() == DType::F16 {
+        with_slice(weight, |data| QuantMatrix::quantize_f16(data, out_features, in_features, format))
+    } else {
+        with_f32_slice(weight, |data| QuantMatrix::quantize(data, out_features, in_features, format))
     }
 }
 

@@ -49,8 +49,14 @@ impl TextCodec {
                 "the LLaMA directory needs the tokenizer.json of Llama-2-7b-chat-hf",
             ));
         }
-        let tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::WeightsFormat {
-            path: path.clone(),
+        let json = std::fs::read(&path).map_err(|e| Error::io(&path, e, "expected the tokenizer.json of LLaMA-2"))?;
+        Self::from_json(&json, &path)
+    }
+
+    /// Loads a tokenizer from the text of a `tokenizer.json` (`origin` names it in errors).
+    pub fn from_json(json: &[u8], origin: &Path) -> Result<Self> {
+        let tokenizer = Tokenizer::from_bytes(json).map_err(|e| Error::WeightsFormat {
+            path: origin.to_owned(),
             expected: "Hugging Face tokenizer.json".into(),
             reason: e.to_string(),
         })?;

@@ -24,8 +24,8 @@ pub(crate) struct LoraDeltas<'a> {
 }
 
 impl<'a> LoraDeltas<'a> {
-    /// No adapters at all (tests of the base model's loading).
-    #[cfg(test)]
+    /// No adapters at all: a model file holds them merged already (and tests of the base
+    /// model's loading).
     pub(crate) fn none(src: &'a dyn TensorSource) -> Self {
         Self { src, pairs: HashMap::new(), scale: 0.0, device: Device::Cpu }
     }

@@ -15,6 +15,64 @@ use crate::error::{Error, Result};
 use crate::nn::{Linear, WeightDType};
 use crate::weights::TensorSource;
 
+/// The seven projections of a decoder layer: module path and `[out, in]` shape.
+pub(crate) fn layer_matrices(cfg: &LlamaConfig) -> [(&'static str, [usize; 2]); 7] {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let kv = cfg.kv_heads() * cfg.head_dim();
+    [
+        ("self_attn.q_proj", [h, h]),
+        ("self_attn.k_proj", [kv, h]),
+        ("self_attn.v_proj", [kv, h]),
+        ("self_attn.o_proj", [h, h]),
+        ("mlp.gate_proj", [i, h]),
+        ("mlp.up_proj", [i, h]),
+        ("mlp.down_proj", [h, i]),
+    ]
+}
+
+/// The weight [`Linear::new`] is given for `module` of layer `l`: the stored matrix, with the
+/// LoRA delta merged in (in f32) where the checkpoint adapts it.
+pub(crate) fn layer_matrix(
+    src: &dyn TensorSource,
+    lora: &LoraDeltas,
+    l: usize,
+    module: &str,
+    shape: [usize; 2],
+    dtype: WeightDType,
+    device: &Device,
+) -> Result<Tensor> {
+    let name = format!("model.layers.{l}.{module}.weight");
+    match lora.delta(l, module)? {
+        Some(delta) => Ok((src.get(&name, &shape, DType::F32, device, LLAMA_HINT)? + delta)?),
+        None => stored_matrix(src, &name, shape, dtype, device),
+    }
+}
+
+/// A matrix as stored, for quantizing on the CPU straight from the file's fp16 rows (no f32
+/// copy), else in f32.
+pub(crate) fn stored_matrix(
+    src: &dyn TensorSource,
+    name: &str,
+    shape: [usize; 2],
+    dtype: WeightDType,
+    device: &Device,
+) -> Result<Tensor> {
+    if dtype.is_quantized() && matches!(device, Device::Cpu) {
+        src.get_stored(name, &shape, device, LLAMA_HINT)
+    } else {
+        src.get(name, &shape, DType::F32, device, LLAMA_HINT)
+    }
+}
+
+/// Where `lm_head` is read from: its own matrix, or the embeddings when they are tied.
+pub(crate) fn lm_head_name(src: &dyn TensorSource, cfg: &LlamaConfig) -> &'static str {
+    if cfg.tie_word_embeddings && !src.shapes().contains_key("lm_head.weight") {
+        "model.embed_tokens.weight"
+    } else {
+        "lm_head.weight"
+    }
+}
+
 struct Layer {
     input_norm: Tensor,
     q: Linear,
@@ -39,7 +97,7 @@ pub(crate) struct Llama {
     device: Device,
 }
 
-const LLAMA_HINT: &str = "--llama must be the Hugging Face Llama-2-7b-chat-hf directory";
+pub(crate) const LLAMA_HINT: &str = "--llama must be the Hugging Face Llama-2-7b-chat-hf directory";
 
 impl Llama {
     /// Loads the weights, merging `lora` into its target projections, one layer at a time.
@@ -51,9 +109,7 @@ impl Llama {
         device: &Device,
         mut progress: impl FnMut() -> Result<()>,
     ) -> Result<Self> {
-        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let hd = cfg.head_dim();
-        let kv = cfg.kv_heads() * hd;
+        let (h, v) = (cfg.hidden_size, cfg.vocab_size);
         let embed_shape = src.shape_of("model.embed_tokens.weight", LLAMA_HINT)?;
         if embed_shape != [v, h] {
             return Err(Error::ShapeMismatch {
@@ -67,12 +123,6 @@ impl Llama {
             });
         }
         let get = |name: &str, shape: &[usize]| src.get(name, shape, DType::F32, device, LLAMA_HINT);
-        // Quantized on the CPU straight from the file's fp16 rows: no f32 copy of the matrix.
-        let quantize_stored = dtype.is_quantized() && matches!(device, Device::Cpu);
-        let stored = |name: &str, shape: &[usize]| match quantize_stored {
-            true => src.get_stored(name, shape, device, LLAMA_HINT),
-            false => get(name, shape),
-        };
         let float = dtype.float();
         let embed = src.get("model.embed_tokens.weight", &[v, h], float, device, LLAMA_HINT)?;
         progress()?;
@@ -80,23 +130,11 @@ impl Llama {
         for l in 0..cfg.num_hidden_layers {
             let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
                 let name = format!("model.layers.{l}.{module}.weight");
-                let w = match lora.delta(l, module)? {
-                    Some(delta) => (get(&name, &shape)? + delta)?,
-                    None => stored(&name, &shape)?,
-                };
-                Linear::new(w, None, dtype)
+                Self::linear(src, &name, shape, dtype, device, |_| layer_matrix(src, lora, l, module, shape, dtype, device))
             };
             // Converting and quantizing a matrix is CPU-bound and independent of the others:
             // the seven projections of a layer are built side by side.
-            let specs = [
-                ("self_attn.q_proj", [h, h]),
-                ("self_attn.k_proj", [kv, h]),
-                ("self_attn.v_proj", [kv, h]),
-                ("self_attn.o_proj", [h, h]),
-                ("mlp.gate_proj", [i, h]),
-                ("mlp.up_proj", [i, h]),
-                ("mlp.down_proj", [h, i]),
-            ];
+            let specs = layer_matrices(cfg);
             // On rayon's pool (which the matmuls use anyway): no threads of our own to manage.
             let built: Vec<Result<Linear>> = specs.par_iter().map(|&(module, shape)| lin(module, shape)).collect();
             let mut built = built.into_iter();
@@ -115,15 +153,28 @@ impl Llama {
             progress()?;
         }
         let norm = get("model.norm.weight", &[h])?;
-        let head_name = if cfg.tie_word_embeddings && !src.shapes().contains_key("lm_head.weight") {
-            "model.embed_tokens.weight"
-        } else {
-            "lm_head.weight"
-        };
-        let lm_head = Linear::new(stored(head_name, &[v, h])?, None, dtype)?;
+        let head_name = lm_head_name(src, cfg);
+        let lm_head =
+            Self::linear(src, head_name, [v, h], dtype, device, |n| stored_matrix(src, n, [v, h], dtype, device))?;
         let (cos, sin) = rope_tables(cfg, device)?;
         progress()?;
         Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+    }
+
+    /// The layer of matrix `name`: quantized as the source holds it (a converted model file),
+    /// or built in `dtype` from the tensor `matrix` returns.
+    fn linear(
+        src: &dyn TensorSource,
+        name: &str,
+        shape: [usize; 2],
+        dtype: WeightDType,
+        device: &Device,
+        matrix: impl FnOnce(&str) -> Result<Tensor>,
+    ) -> Result<Linear> {
+        match src.quantized(name, shape)? {
+            Some(q) => Linear::from_quant(q, dtype, device),
+            None => Linear::new(matrix(name)?, None, dtype),
+        }
     }
 
     pub(crate) fn config(&self) -> &LlamaConfig {

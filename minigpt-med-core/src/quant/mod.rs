@@ -22,7 +22,10 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod ggml;
 mod portable;
+
+pub use ggml::ggml_row_bytes;
 
 use candle_core::quantized::k_quants::{BlockQ4K, GgmlType, QK_K};
 use half::f16;

@@ -75,6 +75,14 @@ impl Connector {
         })
     }
 
+    /// The checkpoint tensors [`Self::load`] reads, with their stored shapes.
+    pub(crate) fn tensor_shapes(ckpt: &dyn TensorSource) -> Vec<(String, Vec<usize>)> {
+        ["llama_proj.weight", "llama_proj.bias", "ln_vision.weight", "ln_vision.bias"]
+            .iter()
+            .filter_map(|n| Some((n.to_string(), ckpt.shapes().get(*n)?.clone())))
+            .collect()
+    }
+
     /// `ln_vision(vit_tokens)` `[1 + n, width]` (the features the reference calls `vit_features`).
     pub(crate) fn normalize(&self, vit_tokens: &Tensor) -> Result<Tensor> {
         self.ln_vision.forward(vit_tokens)

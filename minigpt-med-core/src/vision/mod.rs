@@ -36,6 +36,23 @@ pub(crate) struct EvaVit {
     blocks: Vec<Block>,
 }
 
+/// The tensors of block `i` (`blocks.{i}.` + these) that [`EvaVit::load`] reads.
+const BLOCK_TENSORS: [&str; 13] = [
+    "norm1.weight",
+    "norm1.bias",
+    "attn.qkv.weight",
+    "attn.q_bias",
+    "attn.v_bias",
+    "attn.proj.weight",
+    "attn.proj.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
+];
+
 const VIT_HINT: &str = "--vit must be BLIP-2's eva_vit_g.pth (LAVIS key names)";
 
 impl EvaVit {
@@ -89,22 +106,7 @@ impl EvaVit {
         let patch = Linear::new(patch_w, Some(patch_b), dtype)?;
         let cls = f32_get("cls_token", &[1, 1, d])?.reshape((1, d))?;
 
-        let pos_shape = src.shape_of(&key("pos_embed"), VIT_HINT)?.to_vec();
-        let g_in = match pos_shape.as_slice() {
-            [1, n, dd] if *dd == d && *n >= 2 && is_square(n - 1) => isqrt(n - 1),
-            _ => {
-                return Err(Error::ShapeMismatch {
-                    name: key("pos_embed"),
-                    expected: vec![1, 1 + cfg.grid() * cfg.grid(), d],
-                    found: pos_shape,
-                    hint: "expected a cls row plus a square grid".into(),
-                })
-            }
-        };
-        let pos_raw = f32_get("pos_embed", &pos_shape)?.flatten_all()?.to_vec1::<f32>()?;
-        let g = cfg.grid();
-        let pos = interpolate_pos_embed(&pos_raw, d, g_in, g);
-        let pos = Tensor::from_vec(pos, (1 + g * g, d), device)?;
+        let pos = Self::interpolated_pos_embed(src, cfg, device)?;
         progress()?;
 
         let mlp = cfg.mlp_hidden;
@@ -142,6 +144,57 @@ impl EvaVit {
     }
 
     /// The interpolated position table `[1 + grid^2, width]` (row 0 = cls).
+    /// The position table resized to the configured grid, `[1 + grid^2, width]`.
+    pub(crate) fn interpolated_pos_embed(src: &dyn TensorSource, cfg: &VisionConfig, device: &Device) -> Result<Tensor> {
+        let prefix = key_prefix(src);
+        let key = |k: &str| format!("{prefix}{k}");
+        let d = cfg.width;
+        let f32_get = |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
+        let pos_shape = src.shape_of(&key("pos_embed"), VIT_HINT)?.to_vec();
+        let g_in = match pos_shape.as_slice() {
+            [1, n, dd] if *dd == d && *n >= 2 && is_square(n - 1) => isqrt(n - 1),
+            _ => {
+                return Err(Error::ShapeMismatch {
+                    name: key("pos_embed"),
+                    expected: vec![1, 1 + cfg.grid() * cfg.grid(), d],
+                    found: pos_shape,
+                    hint: "expected a cls row plus a square grid".into(),
+                })
+            }
+        };
+        let pos_raw = f32_get("pos_embed", &pos_shape)?.flatten_all()?.to_vec1::<f32>()?;
+        let g = cfg.grid();
+        let pos = interpolate_pos_embed(&pos_raw, d, g_in, g);
+        Ok(Tensor::from_vec(pos, (1 + g * g, d), device)?)
+    }
+
+    /// The prefix of the ViT's keys in `src` (`visual_encoder.` in a full LAVIS checkpoint).
+    pub(crate) fn key_prefix(src: &dyn TensorSource) -> &'static str {
+        key_prefix(src)
+    }
+
+    /// Every tensor [`Self::load`] reads (names without the prefix) with its stored shape.
+    pub(crate) fn tensor_shapes(src: &dyn TensorSource, cfg: &VisionConfig) -> Result<Vec<(String, Vec<usize>)>> {
+        let prefix = key_prefix(src);
+        let mut names: Vec<String> =
+            ["patch_embed.proj.weight", "patch_embed.proj.bias", "cls_token", "pos_embed"].map(String::from).to_vec();
+        for i in 0..cfg.depth {
+            for n in BLOCK_TENSORS {
+                names.push(format!("blocks.{i}.{n}"));
+            }
+        }
+        names
+            .into_iter()
+            .map(|n| Ok((n.clone(), src.shape_of(&format!("{prefix}{n}"), VIT_HINT)?.to_vec())))
+            .collect()
+    }
+
+    /// Whether `name` is a weight matrix (held in the ViT's dtype; the rest stays f32).
+    pub(crate) fn is_matrix(name: &str) -> bool {
+        name == "patch_embed.proj.weight"
+            || ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"].iter().any(|m| name.ends_with(m))
+    }
+
     pub(crate) fn pos_embed(&self) -> &Tensor {
         &self.pos
     }

@@ -2,6 +2,7 @@
 //! memory-mapped) and PyTorch zip pickles (`.pth`, `pytorch_model-*.bin`, read lazily, one
 //! tensor at a time, by a pickle reader that never executes code).
 
+pub(crate) mod gguf;
 mod pickle_scan;
 mod pth;
 mod safetensors;
@@ -26,6 +27,13 @@ pub(crate) trait TensorSource: Send + Sync {
     fn shapes(&self) -> &HashMap<String, Vec<usize>>;
     /// Reads one tensor (in its stored dtype) onto `device`.
     fn read(&self, name: &str, device: &Device) -> Result<Tensor>;
+
+    /// The `[rows, cols]` matrix `name` in our kernels' layout, when the source holds it
+    /// quantized (a converted model file); `None` for a dense tensor, to be read with
+    /// [`Self::get`].
+    fn quantized(&self, _name: &str, _shape: [usize; 2]) -> Result<Option<crate::quant::QuantMatrix>> {
+        Ok(None)
+    }
 
     /// The stored shape of `name`, or a typed error naming the file.
     fn shape_of(&self, name: &str, hint: &str) -> Result<&[usize]> {
@@ -56,29 +64,56 @@ pub(crate) trait TensorSource: Send + Sync {
     }
 }
 
-/// Opens the weights of an HF LLaMA directory in whichever layout it uses.
-pub(crate) fn open_llama_dir(dir: &Path) -> Result<Box<dyn TensorSource>> {
-    let single_st = dir.join("model.safetensors");
-    let index_st = dir.join("model.safetensors.index.json");
-    let single_bin = dir.join("pytorch_model.bin");
-    let index_bin = dir.join("pytorch_model.bin.index.json");
-    if index_st.exists() {
-        let files = shard_files(&index_st, dir)?;
-        Ok(Box::new(SafetensorsFiles::open(dir, &files)?))
-    } else if single_st.exists() {
-        Ok(Box::new(SafetensorsFiles::open(dir, &[single_st])?))
-    } else if index_bin.exists() {
-        let files = shard_files(&index_bin, dir)?;
-        Ok(Box::new(MultiSource::pth_shards(dir, &files)?))
-    } else if single_bin.exists() {
-        Ok(Box::new(PthFile::open(&single_bin, None, "LLaMA weights (pytorch_model.bin)")?))
-    } else {
-        Err(Error::WeightsFormat {
-            path: dir.to_owned(),
-            expected: "Hugging Face LLaMA directory".into(),
-            reason: "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
-                     pytorch_model.bin.index.json in it; point --llama at the Llama-2-7b-chat-hf folder"
-                .into(),
+/// How an HF LLaMA directory stores its weights.
+pub(crate) enum LlamaLayout {
+    /// `model.safetensors` or its shards.
+    Safetensors(Vec<PathBuf>),
+    /// One `pytorch_model.bin`.
+    Pickle(PathBuf),
+    /// `pytorch_model-*.bin` shards.
+    PickleShards(Vec<PathBuf>),
+}
+
+impl LlamaLayout {
+    /// Finds the layout of `dir` (safetensors first, as transformers does).
+    pub(crate) fn find(dir: &Path) -> Result<Self> {
+        let single_st = dir.join("model.safetensors");
+        let index_st = dir.join("model.safetensors.index.json");
+        let single_bin = dir.join("pytorch_model.bin");
+        let index_bin = dir.join("pytorch_model.bin.index.json");
+        if index_st.exists() {
+            Ok(Self::Safetensors(shard_files(&index_st, dir)?))
+        } else if single_st.exists() {
+            Ok(Self::Safetensors(vec![single_st]))
+        } else if index_bin.exists() {
+            Ok(Self::PickleShards(shard_files(&index_bin, dir)?))
+        } else if single_bin.exists() {
+            Ok(Self::Pickle(single_bin))
+        } else {
+            Err(Error::WeightsFormat {
+                path: dir.to_owned(),
+                expected: "Hugging Face LLaMA directory".into(),
+                reason: "no model.safetensors, model.safetensors.index.json, pytorch_model.bin or \
+                         pytorch_model.bin.index.json in it; point --llama at the Llama-2-7b-chat-hf folder"
+                    .into(),
+            })
+        }
+    }
+
+    /// The weight files.
+    pub(crate) fn files(&self) -> Vec<PathBuf> {
+        match self {
+            Self::Safetensors(f) | Self::PickleShards(f) => f.clone(),
+            Self::Pickle(f) => vec![f.clone()],
+        }
+    }
+
+    /// Opens the weights.
+    pub(crate) fn open(&self, dir: &Path) -> Result<Box<dyn TensorSource>> {
+        Ok(match self {
+            Self::Safetensors(files) => Box::new(SafetensorsFiles::open(dir, files)?),
+            Self::PickleShards(files) => Box::new(MultiSource::pth_shards(dir, files)?),
+            Self::Pickle(file) => Box::new(PthFile::open(file, None, "LLaMA weights (pytorch_model.bin)")?),
         })
     }
 }

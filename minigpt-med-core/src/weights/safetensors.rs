@@ -73,7 +73,7 @@ impl TensorSource for SafetensorsFiles {
 /// process's mapping. Otherwise every file page read during a load stays in our resident set
 /// next to the weights built from it: a 7B fp16 checkpoint would add 13 GB to the peak RSS. The
 /// pages stay in the page cache; touching them again faults them back in, with the same bytes.
-fn release(mmap: &memmap2::Mmap, data: &[u8]) {
+pub(super) fn release(mmap: &memmap2::Mmap, data: &[u8]) {
     // Whole 64 KiB blocks inside the tensor only: aligned for any page size up to 64 KiB, and no
     // page of a neighbouring tensor is dropped.
     const ALIGN: usize = 1 << 16;

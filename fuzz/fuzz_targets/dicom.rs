@@ -1,0 +1,4 @@
+//! Fuzz target: `engine::fuzzing::dicom` (see minigpt-med-core/src/fuzzing.rs).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| engine::fuzzing::dicom(data));

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target (fuzz/fuzz_targets/) for SECONDS each (default 600: the
+# 10 CPU-minutes per target of docs/robustness.md), one after the other, under the memory
+# limits the engine promises to stay within. A crash stops its target: the input is copied to
+# fuzz/regressions/<target>/ (replayed by `cargo test` from then on) and the script goes on.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]
+#
+# Needs a nightly toolchain (`rustup toolchain install nightly`) and `cargo install cargo-fuzz`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+seconds="${1:-600}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  mapfile -t targets < <(cd fuzz && cargo +nightly fuzz list)
+fi
+[ -d fuzz/seeds ] || python3 fuzz/seeds.py
+summary=()
+for t in "${targets[@]}"; do
+  mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
+  seeds=(); [ -d "fuzz/seeds/$t" ] && seeds=("seeds/$t")
+  start=$(date +%s)
+  (cd fuzz && nice cargo +nightly fuzz run -O "$t" "corpus/$t" "${seeds[@]}" -- \
+      -max_total_time="$seconds" -rss_limit_mb=3072 -malloc_limit_mb=1024 -timeout=60 \
+      -print_final_stats=1) > "fuzz/artifacts/$t.log" 2>&1
+  rc=$?
+  took=$(( $(date +%s) - start ))
+  runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/artifacts/$t.log" | grep -o '[0-9]*$' | tail -1)
+  found=0
+  for f in fuzz/artifacts/"$t"/{crash,oom,timeout,leak}-*; do
+    [ -e "$f" ] || continue
+    cp "$f" "fuzz/regressions/$t/"
+    found=$((found + 1))
+  done
+  summary+=("$t: ${took}s, ${runs:-?} inputs, exit $rc, $found finding(s)")
+  echo "${summary[-1]}"
+done
+printf '%s\n' "${summary[@]}" > fuzz/artifacts/summary.txt
