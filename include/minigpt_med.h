@@ -959,6 +959,18 @@ mgm_Status mgm_model_load(const struct mgm_ModelParams *params, struct mgm_Model
 mgm_Status mgm_model_load_dir(const char *dir, const struct mgm_ModelParams *params, struct mgm_Model **out_model);
 
 /**
+ * Loads a converted model file (`minigpt-med convert`; GGUF): memory-mapped, quantized
+ * weights used as stored, answers bit-identical to the original files with the same dtype.
+ * `params` (NULL: defaults) gives the device, progress callback and the dtypes of a dense
+ * file (a quantized file keeps its own); its path fields must be NULL.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `params` is NULL or a `mgm_ModelParams`; `out_model` is
+ * NULL or writable.
+ */
+mgm_Status mgm_model_load_file(const char *path, const struct mgm_ModelParams *params, struct mgm_Model **out_model);
+
+/**
  * Frees a model. NULL is accepted and ignored. Chats made from it stay usable (they hold
  * their own reference); answers and images never depend on it.
  *

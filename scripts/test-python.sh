@@ -48,7 +48,7 @@ echo "test-python: $("$MATURIN" --version), profile $PROFILE, CARGO_TARGET_DIR=$
     --interpreter "$VPY" --out "$WORK/wheels"
 
 "$VPY" -m pip install --quiet --disable-pip-version-check "$WORK"/wheels/minigpt_med-*.whl \
-    pytest numpy pillow tqdm
+    pytest numpy pillow tqdm "gguf>=0.17,<1"
 
 # The CLI and the C library, for the test that asks the same question through every front door.
 cargo build --locked --manifest-path "$ROOT/Cargo.toml" -p minigpt-med-cli -p minigpt-med-capi \

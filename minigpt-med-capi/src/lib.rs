@@ -44,7 +44,9 @@ pub use image::{
     mgm_image_free, mgm_image_from_bytes, mgm_image_from_pixels, mgm_image_open, mgm_image_set_color_mode,
     mgm_image_set_window, mgm_image_size, Image,
 };
-pub use model::{mgm_model_free, mgm_model_load, mgm_model_load_dir, mgm_model_params_default, Model};
+pub use model::{
+    mgm_model_free, mgm_model_load, mgm_model_load_dir, mgm_model_load_file, mgm_model_params_default, Model,
+};
 pub use params::{
     ChatHistory, ChatHistoryValue, ColorMode, ColorModeValue, Device, DeviceValue, Dtype, DtypeValue, GenerateParams,
     ModelParams, PixelFormat, PixelFormatValue, Preset, PresetValue, ProgressCallback, Region, RegionKind,

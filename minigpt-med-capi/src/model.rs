@@ -37,14 +37,23 @@ fn progress_hook(callback: ProgressCallback, user_data: *mut c_void) -> Option<e
     }))
 }
 
-fn load(files: engine::ModelFiles, p: &ModelParams, out: &mut *mut Model) -> Result<(), Failure> {
+/// Where a model is loaded from.
+enum Source {
+    Files(engine::ModelFiles),
+    File(PathBuf),
+}
+
+fn load(source: Source, p: &ModelParams, out: &mut *mut Model) -> Result<(), Failure> {
     let opts = engine::LoadOptions {
         device: params::device(p.device, p.device_index)?,
         llm_dtype: params::dtype(p.llm_dtype, "llm_dtype")?,
         vit_dtype: params::dtype(p.vit_dtype, "vit_dtype")?,
         progress: progress_hook(p.progress, p.progress_user_data),
     };
-    let model = engine::Model::load(&files, &opts)?;
+    let model = match source {
+        Source::Files(files) => engine::Model::load(&files, &opts)?,
+        Source::File(path) => engine::Model::open(path, &opts)?,
+    };
     *out = Box::into_raw(Box::new(Model { inner: Arc::new(model) }));
     Ok(())
 }
@@ -77,7 +86,7 @@ pub unsafe extern "C" fn mgm_model_load(params: *const ModelParams, out_model: *
         if let Some(config) = unsafe { ptr::opt_string(p.config, "params->config") }? {
             files = files.with_config(config);
         }
-        load(files, &p, out)
+        load(Source::Files(files), &p, out)
     })
 }
 
@@ -105,7 +114,35 @@ pub unsafe extern "C" fn mgm_model_load_dir(
                 "mgm_model_load_dir takes the files from `dir`; leave the path fields of params NULL",
             ));
         }
-        load(engine::ModelFiles::from_dir(dir), &p, out)
+        load(Source::Files(engine::ModelFiles::from_dir(dir)), &p, out)
+    })
+}
+
+/// Loads a converted model file (`minigpt-med convert`; GGUF): memory-mapped, quantized
+/// weights used as stored, answers bit-identical to the original files with the same dtype.
+/// `params` (NULL: defaults) gives the device, progress callback and the dtypes of a dense
+/// file (a quantized file keeps its own); its path fields must be NULL.
+///
+/// # Safety
+/// `path` is NULL or NUL-terminated; `params` is NULL or a `mgm_ModelParams`; `out_model` is
+/// NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_model_load_file(
+    path: *const c_char,
+    params: *const ModelParams,
+    out_model: *mut *mut Model,
+) -> Status {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { ptr::out_handle(out_model, "out_model") }?;
+        let path = unsafe { ptr::string(path, "path") }?;
+        let p = unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::model_params_default);
+        if !(p.llama_dir.is_null() && p.vit.is_null() && p.checkpoint.is_null() && p.config.is_null()) {
+            return Err(Failure::invalid(
+                "mgm_model_load_file reads everything from the file; leave the path fields of params NULL",
+            ));
+        }
+        load(Source::File(PathBuf::from(path)), &p, out)
     })
 }
 

@@ -749,3 +749,36 @@ fn fuzz_corpus_replays_without_panics() {
         assert!(outcome.is_ok(), "{} failed", path.display());
     }
 }
+
+/// `mgm_model_load_file` on a converted file answers the reference's ids, as the original
+/// files do; a file that is not a model file is a typed error.
+#[test]
+fn model_file_loads_and_matches_the_reference() {
+    let dir = std::env::temp_dir().join(format!("mgm-capi-gguf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.gguf");
+    let opts = engine::ConvertOptions::default();
+    engine::convert(&engine::ModelFiles::from_dir(fixtures()), &opts, &file).unwrap();
+    let path = cpath(file);
+    let mut m = null_mut();
+    // SAFETY: valid arguments.
+    assert_eq!(unsafe { mgm_model_load_file(path.as_ptr(), null(), &mut m) }, Status::Ok, "{}", last_error());
+    let ct = open_image("ct_nlst.png");
+    let text = CString::new("give me the location of tumor ").unwrap();
+    let params = greedy(20);
+    let mut answer = null_mut();
+    // SAFETY: live handles, NUL-terminated text, writable out-handle.
+    let s = unsafe { mgm_generate(m, ct.0, Task::Refer as u32, text.as_ptr(), null(), &params, &mut answer) };
+    assert_eq!(s, Status::Ok, "{}", last_error());
+    assert_eq!(take(answer).0, golden_ids("p1_refer"));
+    // SAFETY: made above, freed once.
+    unsafe { mgm_model_free(m) };
+    let not_a_model = cpath(fixtures().join("minigpt_med.pth"));
+    let mut m = null_mut();
+    // SAFETY: valid arguments.
+    expect(unsafe { mgm_model_load_file(not_a_model.as_ptr(), null(), &mut m) }, Status::WeightsFormat, "GGUF");
+    assert!(m.is_null());
+    // SAFETY: NULL path.
+    expect(unsafe { mgm_model_load_file(null(), null(), &mut m) }, Status::InvalidArgument, "path is NULL");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

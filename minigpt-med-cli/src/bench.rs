@@ -15,6 +15,13 @@ pub struct BenchArgs {
     /// A model directory laid out like the tiny model (real weights), instead of --synthetic.
     #[arg(long, conflicts_with = "synthetic")]
     model_dir: Option<PathBuf>,
+    /// A converted model file (`minigpt-med convert`): its load is what is timed.
+    #[arg(long, value_name = "FILE.gguf", conflicts_with_all = ["synthetic", "model_dir"])]
+    model: Option<PathBuf>,
+    /// With --synthetic: write the random weights to this model file first, then benchmark
+    /// opening it (the load row of docs/perf.md).
+    #[arg(long, value_name = "FILE.gguf", requires = "synthetic")]
+    write_model: Option<PathBuf>,
     /// LLM weights: f32, f16, bf16, q8_0, q4_0, q4k (default: q4k for --synthetic, else f32).
     #[arg(long)]
     llm_dtype: Option<WeightDType>,
@@ -76,6 +83,12 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         progress: None,
     };
     let (model, what) = match (&a.synthetic, &a.model_dir) {
+        _ if a.model.is_some() => {
+            let file = a.model.as_ref().expect("checked");
+            let o = opts(WeightDType::F32);
+            let what = format!("{} (model file)", file.display());
+            (Model::open(file, &o)?, what)
+        }
         (Some(size), _) => {
             if size != "7b" {
                 return Err(bad(format!("--synthetic {size}: only 7b is known")));
@@ -83,7 +96,23 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
             let o = opts(WeightDType::Q4K);
             let what = format!("synthetic MiniGPT-Med 7B (random weights), llm {}, vit {}", o.llm_dtype, o.vit_dtype);
             let cfg = MiniGptMedConfig::default();
-            (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tiny.path().join("llama-2-7b-chat-hf"), &o)?, what)
+            let tokenizer = tiny.path().join("llama-2-7b-chat-hf");
+            match &a.write_model {
+                Some(file) => {
+                    let c = minigpt_med::ConvertOptions {
+                        llm_dtype: o.llm_dtype,
+                        vit_dtype: o.vit_dtype,
+                        progress: Some(std::sync::Arc::new(|p: minigpt_med::LoadProgress| {
+                            eprint!("\rwriting {}/{} tensors", p.done, p.total);
+                            true
+                        })),
+                    };
+                    let s = minigpt_med::convert_synthetic(&cfg, &LlamaConfig::llama2_7b(), &tokenizer, &c, file)?;
+                    eprintln!("\nwrote {} ({:.2} GB) in {:.1} s", file.display(), s.bytes as f64 / 1e9, s.seconds);
+                    (Model::open(file, &o)?, format!("{what}, from the model file {}", file.display()))
+                }
+                None => (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tokenizer, &o)?, what),
+            }
         }
         (None, Some(dir)) => {
             let o = opts(WeightDType::F32);

@@ -38,18 +38,22 @@ enum Command {
     Preprocess(PreprocessArgs),
     /// Measure load, image encode, prefill and decode speed and peak memory.
     Bench(Box<bench::BenchArgs>),
+    /// Convert the three original files into one model file (GGUF), loaded in seconds.
+    Convert(Box<ConvertArgs>),
+    /// Print a model file's metadata, tensor types and sizes.
+    Inspect(InspectArgs),
 }
 
 #[derive(Args)]
 struct ModelArgs {
     /// Hugging Face Llama-2-7b-chat-hf directory.
-    #[arg(long, required_unless_present = "model_dir")]
+    #[arg(long, required_unless_present_any = ["model_dir", "model"])]
     llama: Option<PathBuf>,
     /// BLIP-2's eva_vit_g.pth.
-    #[arg(long, required_unless_present = "model_dir")]
+    #[arg(long, required_unless_present_any = ["model_dir", "model"])]
     vit: Option<PathBuf>,
     /// The MiniGPT-Med checkpoint (.pth).
-    #[arg(long, required_unless_present = "model_dir")]
+    #[arg(long, required_unless_present_any = ["model_dir", "model"])]
     checkpoint: Option<PathBuf>,
     /// Optional minigpt_med.json model config (defaults: the real model).
     #[arg(long)]
@@ -57,6 +61,9 @@ struct ModelArgs {
     /// A directory laid out like the bundled tiny model, instead of the three paths.
     #[arg(long, conflicts_with_all = ["llama", "vit", "checkpoint"])]
     model_dir: Option<PathBuf>,
+    /// A converted model file (`minigpt-med convert`), instead of the original files.
+    #[arg(long, value_name = "FILE.gguf", conflicts_with_all = ["llama", "vit", "checkpoint", "model_dir", "config"])]
+    model: Option<PathBuf>,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -85,19 +92,68 @@ impl ModelArgs {
     }
 
     fn options(&self, quiet: bool) -> LoadOptions {
-        let progress: Option<minigpt_med::ProgressFn> = if quiet {
-            None
-        } else {
-            Some(Arc::new(|p: LoadProgress| {
-                eprint!("\rloading {:>3}%", p.done * 100 / p.total.max(1));
-                if p.done == p.total {
-                    eprintln!();
-                }
-                true
-            }))
-        };
+        let progress = (!quiet).then(|| progress_bar("loading"));
         LoadOptions { device: self.device, llm_dtype: self.llm_dtype, vit_dtype: self.vit_dtype, progress }
     }
+
+    /// The model: a converted file when `--model` is given, else the original files.
+    fn load(&self, quiet: bool) -> Result<Model, minigpt_med::Error> {
+        match &self.model {
+            Some(file) => Model::open(file, &self.options(quiet)),
+            None => Model::load(&self.files(), &self.options(quiet)),
+        }
+    }
+}
+
+/// A progress callback drawing `what NN% (done/total)` on stderr.
+fn progress_bar(what: &'static str) -> minigpt_med::ProgressFn {
+    Arc::new(move |p: LoadProgress| {
+        eprint!("\r{what} {:>3}% ({}/{})", p.done * 100 / p.total.max(1), p.done, p.total);
+        if p.done == p.total {
+            eprintln!();
+        }
+        true
+    })
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Hugging Face Llama-2-7b-chat-hf directory.
+    #[arg(long, required_unless_present = "model_dir")]
+    llama: Option<PathBuf>,
+    /// BLIP-2's eva_vit_g.pth.
+    #[arg(long, required_unless_present = "model_dir")]
+    vit: Option<PathBuf>,
+    /// The MiniGPT-Med checkpoint (.pth).
+    #[arg(long, required_unless_present = "model_dir")]
+    checkpoint: Option<PathBuf>,
+    /// Optional minigpt_med.json model config (defaults: the real model).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// A directory laid out like the bundled tiny model, instead of the three paths.
+    #[arg(long, conflicts_with_all = ["llama", "vit", "checkpoint"])]
+    model_dir: Option<PathBuf>,
+    /// How the LLaMA is stored: f32 (exact), f16, q8_0, q4_0 or q4k.
+    #[arg(long, default_value = "f16")]
+    llm_dtype: WeightDType,
+    /// How the ViT is stored: f32 or f16.
+    #[arg(long, default_value = "f16")]
+    vit_dtype: WeightDType,
+    /// The model file to write (GGUF).
+    #[arg(long, value_name = "FILE.gguf")]
+    out: PathBuf,
+    /// Print a JSON summary instead of a line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// A model file (GGUF).
+    file: PathBuf,
+    /// Print JSON (metadata and tensors) instead of a listing.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -284,6 +340,8 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo(a),
         Command::Preprocess(a) => preprocess(a),
         Command::Bench(a) => bench::bench(*a),
+        Command::Convert(a) => convert(*a),
+        Command::Inspect(a) => inspect(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -298,7 +356,7 @@ fn generate(a: GenerateArgs) -> Result<(), minigpt_med::Error> {
     let image = a.image.open()?;
     let task = a.task.task()?;
     let opts = a.decode.options()?;
-    let model = Model::load(&a.model.files(), &a.model.options(a.output.json))?;
+    let model = a.model.load(a.output.json)?;
     if let Some(draw) = &a.output.draw {
         minigpt_med::image::ensure_not_input(draw, &a.image.image)?;
     }
@@ -376,4 +434,86 @@ fn preprocess(a: PreprocessArgs) -> Result<(), minigpt_med::Error> {
     }
     minigpt_med::image::ensure_not_input(&a.out, &a.image.image)?;
     image.model_view(a.size).save_png(&a.out)
+}
+
+fn convert(a: ConvertArgs) -> Result<(), minigpt_med::Error> {
+    let mut files = match &a.model_dir {
+        Some(dir) => ModelFiles::from_dir(dir),
+        None => ModelFiles::original(
+            a.llama.clone().unwrap_or_default(),
+            a.vit.clone().unwrap_or_default(),
+            a.checkpoint.clone().unwrap_or_default(),
+        ),
+    };
+    if let Some(c) = &a.config {
+        files.config = Some(c.clone());
+    }
+    let opts = minigpt_med::ConvertOptions {
+        llm_dtype: a.llm_dtype,
+        vit_dtype: a.vit_dtype,
+        progress: Some(progress_bar("converting")),
+    };
+    let s = minigpt_med::convert(&files, &opts, &a.out)?;
+    if a.json {
+        println!(
+            "{}",
+            json!({"path": s.path, "bytes": s.bytes, "tensors": s.tensors, "seconds": s.seconds,
+                   "llm_dtype": a.llm_dtype.to_string(), "vit_dtype": a.vit_dtype.to_string()})
+        );
+    } else {
+        println!(
+            "wrote {} ({:.1} MB, {} tensors, llm {}, vit {}) in {:.1} s",
+            s.path.display(),
+            s.bytes as f64 / 1e6,
+            s.tensors,
+            a.llm_dtype,
+            a.vit_dtype,
+            s.seconds
+        );
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<(), minigpt_med::Error> {
+    let f = minigpt_med::gguf::GgufFile::open(&a.file)?;
+    let mut by_type: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
+    for (_, t) in f.tensors() {
+        let e = by_type.entry(t.dtype.name()).or_default();
+        e.0 += 1;
+        e.1 += t.bytes;
+    }
+    if a.json {
+        let meta: serde_json::Map<String, serde_json::Value> =
+            f.metadata().iter().map(|(k, v)| (k.clone(), json!(v.summary()))).collect();
+        let tensors: Vec<_> = f
+            .tensors()
+            .iter()
+            .map(|(n, t)| json!({"name": n, "dtype": t.dtype.name(), "shape": t.shape, "bytes": t.bytes}))
+            .collect();
+        println!(
+            "{}",
+            json!({"path": a.file, "bytes": f.len(), "gguf_version": f.version(), "metadata": meta, "tensors": tensors})
+        );
+        return Ok(());
+    }
+    println!(
+        "{}: GGUF v{}, {:.1} MB, {} tensors",
+        a.file.display(),
+        f.version(),
+        f.len() as f64 / 1e6,
+        f.tensors().len()
+    );
+    println!("\nmetadata:");
+    for (k, v) in f.metadata() {
+        println!("  {k} = {}", v.summary());
+    }
+    println!("\ntensors by type:");
+    for (ty, (n, bytes)) in &by_type {
+        println!("  {ty:5} {n:5} tensors {:10.1} MB", *bytes as f64 / 1e6);
+    }
+    println!("\ntensors:");
+    for (n, t) in f.tensors() {
+        println!("  {n:40} {:5} {:?} {} bytes", t.dtype.name(), t.shape, t.bytes);
+    }
+    Ok(())
 }

@@ -187,3 +187,55 @@ fn bench_smoke_test_on_the_tiny_model() {
     let bad = bin().args(["bench", "--synthetic", "13b"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
+
+/// `convert` once, `inspect` the file, and `generate --model FILE` answers the reference's
+/// tokens (f32: exact), as `--model-dir` does.
+#[test]
+fn convert_inspect_and_generate_from_the_model_file() {
+    let dir = std::env::temp_dir().join(format!("mgm-cli-convert-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tiny.gguf");
+    let out = bin()
+        .args(["convert", "--model-dir"])
+        .arg(tiny())
+        .args(["--llm-dtype", "f32", "--vit-dtype", "f32", "--json", "--out"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["bytes"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("converting 100%"), "progress is shown");
+
+    let out = bin().args(["inspect", "--json"]).arg(&file).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["metadata"]["general.architecture"], "\"llama\"");
+    assert_eq!(v["metadata"]["minigpt_med.llm_dtype"], "\"f32\"");
+    let names: Vec<&str> = v["tensors"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    for want in ["token_embd.weight", "blk.1.ffn_down.weight", "output.weight", "v.pos_embed", "mm.llama_proj.weight"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    let out = bin()
+        .args(["generate", "--model"])
+        .arg(&file)
+        .arg("--image")
+        .arg(tiny().join("images/ct_nlst.png"))
+        .args(["--task", "refer", "--prompt", "give me the location of tumor ", "--max-new-tokens", "20", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u64> = v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, golden_ids("p1_refer"));
+    // The file is not an input of a later conversion's output.
+    let out = bin()
+        .args(["convert", "--model-dir"])
+        .arg(tiny())
+        .arg("--out")
+        .arg(tiny().join("minigpt_med.pth"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -141,6 +141,55 @@ fn hostile_model_files_get_typed_errors_under_a_memory_limit() {
     assert_typed_error(&o, "positions", "a 100 kB prompt");
 }
 
+/// Damaged model files (GGUF) under the memory limit: each count, length and offset is
+/// checked against the file before anything is allocated from it.
+#[test]
+fn hostile_gguf_files_get_typed_errors_under_a_memory_limit() {
+    let dir = scratch("gguf");
+    let good = dir.join("good.gguf");
+    let o = limited(&[
+        "convert".as_ref(),
+        "--model-dir".as_ref(),
+        tiny().as_os_str(),
+        "--llm-dtype".as_ref(),
+        "q4_0".as_ref(),
+        "--out".as_ref(),
+        good.as_os_str(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let bytes = std::fs::read(&good).unwrap();
+    let patched = |at: usize, with: &[u8]| {
+        let mut b = bytes.clone();
+        b[at..at + with.len()].copy_from_slice(with);
+        b
+    };
+    let find = |needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle).unwrap();
+    // The string length of the first metadata key, then an array count, then a tensor count.
+    let huge = u64::MAX.to_le_bytes();
+    let tokens = find(b"tokenizer.ggml.tokens") + b"tokenizer.ggml.tokens".len() + 4 + 4;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("truncated", bytes[..bytes.len() / 2].to_vec(), "past the end"),
+        ("empty", Vec::new(), "shorter than a GGUF header"),
+        ("magic", patched(0, b"GGJT"), "not \"GGUF\""),
+        ("tensor count", patched(8, &huge), "cannot fit"),
+        ("key length", patched(24, &huge), "needs"),
+        ("array count", patched(tokens, &huge), "does not fit"),
+    ];
+    let image = tiny().join("images/ct_nlst.png");
+    for (case, data, want) in cases {
+        let path = dir.join(format!("{}.gguf", case.replace(' ', "_")));
+        std::fs::write(&path, data).unwrap();
+        let o = limited(&[
+            "generate".as_ref(),
+            "--model".as_ref(),
+            path.as_os_str(),
+            "--image".as_ref(),
+            image.as_os_str(),
+        ]);
+        assert_typed_error(&o, want, case);
+    }
+}
+
 #[test]
 fn outputs_never_overwrite_the_input() {
     let dir = scratch("overwrite");

@@ -42,6 +42,19 @@ pub fn safetensors(data: &[u8]) {
     });
 }
 
+/// A GGUF model file: the header and index read, every metadata value rendered, and when it
+/// is a MiniGPT-Med file, the model opened from it (every tensor read through the loader).
+pub fn gguf(data: &[u8]) {
+    with_file("gguf", data, |path| {
+        let Ok(file) = crate::weights::gguf::GgufFile::open(path) else { return };
+        for (_, value) in file.metadata() {
+            let _ = value.summary();
+        }
+        drop(file);
+        let _ = crate::Model::open(path, &crate::LoadOptions::default());
+    });
+}
+
 /// `config.json` and `minigpt_med.json`: the input is parsed as both, each validated as a load
 /// does before anything is sized from it.
 pub fn configs(data: &[u8]) {
@@ -148,14 +161,11 @@ fn read_all(source: &dyn TensorSource) {
 /// Runs `f` on `data` written to a scratch file (the readers take paths, as loads do); one
 /// file per thread, reused across inputs.
 fn with_file(ext: &str, data: &[u8], f: impl FnOnce(&Path)) {
-    let path: PathBuf = std::env::temp_dir().join(format!(
-        "minigpt-med-fuzz-{}-{:?}.{ext}",
-        std::process::id(),
-        std::thread::current().id()
-    ))
-    .to_string_lossy()
-    .replace(['(', ')'], "")
-    .into();
+    let path: PathBuf = std::env::temp_dir()
+        .join(format!("minigpt-med-fuzz-{}-{:?}.{ext}", std::process::id(), std::thread::current().id()))
+        .to_string_lossy()
+        .replace(['(', ')'], "")
+        .into();
     if std::fs::write(&path, data).is_ok() {
         f(&path);
     }

@@ -16,12 +16,12 @@ use crate::error::{Error, Result};
 use crate::generate::{fit_context, Fit, Turn};
 use crate::image::{Image, ModelView};
 use crate::llm::{Llama, LoraDeltas};
+use crate::model_file::GgufView;
 use crate::nn::WeightDType;
 use crate::options::GenerateOptions;
 use crate::prompt::{Prompt, TextCodec};
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
-use crate::model_file::GgufView;
 use crate::weights::{LlamaLayout, PthFile, TensorSource};
 
 /// The original files of a model, opened and checked against each other: configs, tokenizer,
@@ -172,7 +172,17 @@ impl Model {
         let start = Instant::now();
         let s = Sources::open(files)?;
         let lora = LoraDeltas::find(s.ckpt.as_ref(), &s.cfg.lora, &s.llama_cfg, &opts.device.candle()?)?;
-        Self::from_sources(s.cfg, s.llama_cfg, s.codec, s.vit.as_ref(), s.ckpt.as_ref(), s.llama.as_ref(), &lora, opts, start)
+        Self::from_sources(
+            s.cfg,
+            s.llama_cfg,
+            s.codec,
+            s.vit.as_ref(),
+            s.ckpt.as_ref(),
+            s.llama.as_ref(),
+            &lora,
+            opts,
+            start,
+        )
     }
 
     /// Opens a converted model file (`minigpt-med convert`): memory-mapped, quantized matrices

@@ -42,6 +42,11 @@ fn safetensors_corpus() {
 }
 
 #[test]
+fn gguf_corpus() {
+    replay("gguf", fuzzing::gguf);
+}
+
+#[test]
 fn configs_corpus() {
     replay("configs", fuzzing::configs);
 }

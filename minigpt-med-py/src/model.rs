@@ -63,9 +63,17 @@ impl Progress {
     }
 }
 
+/// Where a model is loaded from.
+enum Source {
+    /// The original files.
+    Files(ModelFiles),
+    /// A converted model file.
+    File(PathBuf),
+}
+
 fn load_model(
     py: Python<'_>,
-    files: ModelFiles,
+    source: Source,
     device: &str,
     dtype: &str,
     vit_dtype: &str,
@@ -82,7 +90,10 @@ fn load_model(
         let p = Arc::clone(p);
         opts.progress = Some(Arc::new(move |step| p.report(step)));
     }
-    let result = py.detach(|| Model::load(&files, &opts));
+    let result = py.detach(|| match &source {
+        Source::Files(files) => Model::load(files, &opts),
+        Source::File(path) => Model::open(path, &opts),
+    });
     // Drop the callback (and its reference to the Python callable) while attached.
     drop(opts);
     // The callback's own exception, if it raised, explains the cancellation best.
@@ -124,12 +135,15 @@ impl PyModel {
 #[allow(clippy::too_many_arguments)]
 #[pymethods]
 impl PyModel {
-    /// Loads the model from the original MiniGPT-Med files.
+    /// Loads the model from a converted model file (``Model.load("minigpt-med.gguf")``,
+    /// written once by ``minigpt-med convert``: memory-mapped, loaded in seconds) or from the
+    /// original MiniGPT-Med files.
     ///
     /// Args:
-    ///     llama: the HF LLaMA-2-7b-chat directory (config.json, tokenizer.json, safetensors).
-    ///     vit: ``eva_vit_g.pth``.
-    ///     checkpoint: the MiniGPT-Med checkpoint (``minigpt_med.pth``).
+    ///     llama: a converted model file (then leave ``vit`` and ``checkpoint`` out), or the
+    ///         HF LLaMA-2-7b-chat directory (config.json, tokenizer.json, safetensors).
+    ///     vit: ``eva_vit_g.pth`` (original files only).
+    ///     checkpoint: the MiniGPT-Med checkpoint (``minigpt_med.pth``; original files only).
     ///     config: optional ``minigpt_med.json`` (defaults are the real model's).
     ///     device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     ///     dtype: LLaMA weights: ``"f32"`` (exact), ``"f16"``, ``"bf16"``, ``"q8_0"``, ``"q4_0"``, ``"q4k"``.
@@ -144,20 +158,31 @@ impl PyModel {
     ///     OptionsError: an unknown device or dtype.
     ///     UnsupportedError: e.g. CUDA in a build without it.
     #[staticmethod]
-    #[pyo3(signature = (llama, vit, checkpoint, config = None, *, device = "cpu", dtype = "f32", vit_dtype = "f32", progress = None))]
+    #[pyo3(signature = (llama, vit = None, checkpoint = None, config = None, *, device = "cpu", dtype = "f32", vit_dtype = "f32", progress = None))]
     fn load(
         py: Python<'_>,
         llama: PathBuf,
-        vit: PathBuf,
-        checkpoint: PathBuf,
+        vit: Option<PathBuf>,
+        checkpoint: Option<PathBuf>,
         config: Option<PathBuf>,
         device: &str,
         dtype: &str,
         vit_dtype: &str,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let files = ModelFiles { llama_dir: llama, vit, checkpoint, config };
-        load_model(py, files, device, dtype, vit_dtype, progress)
+        let source = match (vit, checkpoint, config) {
+            (Some(vit), Some(checkpoint), config) => {
+                Source::Files(ModelFiles { llama_dir: llama, vit, checkpoint, config })
+            }
+            (None, None, None) => Source::File(llama),
+            _ => {
+                return Err::<Self, _>(minigpt_med::Error::InvalidOption(
+                    "give a converted model file alone, or the LLaMA directory with both vit= and checkpoint=".into(),
+                ))
+                .py()
+            }
+        };
+        load_model(py, source, device, dtype, vit_dtype, progress)
     }
 
     /// Loads a model from a directory laid out like the bundled tiny model:
@@ -173,7 +198,7 @@ impl PyModel {
         vit_dtype: &str,
         progress: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        load_model(py, ModelFiles::from_dir(directory), device, dtype, vit_dtype, progress)
+        load_model(py, Source::Files(ModelFiles::from_dir(directory)), device, dtype, vit_dtype, progress)
     }
 
     /// Answers a task about an image.

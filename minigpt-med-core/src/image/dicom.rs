@@ -178,7 +178,12 @@ fn walk(d: &[u8], le: bool, explicit: bool) -> std::result::Result<(), String> {
         let (group, element) = (u16_at(pos), u16_at(pos + 2));
         let (hdr, len, descend) = if group == 0xFFFE {
             // Item / delimiters: tag + 4-byte length, no VR. Items hold elements, except
-            // inside encapsulated Pixel Data, where they hold compressed fragments.
+            // inside encapsulated Pixel Data, where they hold compressed fragments. Group
+            // FFFE holds nothing else: any other element there is refused (a parser would
+            // read it as some element of its own guess, whose length nothing checked).
+            if ![0xE000, 0xE00D, 0xE0DD].contains(&element) {
+                return Err(format!("invalid item tag (FFFE,{element:04X}); the file is corrupt"));
+            }
             let len = u32_at(pos + 4);
             if element == 0xE0DD {
                 in_fragments = false;

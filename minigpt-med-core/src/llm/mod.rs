@@ -130,7 +130,9 @@ impl Llama {
         for l in 0..cfg.num_hidden_layers {
             let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
                 let name = format!("model.layers.{l}.{module}.weight");
-                Self::linear(src, &name, shape, dtype, device, |_| layer_matrix(src, lora, l, module, shape, dtype, device))
+                Self::linear(src, &name, shape, dtype, device, |_| {
+                    layer_matrix(src, lora, l, module, shape, dtype, device)
+                })
             };
             // Converting and quantizing a matrix is CPU-bound and independent of the others:
             // the seven projections of a layer are built side by side.

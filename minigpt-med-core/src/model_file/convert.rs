@@ -167,7 +167,11 @@ pub(crate) fn convert_sources(
                 }),
             ));
         } else {
-            jobs.push((gguf, shape.clone(), Box::new(move || dense(&vit.get(&key, &shape, DType::F32, cpu, "")?, round, None))));
+            jobs.push((
+                gguf,
+                shape.clone(),
+                Box::new(move || dense(&vit.get(&key, &shape, DType::F32, cpu, "")?, round, None)),
+            ));
         }
     }
     for (name, shape) in Connector::tensor_shapes(ckpt) {
@@ -183,14 +187,20 @@ pub(crate) fn convert_sources(
     jobs.push((
         gguf_name("model.embed_tokens.weight")?,
         vec![v, h],
-        Box::new(move || dense(&llama.get("model.embed_tokens.weight", &[v, h], DType::F32, cpu, LLAMA_HINT)?, float_f16, None)),
+        Box::new(move || {
+            dense(&llama.get("model.embed_tokens.weight", &[v, h], DType::F32, cpu, LLAMA_HINT)?, float_f16, None)
+        }),
     ));
     let (heads, kv_heads) = (llama_cfg.num_attention_heads, llama_cfg.kv_heads());
     let lora = &lora;
     for l in 0..llama_cfg.num_hidden_layers {
         let norm = |n: &str| -> Result<Job> {
             let name = format!("model.layers.{l}.{n}.weight");
-            Ok((gguf_name(&name)?, vec![h], Box::new(move || dense(&llama.get(&name, &[h], DType::F32, cpu, LLAMA_HINT)?, false, None))))
+            Ok((
+                gguf_name(&name)?,
+                vec![h],
+                Box::new(move || dense(&llama.get(&name, &[h], DType::F32, cpu, LLAMA_HINT)?, false, None)),
+            ))
         };
         jobs.push(norm("input_layernorm")?);
         for (module, shape) in layer_matrices(llama_cfg) {
@@ -402,8 +412,10 @@ fn sentencepiece_pieces(data: &[u8]) -> Option<Vec<(String, f32, i32)>> {
         }
         None
     }
-    /// The fields of one message: (number, wire type, varint value or bytes).
-    fn fields(d: &[u8]) -> Option<Vec<(u64, u64, u64, &[u8])>> {
+    /// One field of a message: number, wire type, numeric value, bytes (length-delimited).
+    type Field<'a> = (u64, u64, u64, &'a [u8]);
+    /// The fields of one message.
+    fn fields(d: &[u8]) -> Option<Vec<Field<'_>>> {
         let mut out = Vec::new();
         let mut pos = 0;
         while pos < d.len() {

@@ -90,7 +90,8 @@ pub(crate) fn open(path: &Path) -> Result<Opened> {
             llama.vocab_size
         )));
     }
-    let dtype = |key: &str| -> Result<WeightDType> { text(key)?.parse().map_err(|_| err(format!("{key} is not a dtype"))) };
+    let dtype =
+        |key: &str| -> Result<WeightDType> { text(key)?.parse().map_err(|_| err(format!("{key} is not a dtype"))) };
     Ok(Opened { llm_dtype: dtype(keys::LLM_DTYPE)?, vit_dtype: dtype(keys::VIT_DTYPE)?, file, cfg, llama, codec })
 }
 

@@ -28,8 +28,9 @@ impl GgufView {
     /// The LLaMA's tensors, under Hugging Face names (`heads`/`kv_heads` undo llama.cpp's
     /// row order of `q_proj`/`k_proj`).
     pub(crate) fn llama(file: Arc<GgufFile>, heads: usize, kv_heads: usize) -> Self {
-        let mut view = Self::new(file, |n| gguf_to_llama(n));
-        view.permuted = view.names.keys().filter_map(|n| Some((n.clone(), permuted_heads(n, heads, kv_heads)?))).collect();
+        let mut view = Self::new(file, gguf_to_llama);
+        view.permuted =
+            view.names.keys().filter_map(|n| Some((n.clone(), permuted_heads(n, heads, kv_heads)?))).collect();
         view
     }
 
@@ -61,6 +62,20 @@ impl GgufView {
             path: self.file.path().to_owned(),
             hint: "the model file is incomplete; convert the original files again".into(),
         })
+    }
+
+    /// Checks that a permuted tensor's rows split into heads of an even width (the config
+    /// guarantees it for the shapes the loader asks for; this keeps the row map in bounds for
+    /// any file).
+    fn check_rows(&self, name: &str, rows: usize) -> Result<()> {
+        match self.permuted.get(name) {
+            Some(&heads) if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 => Err(Error::WeightsFormat {
+                path: self.file.path().to_owned(),
+                expected: "MiniGPT-Med model file".into(),
+                reason: format!("tensor {name} has {rows} rows, which do not split into {heads} heads of even width"),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Row `x` (in the loader's order) of a tensor whose rows are `row_bytes` long.
@@ -98,6 +113,7 @@ impl TensorSource for GgufView {
         let data = self.file.data(info);
         let tensor = if self.permuted.contains_key(name) && info.shape.len() == 2 {
             let (rows, row_bytes) = (info.shape[0], info.bytes / info.shape[0].max(1));
+            self.check_rows(name, rows)?;
             let mut out = Vec::with_capacity(info.bytes);
             (0..rows).for_each(|x| out.extend_from_slice(self.row(name, data, rows, row_bytes, x)));
             Tensor::from_raw_buffer(&out, dtype, &info.shape, device)?
@@ -120,6 +136,7 @@ impl TensorSource for GgufView {
             });
         }
         let [rows, cols] = shape;
+        self.check_rows(name, rows)?;
         let data = self.file.data(info);
         let row_bytes = info.bytes / rows.max(1);
         let q = QuantMatrix::from_ggml_rows(format, rows, cols, |x| self.row(name, data, rows, row_bytes, x))?;

@@ -203,8 +203,10 @@ mod tests {
                         let mut blocks = vec![T::zeros(); row.len() / T::BLCK_SIZE];
                         T::from_float(row, &mut blocks);
                         // SAFETY: plain-old-data blocks viewed as their bytes.
-                        unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(&blocks[..])) }
-                            .to_vec()
+                        unsafe {
+                            std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), std::mem::size_of_val(&blocks[..]))
+                        }
+                        .to_vec()
                     }
                     match format {
                         QuantFormat::Q8_0 => bytes::<BlockQ8_0>(row),

@@ -145,7 +145,11 @@ impl EvaVit {
 
     /// The interpolated position table `[1 + grid^2, width]` (row 0 = cls).
     /// The position table resized to the configured grid, `[1 + grid^2, width]`.
-    pub(crate) fn interpolated_pos_embed(src: &dyn TensorSource, cfg: &VisionConfig, device: &Device) -> Result<Tensor> {
+    pub(crate) fn interpolated_pos_embed(
+        src: &dyn TensorSource,
+        cfg: &VisionConfig,
+        device: &Device,
+    ) -> Result<Tensor> {
         let prefix = key_prefix(src);
         let key = |k: &str| format!("{prefix}{k}");
         let d = cfg.width;
@@ -183,16 +187,15 @@ impl EvaVit {
                 names.push(format!("blocks.{i}.{n}"));
             }
         }
-        names
-            .into_iter()
-            .map(|n| Ok((n.clone(), src.shape_of(&format!("{prefix}{n}"), VIT_HINT)?.to_vec())))
-            .collect()
+        names.into_iter().map(|n| Ok((n.clone(), src.shape_of(&format!("{prefix}{n}"), VIT_HINT)?.to_vec()))).collect()
     }
 
     /// Whether `name` is a weight matrix (held in the ViT's dtype; the rest stays f32).
     pub(crate) fn is_matrix(name: &str) -> bool {
         name == "patch_embed.proj.weight"
-            || ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"].iter().any(|m| name.ends_with(m))
+            || ["attn.qkv.weight", "attn.proj.weight", "mlp.fc1.weight", "mlp.fc2.weight"]
+                .iter()
+                .any(|m| name.ends_with(m))
     }
 
     pub(crate) fn pos_embed(&self) -> &Tensor {

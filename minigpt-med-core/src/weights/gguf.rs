@@ -360,8 +360,7 @@ impl GgufFile {
         let n_tensors = c.u64("the tensor count").map_err(err)?;
         let n_kv = c.u64("the metadata count").map_err(err)?;
         // A metadata entry takes at least 12 bytes and a tensor info at least 24.
-        if n_kv.checked_mul(12).is_none_or(|b| b > c.left()) || n_tensors.checked_mul(24).is_none_or(|b| b > c.left())
-        {
+        if n_kv.checked_mul(12).is_none_or(|b| b > c.left()) || n_tensors.checked_mul(24).is_none_or(|b| b > c.left()) {
             return Err(err(format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in the file")));
         }
         let mut metadata = Vec::with_capacity(n_kv as usize);
@@ -415,7 +414,8 @@ impl GgufFile {
             if offset % alignment != 0 {
                 return Err(err(format!("tensor {name} starts at offset {offset}, not a multiple of {alignment}")));
             }
-            let start = data_start.checked_add(offset).filter(|s| s.checked_add(bytes as u64).is_some_and(|e| e <= file_len));
+            let start =
+                data_start.checked_add(offset).filter(|s| s.checked_add(bytes as u64).is_some_and(|e| e <= file_len));
             let start = start.ok_or_else(|| {
                 err(format!(
                     "tensor {name} ({bytes} bytes at data offset {offset}) extends past the end of the \
@@ -533,7 +533,12 @@ impl GgufWriter {
     pub fn plan(&mut self, tensors: &[(String, Vec<usize>)]) -> Result<()> {
         self.tensors = tensors
             .iter()
-            .map(|(n, s)| Planned { name: n.clone(), ne: s.iter().rev().map(|&d| d as u64).collect(), dtype: None, offset: 0 })
+            .map(|(n, s)| Planned {
+                name: n.clone(),
+                ne: s.iter().rev().map(|&d| d as u64).collect(),
+                dtype: None,
+                offset: 0,
+            })
             .collect();
         let header = self.header()?;
         self.data_start = (header.len() as u64).next_multiple_of(DEFAULT_ALIGNMENT);

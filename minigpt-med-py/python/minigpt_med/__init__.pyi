@@ -143,15 +143,17 @@ class Model:
     @staticmethod
     def load(
         llama: _Path,
-        vit: _Path,
-        checkpoint: _Path,
+        vit: Optional[_Path] = None,
+        checkpoint: Optional[_Path] = None,
         config: Optional[_Path] = None,
         *,
         device: str = "cpu",
         dtype: str = "f32",
         vit_dtype: str = "f32",
         progress: _Progress = True,
-    ) -> "Model": ...
+    ) -> "Model":
+        """A converted model file (``Model.load("x.gguf")``) or the three original files."""
+        ...
     @staticmethod
     def load_dir(
         directory: _Path,
