@@ -243,3 +243,67 @@ pub unsafe extern "C" fn mgm_chat_free(chat: *mut Chat) {
     // SAFETY: per this function's contract.
     unsafe { ptr::free(chat) }
 }
+
+/// One image prepared for many questions (opaque): encoded once, the prompt up to its image
+/// tokens run once, so each `mgm_study_ask` costs only the question's tokens and answers as
+/// `mgm_generate` would. Created by `mgm_study_new`, freed by `mgm_study_free`. Unlike a chat,
+/// a study may be asked from several threads at once. It holds a reference to its model.
+pub struct Study {
+    inner: engine::Study<Arc<engine::Model>>,
+}
+
+/// Prepares `image` (encoded now; the image may be freed afterwards) for many questions.
+///
+/// # Safety
+/// `model`/`image` are NULL or live handles; `out_study` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_study_new(model: *const Model, image: *const Image, out_study: *mut *mut Study) -> Status {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { ptr::out_handle(out_study, "out_study") }?;
+        let model = unsafe { ptr::arg(model, "model") }?;
+        let image = unsafe { ptr::arg(image, "image") }?;
+        let embeddings = model.inner.encode_image(&image.inner)?;
+        let study = engine::Study::new(Arc::clone(&model.inner), embeddings)?;
+        *out = Box::into_raw(Box::new(Study { inner: study }));
+        Ok(())
+    })
+}
+
+/// Answers a question about a study's image; arguments as `mgm_generate`.
+///
+/// # Safety
+/// `study` is NULL or a live study (other threads may be asking it too); the other pointers
+/// as `mgm_generate`.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_study_ask(
+    study: *const Study,
+    task: TaskValue,
+    text: *const c_char,
+    region: *const Region,
+    params: *const GenerateParams,
+    out_answer: *mut *mut Answer,
+) -> Status {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let out = unsafe { ptr::out_handle(out_answer, "out_answer") }?;
+        let study = unsafe { ptr::arg(study, "study") }?;
+        let task = unsafe { self::task(task, text, region) }?;
+        // SAFETY: as above.
+        let (opts, p) = unsafe { options(params) }?;
+        let answer = with_stream(&p, |on_text| study.inner.ask_stream(&task, &opts, on_text))?;
+        *out = Box::into_raw(Box::new(Answer::new(answer)));
+        Ok(())
+    })
+}
+
+/// Frees a study. NULL is accepted and ignored.
+///
+/// # Safety
+/// `study` is NULL or a study from this library not yet freed and not in use; it is invalid
+/// afterwards.
+#[no_mangle]
+pub unsafe extern "C" fn mgm_study_free(study: *mut Study) {
+    // SAFETY: per this function's contract.
+    unsafe { ptr::free(study) }
+}

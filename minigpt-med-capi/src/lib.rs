@@ -38,7 +38,7 @@ pub use answer::{
 };
 pub use generate::{
     mgm_chat_ask, mgm_chat_context_len, mgm_chat_free, mgm_chat_new, mgm_chat_turns, mgm_generate,
-    mgm_generate_params_default, mgm_generate_params_preset, Chat,
+    mgm_generate_params_default, mgm_generate_params_preset, mgm_study_ask, mgm_study_free, mgm_study_new, Chat, Study,
 };
 pub use image::{
     mgm_image_free, mgm_image_from_bytes, mgm_image_from_pixels, mgm_image_open, mgm_image_set_color_mode,

@@ -782,3 +782,55 @@ fn model_file_loads_and_matches_the_reference() {
     expect(unsafe { mgm_model_load_file(null(), null(), &mut m) }, Status::InvalidArgument, "path is NULL");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A study answers as `mgm_generate` does, for several tasks, from two threads at once.
+#[test]
+fn study_answers_equal_generate_from_two_threads() {
+    let ct = open_image("ct_nlst.png");
+    let mut study = null_mut();
+    // SAFETY: live handles, writable out-handle.
+    assert_eq!(unsafe { mgm_study_new(model(), ct.0, &mut study) }, Status::Ok, "{}", last_error());
+    struct Shared(*mut Study);
+    // SAFETY: a study may be asked from several threads at once (its contract).
+    unsafe impl Sync for Shared {}
+    let shared = Shared(study);
+    let asks: [(Task, Option<&str>); 2] = [(Task::Refer, Some("give me the location of tumor ")), (Task::Report, None)];
+    std::thread::scope(|s| {
+        let handles: Vec<_> = asks
+            .iter()
+            .map(|&(task, text)| {
+                let shared = &shared;
+                s.spawn(move || {
+                    let text = text.map(|t| CString::new(t).unwrap());
+                    let params = greedy(20);
+                    let mut answer = null_mut();
+                    // SAFETY: a live study, NUL-terminated text or NULL, writable out-handle.
+                    let st = unsafe {
+                        mgm_study_ask(
+                            shared.0,
+                            task as u32,
+                            text.as_ref().map_or(null(), |t| t.as_ptr()),
+                            null(),
+                            &params,
+                            &mut answer,
+                        )
+                    };
+                    assert_eq!(st, Status::Ok, "{}", last_error());
+                    take(answer).0
+                })
+            })
+            .collect();
+        let got: Vec<Vec<u32>> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(got[0], golden_ids("p1_refer"));
+        let want = take(generate(&ct, Task::Report, None, None, &greedy(20)).unwrap()).0;
+        assert_eq!(got[1], want);
+    });
+    // SAFETY: made above, freed once; NULL is ignored.
+    unsafe {
+        mgm_study_free(study);
+        mgm_study_free(null_mut());
+    }
+    let mut none = null_mut();
+    // SAFETY: NULL handles are errors.
+    expect(unsafe { mgm_study_new(model(), null(), &mut none) }, Status::InvalidArgument, "image is NULL");
+}

@@ -43,6 +43,9 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Time the load only (and the resident memory after it); no image, prefill or decode.
+    #[arg(long)]
+    load_only: bool,
     /// Time only the matrix kernels (ours beside candle's): quantized at LLaMA-2-7B shapes for
     /// decode (1 row) and prefill (298 rows), and f32 at the ViT-g's shapes for one image
     /// (1025 rows); no model is loaded.
@@ -129,6 +132,25 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     // A 7B run takes minutes: say where it stands.
     eprintln!("loaded in {:.1} s; timing {} repeats", load_ms / 1e3, a.repeats);
     let rss_after_load = peak_rss();
+    if a.load_only {
+        let file_bytes =
+            a.model.as_ref().or(a.write_model.as_ref()).and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len());
+        let v = json!({
+            "model": what, "threads": minigpt_med::threads(), "load_ms": load_ms,
+            "rss_after_load_bytes": rss_after_load, "file_bytes": file_bytes,
+            "llm_weight_bytes": model.info().llm_weight_bytes,
+        });
+        if a.json {
+            println!("{v}");
+        } else {
+            println!(
+                "{what}: loaded in {:.2} s, resident {:.2} GB",
+                load_ms / 1e3,
+                rss_after_load.unwrap_or(0) as f64 / 1e9
+            );
+        }
+        return Ok(());
+    }
     let image = match &a.image {
         Some(p) => Image::open(p)?,
         None => Image::from_bytes(crate::demo::CT_IMAGE)?,

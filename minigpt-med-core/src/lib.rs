@@ -45,6 +45,7 @@ mod options;
 pub mod prompt;
 pub mod quant;
 mod sample;
+mod study;
 mod task;
 mod vision;
 mod weights;
@@ -63,6 +64,7 @@ pub use model_file::{convert, convert_synthetic, ConvertOptions, ConvertSummary,
 pub use nn::WeightDType;
 pub use options::{DecodeSettings, GenerateOptions, Preset, Sampling};
 pub use prompt::{Prompt, TextCodec};
+pub use study::Study;
 pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;
 

@@ -20,6 +20,7 @@ use crate::model_file::GgufView;
 use crate::nn::WeightDType;
 use crate::options::GenerateOptions;
 use crate::prompt::{Prompt, TextCodec};
+use crate::study::Study;
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
 use crate::weights::{LlamaLayout, PthFile, TensorSource};
@@ -330,6 +331,20 @@ impl Model {
         let before = self.llama.embed(&prompt.before_image)?;
         let after = self.llama.embed(&prompt.after_image)?;
         Ok(Tensor::cat(&[&before, &image.embeds.to_dtype(DType::F32)?, &after], 0)?)
+    }
+
+    /// The LLM input `[L, hidden]` of a study's shared prefix: the ids before the image, then
+    /// the image embeddings.
+    pub(crate) fn input_embeds_before(&self, image: &ImageEmbeddings, before_image: &[u32]) -> Result<Tensor> {
+        let before = self.llama.embed(before_image)?;
+        Ok(Tensor::cat(&[&before, &image.embeds.to_dtype(DType::F32)?], 0)?)
+    }
+
+    /// Prepares `image` for many questions: encoded once, the prompt up to its image tokens run
+    /// once ([`Study`]; each [`Study::ask`] then costs only the question's tokens). For a
+    /// study that owns its model, use `Study::new(Arc<Model>, embeddings)`.
+    pub fn study(&self, image: &Image) -> Result<Study<&Model>> {
+        Study::new(self, self.encode_image(image)?)
     }
 
     /// Logits `[vocab]` of the last prompt position.

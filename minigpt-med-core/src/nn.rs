@@ -145,17 +145,24 @@ impl Linear {
             None => dtype,
         };
         if cpu && dense != WeightDType::BF16 {
-            let w = with_f32_slice(&weight, |w| {
-                // Checkpoints stored in fp16 (eva_vit_g.pth, LLaMA-2's files) give f32 weights
-                // that are all f16 values: held as f16 they are the same numbers in half the
-                // memory, and the products (in f32) are bit-identical.
-                let precision = if dense == WeightDType::F16 || w.par_iter().all(|&v| f16::from_f32(v).to_f32() == v) {
-                    Precision::F16
-                } else {
-                    Precision::F32
-                };
-                Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
-            })?;
+            // Stored in f16 (eva_vit_g.pth, a model file): f16 panels straight from the
+            // stored values, no f32 copy and no exactness scan.
+            let w = if weight.dtype() == DType::F16 {
+                with_slice(&weight, |w: &[f16]| Ok(PackedB::from_nk_f16(w, out_features, in_features, in_features)))?
+            } else {
+                with_f32_slice(&weight, |w| {
+                    // Checkpoints stored in fp16 (eva_vit_g.pth, LLaMA-2's files) give f32 weights
+                    // that are all f16 values: held as f16 they are the same numbers in half the
+                    // memory, and the products (in f32) are bit-identical.
+                    let precision =
+                        if dense == WeightDType::F16 || w.par_iter().all(|&v| f16::from_f32(v).to_f32() == v) {
+                            Precision::F16
+                        } else {
+                            Precision::F32
+                        };
+                    Ok(PackedB::from_nk(w, out_features, in_features, in_features, precision))
+                })?
+            };
             let bias = bias.map(|b| Ok::<_, Error>(b.to_vec1::<f32>()?.into())).transpose()?;
             return Ok(Self { weight: Weight::Gemm { w: Arc::new(w), bias }, bias: None });
         }
@@ -254,6 +261,15 @@ fn on_rows(x: &Tensor, k: usize, n: usize, f: impl FnOnce(&[f32], usize) -> Resu
 /// Runs `f` on the values of a CPU tensor as one f32 slice, in place when the tensor already
 /// is contiguous f32 (no copy of a weight matrix at load, nor of activations).
 pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    if t.dtype() == DType::F16 && matches!(t.device(), Device::Cpu) {
+        // A weight stored in f16, widened on every core (candle's conversion is one loop).
+        use half::slice::HalfFloatSliceExt;
+        return with_slice::<f16, R>(t, |h| {
+            let mut w = vec![0f32; h.len()];
+            w.par_chunks_mut(1 << 16).zip(h.par_chunks(1 << 16)).for_each(|(w, h)| h.convert_to_f32_slice(w));
+            f(&w)
+        });
+    }
     with_slice(t, f)
 }
 

@@ -11,6 +11,7 @@ mod errors;
 mod image;
 mod model;
 mod stream;
+mod study;
 
 use pyo3::prelude::*;
 
@@ -34,6 +35,7 @@ fn native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", minigpt_med::VERSION)?;
     m.add_class::<model::PyModel>()?;
     m.add_class::<model::PyChat>()?;
+    m.add_class::<study::PyStudy>()?;
     m.add_class::<answer::PyAnswer>()?;
     m.add_class::<answer::PyBoundingBox>()?;
     m.add_class::<answer::PyRegion>()?;

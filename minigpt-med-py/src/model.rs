@@ -332,6 +332,28 @@ impl PyModel {
     }
 
     /// What this model is: dtypes, sizes and load time, as a dict.
+    /// Prepares one image for many questions: encoded once, the prompt up to its image tokens
+    /// run once; each :meth:`Study.ask` then costs only the question's tokens and answers as
+    /// :meth:`generate` would.
+    ///
+    /// Args:
+    ///     image: any accepted image input (see :meth:`generate`).
+    ///     color, window: as in :meth:`generate`.
+    ///
+    /// Returns:
+    ///     Study
+    #[pyo3(signature = (image, *, color = None, window = None))]
+    fn study(
+        &self,
+        py: Python<'_>,
+        image: &Bound<'_, PyAny>,
+        color: Option<&str>,
+        window: Option<(f64, f64)>,
+    ) -> PyResult<crate::study::PyStudy> {
+        let image = to_image(image, color, window)?;
+        crate::study::study(py, &self.inner, image)
+    }
+
     #[getter]
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let info = self.inner.info();

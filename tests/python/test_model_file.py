@@ -97,3 +97,4 @@ def test_llama_cpp_reader_sees_a_standard_llama(converted):
         step = np.abs(want.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
         err = np.abs(values.reshape(-1, 32) - want.reshape(-1, 32))
         assert (err <= step * 0.5 + 1e-6).all(), f"{name}: max error {err.max()}"
+

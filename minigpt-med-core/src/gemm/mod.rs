@@ -114,6 +114,31 @@ impl PackedB {
         })
     }
 
+    /// [`Self::from_nk`] of f16 values into f16 panels, with no f32 copy: a weight stored in
+    /// f16 packs to the same panels as its values widened to f32 would.
+    ///
+    /// # Panics
+    /// If `w` is shorter than `(n - 1) * ld + k`.
+    pub fn from_nk_f16(w: &[f16], n: usize, k: usize, ld: usize) -> Self {
+        assert!(
+            n == 0 || w.len() >= (n - 1) * ld + k,
+            "PackedB::from_nk_f16: {} values for [{n}, {k}] / {ld}",
+            w.len()
+        );
+        let count = n.div_ceil(NR) * k;
+        let mut rows = vec![PanelRowF16([f16::ZERO; NR]); count];
+        if k > 0 {
+            rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
+                for c in 0..NR.min(n - p * NR) {
+                    for (row, &v) in panel.iter_mut().zip(&w[(p * NR + c) * ld..][..k]) {
+                        row.0[c] = v;
+                    }
+                }
+            });
+        }
+        Self { n, k, panels: Panels::F16(rows) }
+    }
+
     /// Packs `b: [k, n]` (row `p` at `b[p * ld..][..n]`) in f32, for `C = A b`: the values of
     /// an attention head.
     ///
@@ -553,6 +578,19 @@ pub fn linear_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Packing f16 values directly gives the panels of packing them widened to f32.
+    #[test]
+    fn f16_packing_equals_widened_packing() {
+        for (n, k) in [(1, 1), (5, 3), (17, 40), (33, 7)] {
+            let h: Vec<f16> = values(n * k, 3).iter().map(|&v| f16::from_f32(v)).collect();
+            let w: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
+            let (a, b) = (PackedB::from_nk_f16(&h, n, k, k), PackedB::from_nk(&w, n, k, k, Precision::F16));
+            let (Panels::F16(a), Panels::F16(b)) = (&a.panels, &b.panels) else { panic!("f16 panels") };
+            assert!(a.iter().zip(b).all(|(x, y)| x.0.map(f16::to_bits) == y.0.map(f16::to_bits)), "[{n}, {k}]");
+            assert_eq!(a.len(), b.len());
+        }
+    }
 
     /// Deterministic values in [-1, 1).
     fn values(n: usize, seed: u64) -> Vec<f32> {

@@ -50,6 +50,34 @@ impl KvCache {
         self.capacity
     }
 
+    /// A copy of the held positions with room for `capacity` (at least `len`): a study's
+    /// prefix forked for one question, the original left as it is.
+    pub(crate) fn fork(&self, capacity: usize) -> Result<Self> {
+        let capacity = capacity.max(self.len);
+        let layers = self
+            .layers
+            .iter()
+            .map(|(k, v)| {
+                let copy = |t: &Tensor| -> Result<Tensor> {
+                    let out = Tensor::zeros((self.kv_heads, capacity, self.head_dim), DType::F32, &self.device)?;
+                    if self.len > 0 {
+                        out.slice_set(&t.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
+                    }
+                    Ok(out)
+                };
+                Ok((copy(k)?, copy(v)?))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            layers,
+            len: self.len,
+            capacity,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+            device: self.device.clone(),
+        })
+    }
+
     /// Forgets positions past `len` (used to undo a failed or cancelled turn).
     pub(crate) fn truncate(&mut self, len: usize) {
         self.len = self.len.min(len);

@@ -145,14 +145,25 @@ impl QuantMatrix {
                     qs.par_chunks_mut(2 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
                         |(q, (qs, d))| -> Result<()> {
                             for r in (0..4).filter(|r| 4 * q + r < rows) {
-                                for (b, src) in checked(4 * q + r)?.chunks_exact(block_bytes(format)).enumerate() {
+                                // Blocks in pairs: GGML byte `j` holds values `j` and `j + 16` of
+                                // one block; ours holds value `j` of two neighbouring blocks.
+                                let row = checked(4 * q + r)?;
+                                let n = block_bytes(format);
+                                let nibbles = |b: usize| -> [u8; BLOCK] {
+                                    let src = row.get(b * n..(b + 1) * n).map_or(&[0x88u8; 18][..], |s| s);
+                                    let qs: &[u8; 16] = src[2..18].try_into().expect("18-byte blocks");
+                                    std::array::from_fn(|j| if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 })
+                                };
+                                for p in 0..real.div_ceil(2) {
+                                    let (lo, hi) = (nibbles(2 * p), nibbles(2 * p + 1));
+                                    let o = (4 * p + r) * BLOCK;
+                                    qs[o..o + BLOCK]
+                                        .iter_mut()
+                                        .zip(lo.iter().zip(&hi))
+                                        .for_each(|(q, (l, h))| *q = l | (h << 4));
+                                }
+                                for (b, src) in row.chunks_exact(n).enumerate() {
                                     d[scale_index(b, r)] = read_f16(src);
-                                    let o = (4 * (b / 2) + r) * BLOCK;
-                                    for j in 0..BLOCK {
-                                        let v = if j < BLOCK / 2 { src[2 + j] & 0x0F } else { src[2 + j - 16] >> 4 };
-                                        let byte = &mut qs[o + j];
-                                        *byte = if b % 2 == 0 { (*byte & 0xF0) | v } else { (*byte & 0x0F) | (v << 4) };
-                                    }
                                 }
                                 // A half-used last pair: its padding block, as the quantizer
                                 // writes it (a block of zeros has the scale -0).

@@ -100,8 +100,11 @@ impl EvaVit {
         let d = cfg.width;
         let p = cfg.patch_size;
         let f32_get = |name: &str, shape: &[usize]| src.get(&key(name), shape, DType::F32, device, VIT_HINT);
+        // Matrices as stored (f16 in eva_vit_g.pth and model files): `Linear::new` widens them
+        // once, and knows f16 values need no exactness scan.
+        let matrix = |name: &str, shape: &[usize]| src.get_stored(&key(name), shape, device, VIT_HINT);
 
-        let patch_w = f32_get("patch_embed.proj.weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?;
+        let patch_w = matrix("patch_embed.proj.weight", &[d, 3, p, p])?.reshape((d, 3 * p * p))?;
         let patch_b = f32_get("patch_embed.proj.bias", &[d])?;
         let patch = Linear::new(patch_w, Some(patch_b), dtype)?;
         let cls = f32_get("cls_token", &[1, 1, d])?.reshape((1, d))?;
@@ -130,13 +133,14 @@ impl EvaVit {
                 &[b("attn.q_bias", &[d])?, Tensor::zeros(d, DType::F32, device)?, b("attn.v_bias", &[d])?],
                 0,
             )?;
+            let m = |n: &str, shape: &[usize]| matrix(&format!("blocks.{i}.{n}"), shape);
             blocks.push(Block {
                 norm1: ln("norm1")?,
-                qkv: Linear::new(b("attn.qkv.weight", &[3 * d, d])?, Some(qkv_bias), dtype)?,
-                proj: Linear::new(b("attn.proj.weight", &[d, d])?, Some(b("attn.proj.bias", &[d])?), dtype)?,
+                qkv: Linear::new(m("attn.qkv.weight", &[3 * d, d])?, Some(qkv_bias), dtype)?,
+                proj: Linear::new(m("attn.proj.weight", &[d, d])?, Some(b("attn.proj.bias", &[d])?), dtype)?,
                 norm2: ln("norm2")?,
-                fc1: Linear::new(b("mlp.fc1.weight", &[mlp, d])?, Some(b("mlp.fc1.bias", &[mlp])?), dtype)?,
-                fc2: Linear::new(b("mlp.fc2.weight", &[d, mlp])?, Some(b("mlp.fc2.bias", &[d])?), dtype)?,
+                fc1: Linear::new(m("mlp.fc1.weight", &[mlp, d])?, Some(b("mlp.fc1.bias", &[mlp])?), dtype)?,
+                fc2: Linear::new(m("mlp.fc2.weight", &[d, mlp])?, Some(b("mlp.fc2.bias", &[d])?), dtype)?,
             });
             progress()?;
         }

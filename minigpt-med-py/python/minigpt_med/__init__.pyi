@@ -137,6 +137,46 @@ class Chat:
     @property
     def context_len(self) -> int: ...
 
+class Study:
+    """One image prepared for many questions (see Model.study); thread-safe."""
+
+    def ask(
+        self,
+        instruction: Optional[str] = None,
+        *,
+        task: Optional[_Task] = None,
+        prompt: Optional[str] = None,
+        region: Optional[_RegionArg] = None,
+        preset: Optional[Literal["eval", "greedy", "demo"]] = None,
+        max_new_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        repetition_penalty: Optional[float] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        context_limit: Optional[int] = None,
+    ) -> Answer: ...
+    def stream(
+        self,
+        instruction: Optional[str] = None,
+        *,
+        task: Optional[_Task] = None,
+        prompt: Optional[str] = None,
+        region: Optional[_RegionArg] = None,
+        preset: Optional[Literal["eval", "greedy", "demo"]] = None,
+        max_new_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        repetition_penalty: Optional[float] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        context_limit: Optional[int] = None,
+    ) -> TextStream: ...
+    @property
+    def prefix_len(self) -> int: ...
+
 class Model:
     """A loaded MiniGPT-Med model (thread-safe; loading and generating release the GIL)."""
 
@@ -201,6 +241,13 @@ class Model:
         stop: Union[str, Sequence[str], None] = None,
         context_limit: Optional[int] = None,
     ) -> TextStream: ...
+    def study(
+        self,
+        image: ImageInput,
+        *,
+        color: Optional[Literal["gray", "rgb"]] = None,
+        window: Optional[Tuple[float, float]] = None,
+    ) -> Study: ...
     def chat(
         self,
         image: ImageInput,
