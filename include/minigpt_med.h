@@ -479,6 +479,14 @@ typedef struct mgm_Image mgm_Image;
 typedef struct mgm_Model mgm_Model;
 
 /**
+ * One image prepared for many questions (opaque): encoded once, the prompt up to its image
+ * tokens run once, so each `mgm_study_ask` costs only the question's tokens and answers as
+ * `mgm_generate` would. Created by `mgm_study_new`, freed by `mgm_study_free`. Unlike a chat,
+ * a study may be asked from several threads at once. It holds a reference to its model.
+ */
+typedef struct mgm_Study mgm_Study;
+
+/**
  * A box the model wrote.
  */
 typedef struct mgm_BoundingBox {
@@ -862,6 +870,32 @@ mgm_Status mgm_chat_context_len(const struct mgm_Chat *chat, size_t *out_len);
  * afterwards.
  */
 void mgm_chat_free(struct mgm_Chat *chat);
+
+/**
+ * Prepares `image` (encoded now; the image may be freed afterwards) for many questions.
+ *
+ * # Safety
+ * `model`/`image` are NULL or live handles; `out_study` is NULL or writable.
+ */
+mgm_Status mgm_study_new(const struct mgm_Model *model, const struct mgm_Image *image, struct mgm_Study **out_study);
+
+/**
+ * Answers a question about a study's image; arguments as `mgm_generate`.
+ *
+ * # Safety
+ * `study` is NULL or a live study (other threads may be asking it too); the other pointers
+ * as `mgm_generate`.
+ */
+mgm_Status mgm_study_ask(const struct mgm_Study *study, mgm_Task task, const char *text, const struct mgm_Region *region, const struct mgm_GenerateParams *params, struct mgm_Answer **out_answer);
+
+/**
+ * Frees a study. NULL is accepted and ignored.
+ *
+ * # Safety
+ * `study` is NULL or a study from this library not yet freed and not in use; it is invalid
+ * afterwards.
+ */
+void mgm_study_free(struct mgm_Study *study);
 
 /**
  * Decodes an image file (PNG, JPEG, TIFF, BMP; the format is sniffed from the content).
