@@ -93,8 +93,10 @@ def test_llama_cpp_reader_sees_a_standard_llama(converted):
             # llama.cpp's convert_hf_to_gguf permutation of q/k rows.
             rows = want.shape[0]
             want = want.reshape(heads, 2, rows // heads // 2, -1).swapaxes(1, 2).reshape(want.shape)
-        # Q8_0: each value within half a step (amax / 127 / 2) of its block's scale.
+        # Q8_0: each value within half a step (step = amax / 127) of its block's scale, plus
+        # the f16 rounding of the scale itself (up to 127 steps x 2^-11): 0.57 steps. Rows in
+        # the wrong order, or the wrong nibble layout, would be off by whole values.
         step = np.abs(want.reshape(-1, 32)).max(axis=1, keepdims=True) / 127
         err = np.abs(values.reshape(-1, 32) - want.reshape(-1, 32))
-        assert (err <= step * 0.5 + 1e-6).all(), f"{name}: max error {err.max()}"
+        assert (err <= step * 0.57 + 1e-6).all(), f"{name}: max error {(err / step).max()} steps"
 
