@@ -55,11 +55,17 @@ impl TextCodec {
 
     /// Loads a tokenizer from the text of a `tokenizer.json` (`origin` names it in errors).
     pub fn from_json(json: &[u8], origin: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::from_bytes(json).map_err(|e| Error::WeightsFormat {
+        let err = |reason: String| Error::WeightsFormat {
             path: origin.to_owned(),
             expected: "Hugging Face tokenizer.json".into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        // tokenizers panics (`expect("Helper")`) on some malformed JSON inside its sections:
+        // the syntax is checked first, without building anything.
+        serde_json::from_slice::<serde::de::IgnoredAny>(json).map_err(|e| err(format!("not valid JSON: {e}")))?;
+        let tokenizer = crate::contain::contain(|| Tokenizer::from_bytes(json))
+            .map_err(|msg| err(format!("the tokenizer is malformed ({msg})")))?
+            .map_err(|e| err(e.to_string()))?;
         let mut joins_byte_run = vec![false; tokenizer.get_vocab_size(true)];
         let byte_tokens = tokenizer.get_vocab(false).into_iter().filter(|(t, _)| is_byte_token(t)).map(|(_, id)| id);
         let special = tokenizer.get_added_tokens_decoder().into_iter().filter(|(_, t)| t.special).map(|(id, _)| id);
