@@ -24,6 +24,7 @@ for t in "${targets[@]}"; do
   mkdir -p "fuzz/corpus/$t" "fuzz/artifacts/$t" "fuzz/regressions/$t"
   seeds=(); [ -d "fuzz/seeds/$t" ] && seeds=("seeds/$t")
   start=$(date +%s)
+  marker=$(mktemp)
   (cd fuzz && exec /usr/bin/time -o "artifacts/$t.time" -f "%U %S" nice "../$bin/$t" "corpus/$t" "${seeds[@]}" -artifact_prefix="artifacts/$t/" \
       -max_total_time="$seconds" -rss_limit_mb=3072 -malloc_limit_mb=1024 -timeout=60 \
       -print_final_stats=1) > "fuzz/artifacts/$t.log" 2>&1
@@ -33,10 +34,11 @@ for t in "${targets[@]}"; do
   runs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "fuzz/artifacts/$t.log" | grep -o '[0-9]*$' | tail -1)
   found=0
   for f in fuzz/artifacts/"$t"/{crash,oom,timeout,leak}-*; do
-    [ -e "$f" ] || continue
+    [ "$f" -nt "$marker" ] || continue
     cp "$f" "fuzz/regressions/$t/"
     found=$((found + 1))
   done
+  rm -f "$marker"
   summary+=("$t: ${took}s wall, ${cpu:-?} CPU-s, ${runs:-?} inputs, exit $rc, $found finding(s)")
   echo "${summary[-1]}"
 done

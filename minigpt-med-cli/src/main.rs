@@ -1,5 +1,6 @@
 //! `minigpt-med`: MiniGPT-Med inference from the command line.
 
+mod batch;
 mod bench;
 mod demo;
 
@@ -38,6 +39,9 @@ enum Command {
     Preprocess(PreprocessArgs),
     /// Measure load, image encode, prefill and decode speed and peak memory.
     Bench(Box<bench::BenchArgs>),
+    /// Answer a manifest (JSONL) or a folder of images; results appended to a JSONL file,
+    /// a rerun skipping the ids already there.
+    Batch(Box<batch::BatchArgs>),
     /// Convert the three original files into one model file (GGUF), loaded in seconds.
     Convert(Box<ConvertArgs>),
     /// Print a model file's metadata, tensor types and sizes.
@@ -45,7 +49,7 @@ enum Command {
 }
 
 #[derive(Args)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// Hugging Face Llama-2-7b-chat-hf directory.
     #[arg(long, required_unless_present_any = ["model_dir", "model"])]
     llama: Option<PathBuf>,
@@ -97,7 +101,7 @@ impl ModelArgs {
     }
 
     /// The model: a converted file when `--model` is given, else the original files.
-    fn load(&self, quiet: bool) -> Result<Model, minigpt_med::Error> {
+    pub(crate) fn load(&self, quiet: bool) -> Result<Model, minigpt_med::Error> {
         match &self.model {
             Some(file) => Model::open(file, &self.options(quiet)),
             None => Model::load(&self.files(), &self.options(quiet)),
@@ -190,7 +194,7 @@ impl TaskArgs {
 }
 
 #[derive(Args)]
-struct DecodeArgs {
+pub(crate) struct DecodeArgs {
     /// Most new tokens (default: the preset's, 300 for eval and 500 for demo).
     #[arg(long)]
     max_new_tokens: Option<usize>,
@@ -221,7 +225,7 @@ struct DecodeArgs {
 }
 
 impl DecodeArgs {
-    fn options(&self) -> Result<GenerateOptions, minigpt_med::Error> {
+    pub(crate) fn options(&self) -> Result<GenerateOptions, minigpt_med::Error> {
         DecodeSettings {
             preset: self.preset,
             max_new_tokens: self.max_new_tokens,
@@ -341,6 +345,7 @@ fn main() -> ExitCode {
         Command::Preprocess(a) => preprocess(a),
         Command::Bench(a) => bench::bench(*a),
         Command::Convert(a) => convert(*a),
+        Command::Batch(a) => batch::batch(*a),
         Command::Inspect(a) => inspect(a),
     };
     match result {

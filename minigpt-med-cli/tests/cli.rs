@@ -239,3 +239,107 @@ fn convert_inspect_and_generate_from_the_model_file() {
     assert_eq!(out.status.code(), Some(1));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+fn batch_lines(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `batch` over a manifest: answers equal the reference's (and `generate`'s), failing records
+/// get their error and the run goes on, and a rerun after a crash (a cut last line) finishes
+/// the rest without duplicating anything.
+#[test]
+fn batch_answers_a_manifest_and_resumes_without_duplicates() {
+    let dir = std::env::temp_dir().join(format!("mgm-cli-batch-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let images = tiny().join("images");
+    let manifest = dir.join("manifest.jsonl");
+    let records = [
+        serde_json::json!({"id": "a", "image": images.join("ct_nlst.png"), "task": "refer", "prompt": "give me the location of tumor "}),
+        serde_json::json!({"id": "b", "image": images.join("ct_nlst.png"), "task": "identify", "grid_region": [12, 34, 56, 78]}),
+        serde_json::json!({"id": "c", "image": dir.join("missing.png")}),
+        serde_json::json!({"id": "d", "image": images.join("ct_nlst.png"), "task": "vqa"}),
+        serde_json::json!({"image": images.join("synthetic_gradient.png")}),
+    ];
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&manifest, text).unwrap();
+    let out = dir.join("results.jsonl");
+    let run = || {
+        let o = bin()
+            .args(["batch", "--model-dir"])
+            .arg(tiny())
+            .arg("--manifest")
+            .arg(&manifest)
+            .arg("--out")
+            .arg(&out)
+            .args(["--max-new-tokens", "20"])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let log = run();
+    assert!(log.contains("batch 5/5 (100%)"), "progress: {log}");
+    let lines = batch_lines(&out);
+    let by_id = |lines: &[serde_json::Value], id: &str| lines.iter().find(|l| l["id"] == id).cloned().unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u64> {
+        v["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect()
+    };
+    assert_eq!(ids(&by_id(&lines, "a")), golden_ids("p1_refer"));
+    assert_eq!(ids(&by_id(&lines, "b")), golden_ids("p3_identify"));
+    let gradient_id = images.join("synthetic_gradient.png").display().to_string();
+    assert_eq!(ids(&by_id(&lines, &gradient_id)), golden_ids("p4_report"));
+    assert_eq!(by_id(&lines, &gradient_id)["stop_reason"], "max_tokens");
+    assert!(by_id(&lines, "c")["error"].as_str().unwrap().contains("missing.png"));
+    assert!(by_id(&lines, "d")["error"].as_str().unwrap().contains("needs a question"));
+    assert!(by_id(&lines, "a")["error"].is_null());
+
+    // A crash after two records, in the middle of the third line.
+    let all = std::fs::read_to_string(&out).unwrap();
+    let cut: Vec<&str> = all.lines().collect();
+    std::fs::write(&out, format!("{}\n{}\n{}", cut[0], cut[1], &cut[2][..cut[2].len() / 2])).unwrap();
+    let log = run();
+    assert!(log.contains("2 already in"), "{log}");
+    let again = batch_lines(&out);
+    let mut seen: Vec<String> = again.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    seen.sort();
+    let mut want: Vec<String> = lines.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
+    want.sort();
+    assert_eq!(seen, want, "every id exactly once");
+    for l in &lines {
+        assert_eq!(by_id(&again, l["id"].as_str().unwrap())["token_ids"], l["token_ids"]);
+    }
+    // Nothing left: a third run changes nothing.
+    run();
+    assert_eq!(batch_lines(&out).len(), 5);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `batch --dir`: every image file under a folder (a corrupt one gets its error line).
+#[test]
+fn batch_over_a_folder() {
+    let dir = std::env::temp_dir().join(format!("mgm-cli-batch-dir-{}", std::process::id()));
+    let images = dir.join("in/sub");
+    std::fs::create_dir_all(&images).unwrap();
+    std::fs::copy(tiny().join("images/ct_nlst.png"), images.join("ct.png")).unwrap();
+    std::fs::write(dir.join("in/broken.png"), b"\x89PNG not really").unwrap();
+    std::fs::write(dir.join("in/notes.txt"), b"not an image").unwrap();
+    let out = dir.join("results.jsonl");
+    let o = bin()
+        .args(["batch", "--model-dir"])
+        .arg(tiny())
+        .arg("--dir")
+        .arg(dir.join("in"))
+        .args(["--task", "refer", "--prompt", "give me the location of tumor ", "--max-new-tokens", "20", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = batch_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let ct = lines.iter().find(|l| l["image"].as_str().unwrap().ends_with("ct.png")).unwrap();
+    let ids: Vec<u64> = ct["token_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    assert_eq!(ids, golden_ids("p1_refer"));
+    let broken = lines.iter().find(|l| l["image"].as_str().unwrap().ends_with("broken.png")).unwrap();
+    assert!(broken["error"].is_string());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,7 +12,7 @@ pub struct BoundingBox {
 }
 
 /// Time spent in each phase of one generation, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Timings {
     /// Image preprocessing + ViT + projection.
     pub encode_ms: f64,

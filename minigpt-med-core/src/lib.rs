@@ -24,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod answer;
+pub mod batch;
 mod chat;
 mod config;
 mod contain;
