@@ -172,3 +172,20 @@ impl Decoding {
         settings.resolve().py()
     }
 }
+
+/// The task of a `Chat.ask`/`Study.ask` call: a verbatim `instruction`, or `task=` with
+/// `prompt=`/`region=`, never both.
+pub(crate) fn asked_task(
+    instruction: Option<String>,
+    task: Option<&str>,
+    prompt: Option<&str>,
+    region: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Task> {
+    match (instruction, task) {
+        (Some(i), None) if prompt.is_none() && region.is_none() => Ok(Task::Custom(i)),
+        (None, Some(t)) => to_task(t, prompt, region),
+        _ => Err(options_error(
+            "give either an instruction (e.g. \"[vqa] Is there an effusion?\") or task= with prompt=/region=",
+        )),
+    }
+}

@@ -3,13 +3,13 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use minigpt_med::{Chat, ChatHistory, LoadOptions, LoadProgress, Model, ModelFiles, Task};
+use minigpt_med::{Chat, ChatHistory, LoadOptions, LoadProgress, Model, ModelFiles};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict};
 
 use crate::answer::PyAnswer;
 use crate::convert::{to_image, to_task, Decoding, StopArg};
-use crate::errors::{options_error, IntoPyResult};
+use crate::errors::IntoPyResult;
 use crate::stream::{run_blocking, Job, PyTextStream};
 
 /// Forwards load progress to a Python callable, keeping its first error for after the load.
@@ -427,16 +427,7 @@ impl PyChat {
         prompt: Option<&str>,
         region: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
-        match (instruction, task) {
-            (Some(i), None) if prompt.is_none() && region.is_none() => Ok(i),
-            (None, Some(t)) => {
-                let task: Task = to_task(t, prompt, region)?;
-                task.instruction(self.width, self.height).py()
-            }
-            _ => Err(options_error(
-                "give either an instruction (e.g. \"[vqa] Is there an effusion?\") or task= with prompt=/region=",
-            )),
-        }
+        crate::convert::asked_task(instruction, task, prompt, region)?.instruction(self.width, self.height).py()
     }
 }
 

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use minigpt_med::{Model, Study, Task};
+use minigpt_med::{Model, Study};
 use pyo3::prelude::*;
 
 use crate::answer::PyAnswer;
-use crate::convert::{to_task, Decoding, StopArg};
-use crate::errors::{options_error, IntoPyResult};
+use crate::convert::{asked_task, Decoding, StopArg};
+use crate::errors::IntoPyResult;
 use crate::stream::{run_blocking, Job, PyTextStream};
 
 /// One image prepared for many questions (``Model.study``): encoded once, the prompt up to
@@ -28,14 +28,7 @@ impl PyStudy {
         region: Option<&Bound<'_, PyAny>>,
         decoding: Decoding,
     ) -> PyResult<Job> {
-        let task =
-            match (instruction, task) {
-                (Some(i), None) if prompt.is_none() && region.is_none() => Task::Custom(i),
-                (None, Some(t)) => to_task(t, prompt, region)?,
-                _ => return Err(options_error(
-                    "give either an instruction (e.g. \"[vqa] Is there an effusion?\") or task= with prompt=/region=",
-                )),
-            };
+        let task = asked_task(instruction, task, prompt, region)?;
         let opts = decoding.to_options()?;
         let study = Arc::clone(&self.inner);
         Ok(Box::new(move |on_text| study.ask_stream(&task, &opts, on_text)))
