@@ -6,7 +6,7 @@
 //! Not a stable API: hidden from the docs, here only so the fuzzer and the replay call the
 //! same code.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::Device;
 
@@ -158,14 +158,12 @@ fn read_all(source: &dyn TensorSource) {
     }
 }
 
-/// Runs `f` on `data` written to a scratch file (the readers take paths, as loads do); one
-/// file per thread, reused across inputs.
+/// Runs `f` on `data` written to a scratch file (the readers take paths, as loads do); a fresh
+/// name per call, so threads never share one.
 fn with_file(ext: &str, data: &[u8], f: impl FnOnce(&Path)) {
-    let path: PathBuf = std::env::temp_dir()
-        .join(format!("minigpt-med-fuzz-{}-{:?}.{ext}", std::process::id(), std::thread::current().id()))
-        .to_string_lossy()
-        .replace(['(', ')'], "")
-        .into();
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = std::env::temp_dir().join(format!("minigpt-med-fuzz-{}-{n}.{ext}", std::process::id()));
     if std::fs::write(&path, data).is_ok() {
         f(&path);
     }

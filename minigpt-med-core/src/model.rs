@@ -51,7 +51,11 @@ impl Sources {
             None => MiniGptMedConfig::default(),
         };
         let llama_cfg = LlamaConfig::from_dir(&files.llama_dir)?;
-        let codec = TextCodec::from_dir(&files.llama_dir)?;
+        let tokenizer_path = files.llama_dir.join("tokenizer.json");
+        let tokenizer_json = std::fs::read(&tokenizer_path).map_err(|e| {
+            Error::io(&tokenizer_path, e, "the LLaMA directory needs the tokenizer.json of Llama-2-7b-chat-hf")
+        })?;
+        let codec = TextCodec::from_json(&tokenizer_json, &tokenizer_path)?;
         if codec.vocab_size() > llama_cfg.vocab_size {
             return Err(Error::Config {
                 path: files.llama_dir.join("tokenizer.json"),
@@ -62,9 +66,6 @@ impl Sources {
                 ),
             });
         }
-        let tokenizer_path = files.llama_dir.join("tokenizer.json");
-        let tokenizer_json =
-            std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e, "expected tokenizer.json"))?;
         let ckpt =
             PthFile::open(&files.checkpoint, Some("model"), "MiniGPT-Med checkpoint (.pth, state dict under `model`)")?;
         let vit = PthFile::open(&files.vit, None, "EVA ViT-g weights (eva_vit_g.pth)")?;
@@ -203,7 +204,6 @@ impl Model {
         let llama = GgufView::llama(Arc::clone(&o.file), heads, kv_heads);
         let vit = GgufView::vit(Arc::clone(&o.file));
         let proj = GgufView::projector(Arc::clone(&o.file));
-        let _ = o.vit_dtype;
         let lora = LoraDeltas::none(&proj);
         Self::from_sources(o.cfg, o.llama, o.codec, &vit, &proj, &llama, &lora, &opts, start)
     }

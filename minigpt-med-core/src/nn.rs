@@ -261,15 +261,6 @@ fn on_rows(x: &Tensor, k: usize, n: usize, f: impl FnOnce(&[f32], usize) -> Resu
 /// Runs `f` on the values of a CPU tensor as one f32 slice, in place when the tensor already
 /// is contiguous f32 (no copy of a weight matrix at load, nor of activations).
 pub(crate) fn with_f32_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
-    if t.dtype() == DType::F16 && matches!(t.device(), Device::Cpu) {
-        // A weight stored in f16, widened on every core (candle's conversion is one loop).
-        use half::slice::HalfFloatSliceExt;
-        return with_slice::<f16, R>(t, |h| {
-            let mut w = vec![0f32; h.len()];
-            w.par_chunks_mut(1 << 16).zip(h.par_chunks(1 << 16)).for_each(|(w, h)| h.convert_to_f32_slice(w));
-            f(&w)
-        });
-    }
     with_slice(t, f)
 }
 

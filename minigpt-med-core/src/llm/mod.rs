@@ -130,7 +130,7 @@ impl Llama {
         for l in 0..cfg.num_hidden_layers {
             let lin = |module: &str, shape: [usize; 2]| -> Result<Linear> {
                 let name = format!("model.layers.{l}.{module}.weight");
-                Self::linear(src, &name, shape, dtype, device, |_| {
+                Self::linear(src, &name, shape, dtype, device, || {
                     layer_matrix(src, lora, l, module, shape, dtype, device)
                 })
             };
@@ -156,8 +156,9 @@ impl Llama {
         }
         let norm = get("model.norm.weight", &[h])?;
         let head_name = lm_head_name(src, cfg);
-        let lm_head =
-            Self::linear(src, head_name, [v, h], dtype, device, |n| stored_matrix(src, n, [v, h], dtype, device))?;
+        let lm_head = Self::linear(src, head_name, [v, h], dtype, device, || {
+            stored_matrix(src, head_name, [v, h], dtype, device)
+        })?;
         let (cos, sin) = rope_tables(cfg, device)?;
         progress()?;
         Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
@@ -171,11 +172,11 @@ impl Llama {
         shape: [usize; 2],
         dtype: WeightDType,
         device: &Device,
-        matrix: impl FnOnce(&str) -> Result<Tensor>,
+        matrix: impl FnOnce() -> Result<Tensor>,
     ) -> Result<Linear> {
         match src.quantized(name, shape)? {
             Some(q) => Linear::from_quant(q, dtype, device),
-            None => Linear::new(matrix(name)?, None, dtype),
+            None => Linear::new(matrix()?, None, dtype),
         }
     }
 

@@ -49,25 +49,23 @@ pub struct ConvertSummary {
 /// Converts the original files to one model file at `out` (GGUF v3; see the module docs of
 /// `model_file`). `out` is written through a temporary file and never over an input.
 pub fn convert(files: &ModelFiles, opts: &ConvertOptions, out: &Path) -> Result<ConvertSummary> {
-    let mut inputs = vec![files.vit.clone(), files.checkpoint.clone()];
-    inputs.extend(files.config.clone());
-    for input in &inputs {
+    let sources = Sources::open(files)?;
+    // Every input by its role: never written over, and its sha256 kept in the metadata.
+    let mut inputs = vec![("vit".to_string(), files.vit.clone()), ("checkpoint".to_string(), files.checkpoint.clone())];
+    inputs.extend(files.config.clone().map(|c| ("config".to_string(), c)));
+    inputs.extend(
+        sources
+            .llama_files
+            .iter()
+            .map(|f| (format!("llama.{}", f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()), f.clone())),
+    );
+    for (_, input) in &inputs {
         crate::image::ensure_not_input(out, input)?;
     }
-    let sources = Sources::open(files)?;
-    let mut provenance = vec![("vit", files.vit.clone()), ("checkpoint", files.checkpoint.clone())];
-    provenance.extend(files.config.clone().map(|c| ("config", c)));
-    for f in sources.llama_files.iter() {
-        crate::image::ensure_not_input(out, f)?;
-    }
-    let llama_files: Vec<(String, PathBuf)> = sources
-        .llama_files
-        .iter()
-        .map(|f| (format!("llama.{}", f.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()), f.clone()))
-        .collect();
-    let mut hashed = Vec::new();
-    for (role, path) in provenance.iter().map(|(r, p)| (r.to_string(), p.clone())).chain(llama_files) {
-        hashed.push((role, path.clone(), sha256(&path)?));
+    let mut hashed = Vec::with_capacity(inputs.len());
+    for (role, path) in inputs {
+        let sha = sha256(&path)?;
+        hashed.push((role, path, sha));
     }
     let tokenizer_model = std::fs::read(files.llama_dir.join("tokenizer.model")).ok();
     convert_sources(
@@ -311,7 +309,6 @@ fn metadata(
     opts: &ConvertOptions,
 ) -> Result<()> {
     let s = |v: &str| MetaValue::Str(v.to_owned());
-    let json = |v: &dyn erased::Json| v.json();
     w.meta("general.architecture", s("llama"));
     w.meta("general.name", s("MiniGPT-Med"));
     w.meta("general.description", s("MiniGPT-Med (arXiv 2407.04106): EVA ViT-g/14 + LLaMA-2-7b-chat with LoRA merged"));
@@ -328,8 +325,9 @@ fn metadata(
     w.meta(keys::TOKENIZER_JSON, s(tokenizer_json));
     w.meta(keys::FORMAT_VERSION, MetaValue::U32(FORMAT_VERSION));
     w.meta(keys::ENGINE_VERSION, s(crate::VERSION));
-    w.meta(keys::CONFIG, MetaValue::Str(json(cfg)?));
-    w.meta(keys::LLAMA_CONFIG, MetaValue::Str(json(llama_cfg)?));
+    let json = |e: serde_json::Error| Error::InvalidOption(format!("config to JSON: {e}"));
+    w.meta(keys::CONFIG, MetaValue::Str(serde_json::to_string(cfg).map_err(json)?));
+    w.meta(keys::LLAMA_CONFIG, MetaValue::Str(serde_json::to_string(llama_cfg).map_err(json)?));
     w.meta(keys::LLM_DTYPE, s(&opts.llm_dtype.to_string()));
     w.meta(keys::VIT_DTYPE, s(&opts.vit_dtype.to_string()));
     w.meta(keys::PROMPT_TEMPLATE, s(PROMPT_TEMPLATE));
@@ -341,18 +339,6 @@ fn metadata(
         w.meta(&format!("minigpt_med.source.{role}.sha256"), s(sha));
     }
     Ok(())
-}
-
-/// Serialization of the configs to JSON, behind one call.
-mod erased {
-    pub(super) trait Json {
-        fn json(&self) -> crate::error::Result<String>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> crate::error::Result<String> {
-            serde_json::to_string(self).map_err(|e| crate::error::Error::InvalidOption(e.to_string()))
-        }
-    }
 }
 
 /// llama.cpp's `tokenizer.ggml.*` keys: the vocabulary by id, its scores (from

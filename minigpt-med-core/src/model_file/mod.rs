@@ -48,8 +48,8 @@ pub(crate) struct Opened {
     pub cfg: MiniGptMedConfig,
     pub llama: LlamaConfig,
     pub codec: TextCodec,
+    /// The LLM dtype the file was converted to (a quantized one is the model's).
     pub llm_dtype: WeightDType,
-    pub vit_dtype: WeightDType,
 }
 
 /// Opens a model file and reads its settings, checking them against llama.cpp's keys.
@@ -92,7 +92,7 @@ pub(crate) fn open(path: &Path) -> Result<Opened> {
     }
     let dtype =
         |key: &str| -> Result<WeightDType> { text(key)?.parse().map_err(|_| err(format!("{key} is not a dtype"))) };
-    Ok(Opened { llm_dtype: dtype(keys::LLM_DTYPE)?, vit_dtype: dtype(keys::VIT_DTYPE)?, file, cfg, llama, codec })
+    Ok(Opened { llm_dtype: dtype(keys::LLM_DTYPE)?, file, cfg, llama, codec })
 }
 
 /// llama.cpp's `llama.*` keys as this engine's config gives them.
