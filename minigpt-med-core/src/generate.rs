@@ -139,10 +139,13 @@ fn floor_boundary(s: &str, i: usize) -> usize {
     (0..=i.min(s.len())).rev().find(|&k| s.is_char_boundary(k)).unwrap_or(0)
 }
 
-/// One answer being generated: sampling, stopping, and the text streamed so far.
+/// One answer being generated: sampling, stopping, and the text streamed so far. It runs as
+/// [`Self::prefill`], then [`Self::step`] once per new token (the caller feeding back the token
+/// `step` returns), then [`Self::finish`]: one sequence alone ([`Self::run`]) or one of many
+/// sharing each decode step ([`crate::DecodeBatch`]).
 pub(crate) struct Turn<'m> {
     llama: &'m Llama,
-    opts: &'m GenerateOptions,
+    opts: GenerateOptions,
     /// New tokens the context has room for (at most `opts.max_new_tokens`).
     budget: usize,
     width: usize,
@@ -155,6 +158,14 @@ pub(crate) struct Turn<'m> {
     marked: bool,
     /// Bytes of the settled text already searched for markers and stop strings.
     searched: usize,
+    /// The ids the repetition penalty sees.
+    history: Vec<u32>,
+    /// The text up to a stop string, once one has appeared.
+    stop_cut: Option<String>,
+    stop_reason: StopReason,
+    prefill_ms: f64,
+    /// When the first decode step started.
+    decode_start: Option<Instant>,
     /// Logits at the end of the prompt.
     pub(crate) prefill_logits: Option<Tensor>,
 }
@@ -164,14 +175,14 @@ impl<'m> Turn<'m> {
     pub(crate) fn new(
         llama: &'m Llama,
         codec: &'m TextCodec,
-        opts: &'m GenerateOptions,
+        opts: &GenerateOptions,
         budget: usize,
         width: usize,
         height: usize,
     ) -> Self {
         Self {
             llama,
-            opts,
+            opts: opts.clone(),
             budget,
             width,
             height,
@@ -180,6 +191,13 @@ impl<'m> Turn<'m> {
             emitted: String::new(),
             marked: false,
             searched: 0,
+            // HF 4.30 starts generate(inputs_embeds=...) from input_ids = [BOS]; the repetition
+            // penalty therefore sees BOS plus the generated ids.
+            history: vec![llama.config().bos_token_id],
+            stop_cut: None,
+            stop_reason: StopReason::MaxTokens,
+            prefill_ms: 0.0,
+            decode_start: None,
             prefill_logits: None,
         }
     }
@@ -201,73 +219,89 @@ impl<'m> Turn<'m> {
     }
 
     fn run_inner(&mut self, x: &Tensor, cache: &mut KvCache, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
-        let llama = self.llama;
-        let eos = llama.config().eos_token_id;
-        let t0 = Instant::now();
-        let mut logits = llama.forward(x, cache)?;
-        self.prefill_logits = Some(logits.clone());
-        let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
-        let t1 = Instant::now();
-        let mut stop_reason = StopReason::MaxTokens;
-        // HF 4.30 starts generate(inputs_embeds=...) from input_ids = [BOS]; the repetition
-        // penalty therefore sees BOS plus the generated ids.
-        let mut history = vec![llama.config().bos_token_id];
-        let mut stop_cut = None;
-        loop {
-            let mut l = logits.to_vec1::<f32>()?;
-            let next = self.sampler.next(&mut l, &history);
-            if next == eos {
-                stop_reason = StopReason::Eos;
-                break;
-            }
-            history.push(next);
-            self.detok.push(next)?;
-            let raw = self.detok.text();
-            if !self.marked {
-                let from = floor_boundary(raw, self.searched.saturating_sub(LONGEST_MARKER - 1));
-                self.marked = MARKERS.iter().any(|m| raw[from..].contains(m));
-            }
-            let text = clean_so_far(raw, self.marked);
-            if let Some(cut) = find_stop(&self.opts.stop_strings, &text, raw.len(), self.searched, self.marked) {
-                stop_cut = Some(text[..cut].to_owned());
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            if !emit(&mut self.emitted, &self.opts.stop_strings, &text, on_text) {
-                stop_reason = StopReason::Cancelled;
-                break;
-            }
-            self.searched = self.detok.text().len();
-            if self.detok.ids().len() >= self.budget {
-                if self.budget < self.opts.max_new_tokens {
-                    stop_reason = StopReason::ContextFull;
-                }
-                break;
-            }
-            logits = llama.forward(&llama.embed(&[next])?, cache)?;
+        let mut logits = self.prefill(x, cache)?;
+        while let Some(next) = self.step(&logits.to_vec1::<f32>()?, on_text)? {
+            logits = self.llama.forward(&self.llama.embed(&[next])?, cache)?;
         }
-        let text = match stop_cut {
+        self.finish(on_text)
+    }
+
+    /// Runs the prompt `x` into `cache`; returns the logits `[vocab]` of its last position.
+    pub(crate) fn prefill(&mut self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let t0 = Instant::now();
+        let logits = self.llama.forward(x, cache)?;
+        self.prefill_logits = Some(logits.clone());
+        self.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(logits)
+    }
+
+    /// Picks the next token from `logits` (of the last position fed) and streams what it
+    /// settles. Returns the token to feed next, or `None` when the answer has ended (EOS, a
+    /// stop string, the token budget, or `on_text` returning `false`).
+    pub(crate) fn step(&mut self, logits: &[f32], on_text: &mut dyn FnMut(&str) -> bool) -> Result<Option<u32>> {
+        self.decode_start.get_or_insert_with(Instant::now);
+        let mut l = logits.to_vec();
+        let next = self.sampler.next(&mut l, &self.history);
+        if next == self.llama.config().eos_token_id {
+            self.stop_reason = StopReason::Eos;
+            return Ok(None);
+        }
+        self.history.push(next);
+        self.detok.push(next)?;
+        let raw = self.detok.text();
+        if !self.marked {
+            let from = floor_boundary(raw, self.searched.saturating_sub(LONGEST_MARKER - 1));
+            self.marked = MARKERS.iter().any(|m| raw[from..].contains(m));
+        }
+        let text = clean_so_far(raw, self.marked);
+        if let Some(cut) = find_stop(&self.opts.stop_strings, &text, raw.len(), self.searched, self.marked) {
+            self.stop_cut = Some(text[..cut].to_owned());
+            self.stop_reason = StopReason::StopString;
+            return Ok(None);
+        }
+        if !emit(&mut self.emitted, &self.opts.stop_strings, &text, on_text) {
+            self.stop_reason = StopReason::Cancelled;
+            return Ok(None);
+        }
+        self.searched = self.detok.text().len();
+        if self.detok.ids().len() >= self.budget {
+            if self.budget < self.opts.max_new_tokens {
+                self.stop_reason = StopReason::ContextFull;
+            }
+            return Ok(None);
+        }
+        Ok(Some(next))
+    }
+
+    /// Ends the answer where it is, as `on_text` returning `false` would.
+    pub(crate) fn cancel(&mut self) {
+        self.stop_reason = StopReason::Cancelled;
+    }
+
+    /// The answer, once [`Self::step`] has returned `None`; sends the rest of its text.
+    pub(crate) fn finish(&mut self, on_text: &mut dyn FnMut(&str) -> bool) -> Result<Answer> {
+        let text = match self.stop_cut.take() {
             Some(t) => postprocess_answer(&t),
             None => postprocess_answer(&self.detok.finish()?),
         };
-        if stop_reason != StopReason::Cancelled {
+        if self.stop_reason != StopReason::Cancelled {
             if let Some(rest) = text.strip_prefix(self.emitted.as_str()) {
                 if !rest.is_empty() {
                     on_text(rest);
                 }
             }
         }
-        let decode_ms = t1.elapsed().as_secs_f64() * 1e3;
+        let decode_ms = self.decode_start.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3);
         let boxes = Answer::parse_boxes(&text, self.width, self.height);
         let n = self.detok.ids().len();
         Ok(Answer {
             text,
             token_ids: self.detok.ids().to_vec(),
             boxes,
-            stop_reason,
+            stop_reason: self.stop_reason,
             timings: Timings {
                 encode_ms: 0.0,
-                prefill_ms,
+                prefill_ms: self.prefill_ms,
                 decode_ms,
                 tokens_per_s: if decode_ms > 0.0 { n as f64 / (decode_ms / 1e3) } else { 0.0 },
             },

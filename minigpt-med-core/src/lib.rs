@@ -25,6 +25,7 @@
 
 mod answer;
 pub mod batch;
+mod batch_decode;
 mod chat;
 mod config;
 mod contain;
@@ -52,6 +53,7 @@ mod vision;
 mod weights;
 
 pub use answer::{Answer, BoundingBox, StopReason, Timings};
+pub use batch_decode::{DecodeBatch, OnText, Request, RequestImage, SequenceId};
 pub use chat::{Chat, ChatHistory};
 pub use config::{ConnectorConfig, LlamaConfig, LoraConfig, MiniGptMedConfig, ModelFiles, VisionConfig};
 pub use device::Device;
@@ -65,7 +67,7 @@ pub use model_file::{convert, convert_synthetic, ConvertOptions, ConvertSummary,
 pub use nn::WeightDType;
 pub use options::{DecodeSettings, GenerateOptions, Preset, Sampling};
 pub use prompt::{Prompt, TextCodec};
-pub use study::Study;
+pub use study::{Study, StudyRef};
 pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;
 

@@ -13,14 +13,14 @@ use crate::chat::Chat;
 use crate::config::{LlamaConfig, MiniGptMedConfig, ModelFiles};
 use crate::device::Device;
 use crate::error::{Error, Result};
-use crate::generate::{fit_context, Fit, Turn};
+use crate::generate::{fit_context, Fit};
 use crate::image::{Image, ModelView};
 use crate::llm::{Llama, LoraDeltas};
 use crate::model_file::GgufView;
 use crate::nn::WeightDType;
 use crate::options::GenerateOptions;
 use crate::prompt::{Prompt, TextCodec};
-use crate::study::Study;
+use crate::study::{Prepared, Study};
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
 use crate::weights::{LlamaLayout, PthFile, TensorSource};
@@ -396,11 +396,20 @@ impl Model {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
+        self.prepare_first_turn(image, instruction, opts)?.run(self, opts, on_text)
+    }
+
+    /// The single-turn prompt for `instruction` about `image`, in a fresh cache, ready to run.
+    pub(crate) fn prepare_first_turn(
+        &self,
+        image: &ImageEmbeddings,
+        instruction: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Prepared> {
         opts.validate()?;
         let (x, fit) = self.first_turn_input(image, instruction, 0, opts)?;
-        let mut cache = self.llama.new_cache(x.dim(0)? + fit.new_tokens)?;
-        Turn::new(&self.llama, &self.codec, opts, fit.new_tokens, image.width, image.height)
-            .run(&x, &mut cache, on_text)
+        let cache = self.llama.new_cache(x.dim(0)? + fit.new_tokens)?;
+        Ok(Prepared { x, cache, budget: fit.new_tokens, width: image.width, height: image.height })
     }
 
     /// The LLM input `[L, hidden]` of the single-turn prompt for `instruction` about `image`,

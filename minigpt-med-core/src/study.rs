@@ -5,6 +5,8 @@
 use std::ops::Deref;
 use std::time::Instant;
 
+use candle_core::Tensor;
+
 use crate::answer::Answer;
 use crate::error::Result;
 use crate::generate::{fit_context, Turn};
@@ -67,19 +69,72 @@ impl<M: Deref<Target = Model>> Study<M> {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
+        self.shared().prepare(task, opts)?.run(&self.model, opts, on_text)
+    }
+
+    /// The study as a request of a decode batch refers to it ([`crate::RequestImage::Study`]).
+    pub fn shared(&self) -> StudyRef<'_> {
+        StudyRef { model: &self.model, image: &self.image, before_image: &self.before_image, prefix: &self.prefix }
+    }
+}
+
+/// A borrowed [`Study`]: what a question about it needs, whatever holds the study's model.
+#[derive(Clone, Copy)]
+pub struct StudyRef<'a> {
+    pub(crate) model: &'a Model,
+    image: &'a ImageEmbeddings,
+    before_image: &'a [u32],
+    prefix: &'a KvCache,
+}
+
+impl<'a> StudyRef<'a> {
+    /// The study's image embeddings.
+    pub fn image(&self) -> &'a ImageEmbeddings {
+        self.image
+    }
+
+    /// The question's input and its own fork of the prefix, ready to run.
+    pub(crate) fn prepare(&self, task: &Task, opts: &GenerateOptions) -> Result<Prepared> {
         opts.validate()?;
         let (w, h) = (self.image.width, self.image.height);
         let instruction = task.instruction(w, h)?;
-        let model = &*self.model;
+        let model = self.model;
         let prompt = model.prompt(&instruction)?;
         let len = prompt.before_image.len() + self.image.embeds.dim(0)? + prompt.after_image.len();
         let fit = fit_context(0, len, opts, model.llama().config().max_position_embeddings)?;
         if fit.drop > 0 || prompt.before_image != self.before_image {
             // A context limit cutting into the shared prefix: answered from scratch instead.
-            return model.generate_from_embeddings(&self.image, &instruction, opts, on_text);
+            return model.prepare_first_turn(self.image, &instruction, opts);
         }
-        let mut cache = self.prefix.fork(len + fit.new_tokens)?;
+        let cache = self.prefix.fork(len + fit.new_tokens)?;
         let x = model.embed_ids(&prompt.after_image)?;
-        Turn::new(model.llama(), model.tokenizer(), opts, fit.new_tokens, w, h).run(&x, &mut cache, on_text)
+        Ok(Prepared { x, cache, budget: fit.new_tokens, width: w, height: h })
+    }
+}
+
+/// One sequence ready to run on the model that prepared it: the input still to feed, its
+/// cache, and its token budget.
+pub(crate) struct Prepared {
+    pub(crate) x: Tensor,
+    pub(crate) cache: KvCache,
+    pub(crate) budget: usize,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
+}
+
+impl Prepared {
+    /// The answer's turn on `model`, not yet run.
+    pub(crate) fn turn<'m>(&self, model: &'m Model, opts: &GenerateOptions) -> Turn<'m> {
+        Turn::new(model.llama(), model.tokenizer(), opts, self.budget, self.width, self.height)
+    }
+
+    /// Runs the sequence alone to its answer.
+    pub(crate) fn run(
+        mut self,
+        model: &Model,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        self.turn(model, opts).run(&self.x, &mut self.cache, on_text)
     }
 }

@@ -249,6 +249,54 @@ impl Llama {
         Ok(self.lm_head.forward(&last)?.squeeze(0)?)
     }
 
+    /// One decode step of several sequences: row `b` of `x: [B, hidden]` is the next input of
+    /// the sequence held in `caches[b]`, at that cache's own position. Every matrix is read once
+    /// for all `B` rows; attention runs per sequence over its own cache. Returns the logits
+    /// `[B, vocab]` (f32). On error every cache is left as it was.
+    pub(crate) fn forward_rows(&self, x: &Tensor, caches: &mut [&mut KvCache]) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        if b != caches.len() {
+            return Err(Error::InvalidOption(format!("{b} input rows for {} sequences", caches.len())));
+        }
+        for cache in caches.iter_mut() {
+            if cache.len() + 1 > self.cfg.max_position_embeddings {
+                return Err(Error::ContextOverflow {
+                    needed: cache.len() + 1,
+                    available: self.cfg.max_position_embeddings,
+                    hint: "shorten the prompt or lower max_new_tokens".into(),
+                });
+            }
+            cache.reserve(1)?;
+        }
+        let rope: Vec<(Tensor, Tensor)> = caches
+            .iter()
+            .map(|c| Ok((self.cos.narrow(0, c.len(), 1)?, self.sin.narrow(0, c.len(), 1)?)))
+            .collect::<Result<_>>()?;
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = x.clone();
+        for (li, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
+            let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
+            let mut rows = Vec::with_capacity(b);
+            for (i, cache) in caches.iter_mut().enumerate() {
+                let (cos, sin) = &rope[i];
+                let row = |t: &Tensor| t.narrow(0, i, 1);
+                rows.push(self.attend(li, row(&q)?, row(&k)?, row(&v)?, cos, sin, None, cache)?);
+            }
+            let att = layer.o.forward(&Tensor::cat(&rows, 0)?)?;
+            x = (x + att)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
+            let mlp =
+                layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        self.lm_head.forward(&x)
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn attention(
         &self,
@@ -260,17 +308,36 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let n = h.dim(0)?;
+        let (q, k, v) = (layer.q.forward(h)?, layer.k.forward(h)?, layer.v.forward(h)?);
+        layer.o.forward(&self.attend(li, q, k, v, cos, sin, mask, cache)?)
+    }
+
+    /// Attention of `n` new positions of one sequence, from their projections `q: [n, heads *
+    /// head_dim]`, `k, v: [n, kv_heads * head_dim]`: RoPE, the cache appended, and the
+    /// attention output `[n, heads * head_dim]` (before `o_proj`).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        li: usize,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let n = q.dim(0)?;
         let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
         let shape =
             |t: Tensor, nh: usize| -> Result<Tensor> { Ok(t.reshape((1, n, nh, hd))?.transpose(1, 2)?.contiguous()?) };
-        let q = candle_nn::rotary_emb::rope(&shape(layer.q.forward(h)?, heads)?, cos, sin)?.squeeze(0)?;
-        let k = candle_nn::rotary_emb::rope(&shape(layer.k.forward(h)?, kv_heads)?, cos, sin)?.squeeze(0)?;
-        let v = shape(layer.v.forward(h)?, kv_heads)?.squeeze(0)?;
+        let q = candle_nn::rotary_emb::rope(&shape(q, heads)?, cos, sin)?.squeeze(0)?;
+        let k = candle_nn::rotary_emb::rope(&shape(k, kv_heads)?, cos, sin)?.squeeze(0)?;
+        let v = shape(v, kv_heads)?.squeeze(0)?;
         let (k, v) = cache.append(li, &k, &v)?;
         if n == 1 {
             if let Some(out) = cache.attend_one(li, &q, heads)? {
-                return layer.o.forward(&out);
+                return Ok(out);
             }
         }
         let (k, v) = if heads != kv_heads {
@@ -289,8 +356,7 @@ impl Llama {
             None => scores,
         };
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((n, heads * hd))?;
-        layer.o.forward(&out)
+        Ok(probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((n, heads * hd))?)
     }
 }
 
@@ -374,6 +440,58 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn rows_of_several_sequences_equal_each_sequence_alone() {
+        let cfg = LlamaConfig {
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            vocab_size: 96,
+            max_position_embeddings: 64,
+            ..LlamaConfig::llama2_7b()
+        };
+        let mm = MiniGptMedConfig::default();
+        let (_, _, src) = synthetic_sources(&mm, &cfg);
+        let no_adapters = NoTensors(HashMap::new());
+        let lora = LoraDeltas::none(&no_adapters);
+        for dtype in [WeightDType::F32, WeightDType::Q8_0, WeightDType::Q4_0] {
+            let llama = Llama::load(&src, &cfg, &lora, dtype, &Device::Cpu, || Ok(())).unwrap();
+            // Four sequences with prompts of different lengths, so each row sits at its own position.
+            let prompts: Vec<Tensor> =
+                [3, 7, 1, 12].iter().map(|&n| Tensor::randn(0f32, 1.0, (n, 64), &Device::Cpu).unwrap()).collect();
+            let mut alone: Vec<KvCache> = prompts.iter().map(|_| llama.new_cache(4).unwrap()).collect();
+            let mut together: Vec<KvCache> = prompts.iter().map(|_| llama.new_cache(4).unwrap()).collect();
+            for (p, (a, t)) in prompts.iter().zip(alone.iter_mut().zip(together.iter_mut())) {
+                llama.forward(p, a).unwrap();
+                llama.forward(p, t).unwrap();
+            }
+            for step in 0..3 {
+                let x = Tensor::randn(0f32, 1.0, (4, 64), &Device::Cpu).unwrap();
+                let want: Vec<Vec<f32>> = alone
+                    .iter_mut()
+                    .enumerate()
+                    .map(|(b, c)| llama.forward(&x.narrow(0, b, 1).unwrap(), c).unwrap().to_vec1().unwrap())
+                    .collect();
+                let mut caches: Vec<&mut KvCache> = together.iter_mut().collect();
+                let got = llama.forward_rows(&x, &mut caches).unwrap().to_vec2::<f32>().unwrap();
+                for (b, (g, w)) in got.iter().zip(&want).enumerate() {
+                    let scale = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    // Only the products' blocking differs (rows batched); measured ~1e-7 relative.
+                    assert!(max_diff(g, w) <= 1e-5 * scale, "{dtype} step {step} row {b}: {}", max_diff(g, w));
+                }
+                assert_eq!(
+                    together.iter().map(KvCache::len).collect::<Vec<_>>(),
+                    alone.iter().map(KvCache::len).collect::<Vec<_>>()
+                );
+            }
+            let mut two: Vec<&mut KvCache> = together.iter_mut().take(2).collect();
+            let x = Tensor::zeros((3, 64), DType::F32, &Device::Cpu).unwrap();
+            assert!(llama.forward_rows(&x, &mut two).is_err(), "three rows for two sequences");
+        }
     }
 
     #[test]
