@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::Args;
 use minigpt_med::batch::{resume, BatchRecord, BatchResult};
-use minigpt_med::{Error, Image, TaskKind};
+use minigpt_med::{Error, Image, Request, TaskKind};
 
 #[derive(Args)]
 pub struct BatchArgs {
@@ -30,6 +30,10 @@ pub struct BatchArgs {
     /// The results (JSONL), appended; ids already in it are skipped.
     #[arg(long, value_name = "FILE.jsonl")]
     out: PathBuf,
+    /// Records decoding together (each decode step is one pass over the weights for all of
+    /// them); each holds a KV cache (~0.5 GB at the 7B shape).
+    #[arg(long, default_value_t = 4)]
+    batch_size: usize,
     #[command(flatten)]
     decode: crate::DecodeArgs,
 }
@@ -137,25 +141,73 @@ pub fn batch(a: BatchArgs) -> Result<(), Error> {
     }
     let start = Instant::now();
     let mut finished = 0usize;
-    for (first, members) in &groups {
-        let study =
-            first.image_options().and_then(|o| Image::open_with(&first.image, &o)).and_then(|img| model.study(&img));
-        for &i in members {
-            let r = &records[i];
-            // An unreadable image fails each of its records; a bad task fails its own.
-            let line = match study.as_ref().map(|s| r.task(a.task, a.prompt.as_deref()).and_then(|t| s.ask(&t, &opts)))
-            {
-                Ok(Ok(answer)) => BatchResult::answered(&ids[i], &r.image, &answer),
-                Ok(Err(e)) => BatchResult::failed(&ids[i], &r.image, e),
-                Err(e) => BatchResult::failed(&ids[i], &r.image, e),
+    let batch_size = a.batch_size.max(1);
+    let mut write = |line: BatchResult| -> Result<(), Error> {
+        let mut text = serde_json::to_string(&line).map_err(|e| Error::InvalidOption(e.to_string()))?;
+        text.push('\n');
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::InvalidOption(format!("--out {}: {e}", a.out.display())))?;
+        finished += 1;
+        progress(finished, todo.len(), start);
+        Ok(())
+    };
+    // Whole groups at a time, about `batch_size` records, decoding together: the studies of a
+    // chunk are held only while it runs.
+    let mut rest = &groups[..];
+    while !rest.is_empty() {
+        let mut take = 0;
+        let mut records_in = 0;
+        while take < rest.len() && (take == 0 || records_in + rest[take].1.len() <= batch_size) {
+            records_in += rest[take].1.len();
+            take += 1;
+        }
+        let (chunk, next) = rest.split_at(take);
+        rest = next;
+        let mut studies = Vec::new();
+        for (first, members) in chunk {
+            let study = first
+                .image_options()
+                .and_then(|o| Image::open_with(&first.image, &o))
+                .and_then(|img| model.study(&img));
+            match study {
+                Ok(s) => studies.push((s, members)),
+                // An unreadable image fails each of its records.
+                Err(e) => {
+                    for &i in members {
+                        write(BatchResult::failed(&ids[i], &records[i].image, &e))?;
+                    }
+                }
+            }
+        }
+        let mut requests = Vec::new();
+        let mut slots = Vec::new();
+        for (study, members) in &studies {
+            for &i in *members {
+                let r = &records[i];
+                // A bad task fails its own record.
+                match r.task(a.task, a.prompt.as_deref()) {
+                    Ok(task) => {
+                        requests.push(Request::on_study(study.shared(), task, opts.clone()));
+                        slots.push(i);
+                    }
+                    Err(e) => write(BatchResult::failed(&ids[i], &r.image, e))?,
+                }
+            }
+        }
+        let mut failed_write = None;
+        model.generate_batch_each(&requests, batch_size, |k, result| {
+            let i = slots[k];
+            let line = match result {
+                Ok(answer) => BatchResult::answered(&ids[i], &records[i].image, &answer),
+                Err(e) => BatchResult::failed(&ids[i], &records[i].image, e),
             };
-            let mut text = serde_json::to_string(&line).map_err(|e| Error::InvalidOption(e.to_string()))?;
-            text.push('\n');
-            out.write_all(text.as_bytes())
-                .and_then(|()| out.flush())
-                .map_err(|e| Error::InvalidOption(format!("--out {}: {e}", a.out.display())))?;
-            finished += 1;
-            progress(finished, todo.len(), start);
+            if failed_write.is_none() {
+                failed_write = write(line).err();
+            }
+        });
+        if let Some(e) = failed_write {
+            return Err(e);
         }
     }
     eprintln!();

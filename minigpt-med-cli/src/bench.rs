@@ -51,6 +51,13 @@ pub struct BenchArgs {
     /// (1025 rows); no model is loaded.
     #[arg(long, conflicts_with_all = ["synthetic", "model_dir"])]
     kernels: bool,
+    /// Also time six tasks on one study against six independent answers (decode excluded).
+    #[arg(long)]
+    study: bool,
+    /// Also time batched decode at these batch sizes (e.g. `1,2,4,8`): aggregate tokens/s of
+    /// B sequences sharing each decode step.
+    #[arg(long, value_name = "B,B,...", value_delimiter = ',')]
+    batch: Vec<usize>,
 }
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
@@ -172,6 +179,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         let steps = answer.token_ids.len().saturating_sub(1).max(1);
         decode.push(steps as f64 / (answer.timings.decode_ms / 1e3));
     }
+    let study = if a.study { Some(bench_study(&model, &image, a.repeats)?) } else { None };
+    let batch =
+        a.batch.iter().map(|&b| bench_batch(&model, &image, b, a.decode_tokens)).collect::<Result<Vec<_>, _>>()?;
     let (enc_min, enc_med) = best_median(encode, false);
     let (pre_best, pre_med) = best_median(prefill, true);
     let (dec_best, dec_med) = best_median(decode, true);
@@ -194,6 +204,8 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                 "llm_weight_bytes": weights,
                 "peak_rss_bytes": peak,
                 "peak_rss_after_load_bytes": rss_after_load,
+                "study": study,
+                "batch": batch,
             })
         );
     } else {
@@ -207,8 +219,94 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         println!("decode           best {dec_best:.2} tok/s, median {dec_med:.2} tok/s ({} tokens)", a.decode_tokens);
         println!("LLM weights      {}", gib(Some(weights as u64)));
         println!("peak RSS         {} (after load {})", gib(peak), gib(rss_after_load));
+        if let Some(s) = &study {
+            println!(
+                "study            six tasks {:.0} ms against six independent answers {:.0} ms ({:.2}x less; decode excluded)",
+                s["study_ms"].as_f64().unwrap_or(0.0),
+                s["independent_ms"].as_f64().unwrap_or(0.0),
+                s["ratio"].as_f64().unwrap_or(0.0)
+            );
+        }
+        for b in &batch {
+            println!(
+                "batch decode     B = {}: {:.2} tok/s aggregate ({} tokens in {:.0} ms)",
+                b["batch_size"],
+                b["tokens_per_s"].as_f64().unwrap_or(0.0),
+                b["tokens"],
+                b["decode_ms"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     Ok(())
+}
+
+/// The six tasks of the study row, one per MiniGPT-Med task.
+fn six_tasks() -> Vec<minigpt_med::Task> {
+    use minigpt_med::{Region, Task, TaskKind};
+    let t = |kind, prompt: &str| Task::new(kind, Some(prompt), None).expect("a valid bench task");
+    vec![
+        Task::Report(None),
+        t(TaskKind::Vqa, "Which region of the lung is affected and how large is the lesion?"),
+        t(TaskKind::Detection, "tumor"),
+        t(TaskKind::Refer, "the nodule in the left lung"),
+        Task::new(TaskKind::Identify, None, Some(Region::Grid([20, 30, 45, 60]))).expect("a valid bench task"),
+        Task::Grounding(None),
+    ]
+}
+
+/// `bench --study`: six tasks as six independent answers (encode + prompt each) against one
+/// study (encode + shared prefix once, then each question's own tokens); one new token each, so
+/// decode is excluded. Best of `repeats`.
+fn bench_study(model: &Model, image: &Image, repeats: usize) -> Result<serde_json::Value, minigpt_med::Error> {
+    let opts = GenerateOptions::greedy(1);
+    let (mut independent, mut studied) = (Vec::new(), Vec::new());
+    for r in 0..repeats {
+        eprintln!("study repeat {}/{repeats}", r + 1);
+        let t = Instant::now();
+        for task in six_tasks() {
+            model.generate(image, &task, &opts)?;
+        }
+        independent.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        let study = model.study(image)?;
+        for task in six_tasks() {
+            study.ask(&task, &opts)?;
+        }
+        studied.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    let (ind, _) = best_median(independent, false);
+    let (stu, _) = best_median(studied, false);
+    Ok(json!({"tasks": 6, "independent_ms": ind, "study_ms": stu, "ratio": ind / stu}))
+}
+
+/// `bench --batch B`: B sequences (the six tasks in turn, on one study) decoding together for
+/// `tokens` tokens each; the aggregate decode rate over the steps (prompts excluded).
+fn bench_batch(model: &Model, image: &Image, b: usize, tokens: usize) -> Result<serde_json::Value, minigpt_med::Error> {
+    if b == 0 {
+        return Err(minigpt_med::Error::InvalidOption("--batch: batch sizes must be at least 1".into()));
+    }
+    eprintln!("batch decode B = {b}");
+    let study = model.study(image)?;
+    let tasks = six_tasks();
+    let mut batch = minigpt_med::DecodeBatch::new(model);
+    for i in 0..b {
+        let r = minigpt_med::Request::on_study(study.shared(), tasks[i % 6].clone(), GenerateOptions::greedy(tokens));
+        batch.add(&r, Box::new(|_| true))?;
+    }
+    let t = Instant::now();
+    let start = batch.tokens_fed();
+    let mut ended = 0;
+    while !batch.is_empty() {
+        for (_, answer) in batch.step() {
+            answer?;
+            ended += 1;
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let fed = batch.tokens_fed() - start;
+    Ok(
+        json!({"batch_size": b, "sequences": ended, "tokens": fed, "decode_ms": ms, "tokens_per_s": fed as f64 / (ms / 1e3)}),
+    )
 }
 
 /// One row of `bench --kernels`: a `(matrix, rows, cols, m)` product in `format`, our time and

@@ -263,7 +263,8 @@ fn batch_answers_a_manifest_and_resumes_without_duplicates() {
     let text: String = records.iter().map(|r| format!("{r}\n")).collect();
     std::fs::write(&manifest, text).unwrap();
     let out = dir.join("results.jsonl");
-    let run = || {
+    // Records decoding together (three at a time, then two, then one): the same answers.
+    let run = |batch_size: &str| {
         let o = bin()
             .args(["batch", "--model-dir"])
             .arg(tiny())
@@ -271,13 +272,13 @@ fn batch_answers_a_manifest_and_resumes_without_duplicates() {
             .arg(&manifest)
             .arg("--out")
             .arg(&out)
-            .args(["--max-new-tokens", "20"])
+            .args(["--max-new-tokens", "20", "--batch-size", batch_size])
             .output()
             .unwrap();
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
-    let log = run();
+    let log = run("3");
     assert!(log.contains("batch 5/5 (100%)"), "progress: {log}");
     let lines = batch_lines(&out);
     let by_id = |lines: &[serde_json::Value], id: &str| lines.iter().find(|l| l["id"] == id).cloned().unwrap();
@@ -297,7 +298,7 @@ fn batch_answers_a_manifest_and_resumes_without_duplicates() {
     let all = std::fs::read_to_string(&out).unwrap();
     let cut: Vec<&str> = all.lines().collect();
     std::fs::write(&out, format!("{}\n{}\n{}", cut[0], cut[1], &cut[2][..cut[2].len() / 2])).unwrap();
-    let log = run();
+    let log = run("2");
     assert!(log.contains("2 already in"), "{log}");
     let again = batch_lines(&out);
     let mut seen: Vec<String> = again.iter().map(|l| l["id"].as_str().unwrap().to_owned()).collect();
@@ -309,7 +310,7 @@ fn batch_answers_a_manifest_and_resumes_without_duplicates() {
         assert_eq!(by_id(&again, l["id"].as_str().unwrap())["token_ids"], l["token_ids"]);
     }
     // Nothing left: a third run changes nothing.
-    run();
+    run("1");
     assert_eq!(batch_lines(&out).len(), 5);
     std::fs::remove_dir_all(&dir).unwrap();
 }
