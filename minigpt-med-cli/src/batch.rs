@@ -196,7 +196,7 @@ pub fn batch(a: BatchArgs) -> Result<(), Error> {
             }
         }
         let mut failed_write = None;
-        model.generate_batch_each(&requests, batch_size, |k, result| {
+        model.generate_batch_each(&requests, batch_size, None, |k, result| {
             let i = slots[k];
             let line = match result {
                 Ok(answer) => BatchResult::answered(&ids[i], &records[i].image, &answer),

@@ -5,6 +5,7 @@
 //! directly), and [`Model::generate_batch`] runs a list of requests through it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use crate::answer::Answer;
@@ -168,6 +169,14 @@ impl<'m, 'c> DecodeBatch<'m, 'c> {
         true
     }
 
+    /// Cancels every active sequence ([`Self::cancel`]).
+    pub fn cancel_all(&mut self) {
+        let ids: Vec<SequenceId> = self.active.iter().map(|s| s.id).collect();
+        for id in ids {
+            self.cancel(id);
+        }
+    }
+
     /// One decode step of every active sequence; returns the sequences that ended since the
     /// last call, with their answers.
     pub fn step(&mut self) -> Vec<(SequenceId, Result<Answer>)> {
@@ -227,7 +236,7 @@ impl Model {
     /// All requests decode at once; [`Self::generate_batch_each`] bounds how many.
     pub fn generate_batch(&self, requests: &[Request<'_>]) -> Vec<Result<Answer>> {
         let mut out: Vec<Option<Result<Answer>>> = (0..requests.len()).map(|_| None).collect();
-        self.generate_batch_each(requests, requests.len().max(1), |i, r| out[i] = Some(r));
+        self.generate_batch_each(requests, requests.len().max(1), None, |i, r| out[i] = Some(r));
         out.into_iter().map(|r| r.expect("every request is answered once")).collect()
     }
 
@@ -235,12 +244,18 @@ impl Model {
     /// holds a KV cache); the next request joins as soon as one ends. `on_done(i, result)` is
     /// called as request `i` ends, in the order they end. The distinct images of the requests
     /// (the same `&Image`) are encoded once each, when their first request starts.
+    ///
+    /// Once `cancel` is set (from another thread: Ctrl-C, a shutdown), the running sequences
+    /// end at their next step with [`crate::StopReason::Cancelled`] and the requests not yet
+    /// started end with [`Error::Cancelled`].
     pub fn generate_batch_each(
         &self,
         requests: &[Request<'_>],
         max_active: usize,
+        cancel: Option<&AtomicBool>,
         mut on_done: impl FnMut(usize, Result<Answer>),
     ) {
+        let cancelled = || cancel.is_some_and(|c| c.load(Ordering::Relaxed));
         let max_active = max_active.max(1);
         let mut batch = DecodeBatch::new(self);
         let mut queue: VecDeque<usize> = (0..requests.len()).collect();
@@ -249,6 +264,12 @@ impl Model {
         // Each sequence's request, and the encode time it paid (its image's first request).
         let mut slot_of: Vec<(SequenceId, usize, f64)> = Vec::new();
         loop {
+            if cancelled() {
+                for i in queue.drain(..) {
+                    on_done(i, Err(Error::Cancelled));
+                }
+                batch.cancel_all();
+            }
             while batch.active() < max_active {
                 let Some(i) = queue.pop_front() else { break };
                 let r = &requests[i];

@@ -88,7 +88,7 @@ fn check_batch_equals_sequential(m: &Model) {
     }
     // At most three at a time: requests join as others end, and answers stay the same.
     let mut order = Vec::new();
-    m.generate_batch_each(&requests, 3, |i, r| {
+    m.generate_batch_each(&requests, 3, None, |i, r| {
         same(&r.unwrap(), &want[i], &format!("request {i}, three at a time"));
         order.push(i);
     });
@@ -246,4 +246,36 @@ fn sequences_join_between_steps_stream_and_can_be_cancelled() {
     assert_eq!(cancelled.token_ids[..], want_vqa.token_ids[..cancelled.token_ids.len()]);
     assert_eq!(cancelled.token_ids.len(), 3, "its first token at join, one per step");
     assert_eq!(ended.len(), 3);
+}
+
+#[test]
+fn a_cancelled_batch_ends_its_running_sequences_and_starts_no_more() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let m = model();
+    let image = Image::open(fixtures().join("images/ct_nlst.png")).unwrap();
+    // The first ends after 2 tokens, the second would run 30; four more wait in the queue.
+    let mut requests = vec![
+        Request::new(&image, Task::Report(None), GenerateOptions::greedy(2)),
+        Request::new(&image, Task::Grounding(None), GenerateOptions::greedy(30)),
+    ];
+    for _ in 0..4 {
+        requests.push(Request::new(&image, Task::Report(None), GenerateOptions::greedy(30)));
+    }
+    let cancel = AtomicBool::new(false);
+    let mut results: Vec<Option<minigpt_med::Result<Answer>>> = (0..requests.len()).map(|_| None).collect();
+    m.generate_batch_each(&requests, 2, Some(&cancel), |i, r| {
+        if i == 0 {
+            // Set from "another thread" as the first answer ends.
+            cancel.store(true, Ordering::Relaxed);
+        }
+        results[i] = Some(r);
+    });
+    let results: Vec<_> = results.into_iter().map(Option::unwrap).collect();
+    assert_eq!(results[0].as_ref().unwrap().stop_reason, StopReason::MaxTokens);
+    let second = results[1].as_ref().unwrap();
+    assert_eq!(second.stop_reason, StopReason::Cancelled);
+    assert!(second.token_ids.len() < 30);
+    for r in &results[2..] {
+        assert!(matches!(r, Err(minigpt_med::Error::Cancelled)), "{r:?}");
+    }
 }
