@@ -6,6 +6,7 @@
 //! the PIL conversion and the tqdm progress bar.
 
 mod answer;
+mod batch;
 mod convert;
 mod errors;
 mod image;

@@ -331,7 +331,6 @@ impl PyModel {
         Ok(PyChat { cell: Arc::new(Mutex::new(cell)), width: image.width(), height: image.height() })
     }
 
-    /// What this model is: dtypes, sizes and load time, as a dict.
     /// Prepares one image for many questions: encoded once, the prompt up to its image tokens
     /// run once; each :meth:`Study.ask` then costs only the question's tokens and answers as
     /// :meth:`generate` would.
@@ -354,6 +353,63 @@ impl PyModel {
         crate::study::study(py, &self.inner, image)
     }
 
+    /// Answers many items together: each decode step is one pass over the weights for every
+    /// item still running (faster in total than one :meth:`generate` after another), and
+    /// each answer equals the one :meth:`generate` would give. The GIL is released for the
+    /// whole batch; Ctrl-C stops it and raises ``KeyboardInterrupt``.
+    ///
+    /// Args:
+    ///     items: an iterable of dicts, each with ``image`` (any input :meth:`generate` takes)
+    ///         and optionally ``task`` (default ``"report"``) with ``prompt``/``region``, or a
+    ///         verbatim ``instruction``; ``color`` and ``window``. Items naming the same path
+    ///         (or the same object) with the same colour and window share one encoding.
+    ///     batch_size: most items decoding at once (each holds a KV cache, ~0.5 GB at the 7B
+    ///         shape); the next starts as one ends. Default: all of them.
+    ///     preset, max_new_tokens, temperature, top_p, top_k, seed, repetition_penalty, stop,
+    ///         context_limit: as in :meth:`generate`, for every item.
+    ///
+    /// Returns:
+    ///     list: one entry per item, in order: its :class:`Answer`, or the exception instance
+    ///     (``ImageError``, ``OptionsError``, ...) of an item that failed, which fails alone.
+    ///
+    /// Raises:
+    ///     OptionsError for bad decoding options (they apply to every item).
+    #[pyo3(signature = (items, *, batch_size = None, preset = None, max_new_tokens = None, temperature = None,
+        top_p = None, top_k = None, seed = None, repetition_penalty = None, stop = None, context_limit = None))]
+    fn generate_batch(
+        &self,
+        py: Python<'_>,
+        items: &Bound<'_, PyAny>,
+        batch_size: Option<i64>,
+        preset: Option<String>,
+        max_new_tokens: Option<i64>,
+        temperature: Option<f64>,
+        top_p: Option<f64>,
+        top_k: Option<i64>,
+        seed: Option<u64>,
+        repetition_penalty: Option<f64>,
+        stop: Option<StopArg>,
+        context_limit: Option<i64>,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let decoding = Decoding {
+            preset,
+            max_new_tokens,
+            temperature,
+            top_p,
+            top_k,
+            seed,
+            repetition_penalty,
+            stop,
+            context_limit,
+        };
+        let batch_size = match batch_size {
+            Some(n) if n < 1 => return Err(crate::errors::options_error(format!("batch_size {n} must be at least 1"))),
+            n => n.map(|n| n as usize),
+        };
+        crate::batch::generate_batch(py, &self.inner, items, decoding.to_options()?, batch_size)
+    }
+
+    /// What this model is: dtypes, sizes and load time, as a dict.
     #[getter]
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let info = self.inner.info();

@@ -64,11 +64,21 @@ fn worker_panicked() -> PyErr {
 /// even during image encoding or a long prefill where the core calls no callback; the worker
 /// is then told to stop and is cancelled at its next text piece (it owns everything it uses).
 pub(crate) fn run_blocking(py: Python<'_>, job: Job) -> PyResult<Answer> {
+    run_on_worker(py, move |stop| job(&mut |_| !stop.load(Ordering::Relaxed)))?.map_err(to_py_err)
+}
+
+/// Runs `work` on a worker thread and waits for its result with the GIL released, waking every
+/// [`SIGNAL_POLL`] for Ctrl-C: then the flag `work` was given is set (it should stop soon; it
+/// owns everything it uses) and `KeyboardInterrupt` is raised.
+pub(crate) fn run_on_worker<T: Send + 'static>(
+    py: Python<'_>,
+    work: impl FnOnce(&AtomicBool) -> T + Send + 'static,
+) -> PyResult<T> {
     let (tx, mut rx) = channel();
     let cancel = Arc::new(AtomicBool::new(false));
     let stop = Arc::clone(&cancel);
     spawn_worker(move || {
-        let _ = tx.send(job(&mut |_| !stop.load(Ordering::Relaxed)));
+        let _ = tx.send(work(&stop));
     })?;
     loop {
         // `Receiver` is not `Sync`: move it into the detached closure and back out.
@@ -78,7 +88,7 @@ pub(crate) fn run_blocking(py: Python<'_>, job: Job) -> PyResult<Answer> {
         });
         rx = back;
         match msg {
-            Ok(result) => return result.map_err(to_py_err),
+            Ok(result) => return Ok(result),
             Err(RecvTimeoutError::Timeout) => {
                 if let Err(e) = py.check_signals() {
                     cancel.store(true, Ordering::Relaxed);

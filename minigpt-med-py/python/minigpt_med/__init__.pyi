@@ -1,7 +1,7 @@
 """Type stubs for minigpt_med (the classes are implemented in Rust, in minigpt_med._native)."""
 
 import os
-from typing import Any, Callable, Iterator, Literal, Optional, Sequence, Tuple, Union, overload
+from typing import Any, Callable, Iterable, Iterator, Literal, Mapping, Optional, Sequence, Tuple, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -241,6 +241,25 @@ class Model:
         stop: Union[str, Sequence[str], None] = None,
         context_limit: Optional[int] = None,
     ) -> TextStream: ...
+    def generate_batch(
+        self,
+        items: Iterable[Mapping[str, object]],
+        *,
+        batch_size: Optional[int] = None,
+        preset: Optional[Literal["eval", "greedy", "demo"]] = None,
+        max_new_tokens: Optional[int] = None,
+        temperature: Optional[float] = None,
+        top_p: Optional[float] = None,
+        top_k: Optional[int] = None,
+        seed: Optional[int] = None,
+        repetition_penalty: Optional[float] = None,
+        stop: Union[str, Sequence[str], None] = None,
+        context_limit: Optional[int] = None,
+    ) -> list[Union[Answer, MiniGptMedError]]:
+        """Answers every item (dicts with ``image`` and ``task``/``prompt``/``instruction``/
+        ``region``/``color``/``window``) decoding together; a failing item's slot holds its
+        exception instance."""
+        ...
     def study(
         self,
         image: ImageInput,
