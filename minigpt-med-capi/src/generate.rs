@@ -41,7 +41,11 @@ pub unsafe extern "C" fn mgm_generate_params_preset(preset: PresetValue, out_par
 ///
 /// # Safety
 /// `text` is NULL or NUL-terminated; `region` is NULL or a readable `mgm_Region`.
-unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> Result<engine::Task, Failure> {
+pub(crate) unsafe fn task(
+    task: TaskValue,
+    text: *const c_char,
+    region: *const Region,
+) -> Result<engine::Task, Failure> {
     let kind = params::task_kind(task)?;
     // SAFETY: per this function's contract.
     let text = unsafe { ptr::opt_string(text, "text") }?;
@@ -54,7 +58,9 @@ unsafe fn task(task: TaskValue, text: *const c_char, region: *const Region) -> R
 ///
 /// # Safety
 /// `params` is NULL or a `mgm_GenerateParams` whose stop strings are valid.
-unsafe fn options(params: *const GenerateParams) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
+pub(crate) unsafe fn options(
+    params: *const GenerateParams,
+) -> Result<(engine::GenerateOptions, GenerateParams), Failure> {
     // SAFETY: per this function's contract.
     let p = unsafe { ptr::params(params, "params") }?.unwrap_or_else(params::generate_params_default);
     // SAFETY: the stop strings are valid per this function's contract.
@@ -249,7 +255,7 @@ pub unsafe extern "C" fn mgm_chat_free(chat: *mut Chat) {
 /// `mgm_generate` would. Created by `mgm_study_new`, freed by `mgm_study_free`. Unlike a chat,
 /// a study may be asked from several threads at once. It holds a reference to its model.
 pub struct Study {
-    inner: engine::Study<Arc<engine::Model>>,
+    pub(crate) inner: engine::Study<Arc<engine::Model>>,
 }
 
 /// Prepares `image` (encoded now; the image may be freed afterwards) for many questions.

@@ -13,6 +13,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod answer;
+mod batch;
 mod generate;
 mod image;
 mod model;
@@ -36,6 +37,7 @@ pub use answer::{
     mgm_answer_text, mgm_answer_timings, mgm_answer_token_ids, mgm_stop_reason_name, Answer, BoundingBox, StopReason,
     Timings,
 };
+pub use batch::{mgm_generate_batch, BatchItem, BatchResult, MGM_BATCH_MESSAGE_BYTES};
 pub use generate::{
     mgm_chat_ask, mgm_chat_context_len, mgm_chat_free, mgm_chat_new, mgm_chat_turns, mgm_generate,
     mgm_generate_params_default, mgm_generate_params_preset, mgm_study_ask, mgm_study_free, mgm_study_new, Chat, Study,

@@ -834,3 +834,63 @@ fn study_answers_equal_generate_from_two_threads() {
     // SAFETY: NULL handles are errors.
     expect(unsafe { mgm_study_new(model(), null(), &mut none) }, Status::InvalidArgument, "image is NULL");
 }
+
+/// `mgm_generate_batch` answers each item as `mgm_generate` (or `mgm_study_ask`) does; an
+/// item that fails has its own status and message and the others are answered.
+#[test]
+fn batch_items_answer_as_generate_and_fail_alone() {
+    let (ct, cxr) = (open_image("ct_nlst.png"), open_image("cxr_rsna.jpg"));
+    let mut study = null_mut();
+    // SAFETY: live handles, writable out-handle.
+    assert_eq!(unsafe { mgm_study_new(model(), cxr.0, &mut study) }, Status::Ok, "{}", last_error());
+    let refer = CString::new("give me the location of tumor ").unwrap();
+    let vqa = CString::new("Is it normal?").unwrap();
+    let item = |image: *const Image, study: *const Study, task: Task, text: Option<&CString>| BatchItem {
+        image,
+        study,
+        task: task as u32,
+        text: text.map_or(null(), |t| t.as_ptr()),
+        region: null(),
+    };
+    let items = [
+        item(ct.0, null(), Task::Refer, Some(&refer)),
+        item(ct.0, null(), Task::Vqa, None),
+        item(null(), study, Task::Vqa, Some(&vqa)),
+        item(null(), null(), Task::Report, None),
+        item(cxr.0, null(), Task::Report, None),
+        item(ct.0, study, Task::Report, None),
+    ];
+    let params = greedy(20);
+    let empty = BatchResult { status: Status::Panic, answer: null_mut(), message: [0; MGM_BATCH_MESSAGE_BYTES] };
+    let mut results = [empty; 6];
+    for batch_size in [0, 2] {
+        // SAFETY: six readable items with live handles; six writable results.
+        let s = unsafe { mgm_generate_batch(model(), items.as_ptr(), 6, batch_size, &params, results.as_mut_ptr()) };
+        assert_eq!(s, Status::Ok, "{}", last_error());
+        let message = |r: &BatchResult| {
+            // SAFETY: the library wrote a NUL-terminated message.
+            unsafe { std::ffi::CStr::from_ptr(r.message.as_ptr()) }.to_str().unwrap().to_owned()
+        };
+        assert_eq!(results[0].status, Status::Ok, "{}", message(&results[0]));
+        assert_eq!(take(results[0].answer).0, golden_ids("p1_refer"));
+        assert_eq!((results[1].status, results[1].answer), (Status::InvalidOption, null_mut()));
+        assert!(message(&results[1]).contains("needs a question"), "{}", message(&results[1]));
+        let mut asked = null_mut();
+        // SAFETY: a live study, NUL-terminated text, writable out-handle.
+        let st = unsafe { mgm_study_ask(study, Task::Vqa as u32, vqa.as_ptr(), null(), &params, &mut asked) };
+        assert_eq!(st, Status::Ok);
+        assert_eq!(take(results[2].answer), take(asked));
+        for k in [3, 5] {
+            assert_eq!(results[k].status, Status::InvalidArgument);
+            assert!(message(&results[k]).contains("exactly one of image and study"), "{}", message(&results[k]));
+        }
+        assert_eq!(take(results[4].answer).0, take(generate(&cxr, Task::Report, None, None, &params).unwrap()).0);
+    }
+    // SAFETY: nothing to answer: no pointer is read.
+    assert_eq!(unsafe { mgm_generate_batch(model(), null(), 0, 0, null(), null_mut()) }, Status::Ok);
+    // SAFETY: NULL items with n_items > 0 are an error, nothing is written.
+    let s = unsafe { mgm_generate_batch(model(), null(), 2, 0, null(), results.as_mut_ptr()) };
+    expect(s, Status::InvalidArgument, "must not be NULL");
+    // SAFETY: made above, freed once.
+    unsafe { mgm_study_free(study) };
+}
