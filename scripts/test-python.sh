@@ -49,6 +49,10 @@ echo "test-python: $("$MATURIN" --version), profile $PROFILE, CARGO_TARGET_DIR=$
 
 "$VPY" -m pip install --quiet --disable-pip-version-check "$WORK"/wheels/minigpt_med-*.whl \
     pytest numpy pillow tqdm "gguf>=0.17,<1"
+# Ray Data, for minigpt_med.ray (tests/python/test_ray.py): required under CI, else optional.
+if [[ "${CI:-}" == true || "${MINIGPT_MED_TEST_RAY:-0}" == 1 ]]; then
+    "$VPY" -m pip install --quiet --disable-pip-version-check "ray[data]>=2.40,<3"
+fi
 
 # The CLI and the C library, for the test that asks the same question through every front door.
 cargo build --locked --manifest-path "$ROOT/Cargo.toml" -p minigpt-med-cli -p minigpt-med-capi \

@@ -38,7 +38,9 @@ fn item(
     }
     let get = |k: &str| d.get_item(k).ok().flatten().filter(|v| !v.is_none());
     let text = |k: &str| -> PyResult<Option<String>> {
-        get(k).map(|v| v.extract::<String>().map_err(|_| options_error(format!("item {k:?} must be a string")))).transpose()
+        get(k)
+            .map(|v| v.extract::<String>().map_err(|_| options_error(format!("item {k:?} must be a string"))))
+            .transpose()
     };
     let image = get("image").ok_or_else(|| options_error("an item has no \"image\""))?;
     let color = text("color")?;
