@@ -9,20 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use minigpt_med::{
-    Answer, ColorMode, DecodeBatch, GenerateOptions, Image, LoadOptions, Model, Region, Request, Sampling, StopReason,
-    Task, TaskKind, WeightDType,
+    Answer, ColorMode, DecodeBatch, GenerateOptions, Image, LoadOptions, Model, Request, Sampling, StopReason, Task,
+    TaskKind, WeightDType,
 };
-
-fn tasks() -> Vec<Task> {
-    vec![
-        Task::Report(None),
-        Task::new(TaskKind::Vqa, Some("Is there a pleural effusion?"), None).unwrap(),
-        Task::new(TaskKind::Detection, Some("pneumonia"), None).unwrap(),
-        Task::new(TaskKind::Refer, Some("give me the location of tumor "), None).unwrap(),
-        Task::new(TaskKind::Identify, None, Some(Region::grid([12.0, 34.0, 56.0, 78.0]).unwrap())).unwrap(),
-        Task::Grounding(None),
-    ]
-}
 
 fn sampled(seed: u64, max_new_tokens: usize) -> GenerateOptions {
     GenerateOptions {
@@ -54,7 +43,7 @@ fn check_batch_equals_sequential(m: &Model) {
     let images = images();
     let mut requests = Vec::new();
     for (i, image) in images.iter().enumerate() {
-        for (t, task) in tasks().into_iter().enumerate() {
+        for (t, task) in six_tasks().into_iter().enumerate() {
             let k = i * 6 + t;
             let opts = match k % 3 {
                 0 => GenerateOptions::greedy(5 + k % 12),
@@ -154,7 +143,7 @@ fn studies_and_images_mix_in_one_batch() {
     let studies: Vec<_> = images.iter().map(|i| m.study(i).unwrap()).collect();
     let mut requests = Vec::new();
     for (image, study) in images.iter().zip(&studies) {
-        for task in tasks() {
+        for task in six_tasks() {
             requests.push(Request::on_study(study.shared(), task.clone(), GenerateOptions::greedy(12)));
             requests.push(Request::new(image, task, GenerateOptions::greedy(7)));
         }

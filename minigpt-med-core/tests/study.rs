@@ -5,18 +5,7 @@
 mod common;
 
 use common::*;
-use minigpt_med::{ColorMode, GenerateOptions, Image, Region, Task, TaskKind};
-
-fn tasks() -> Vec<Task> {
-    vec![
-        Task::Report(None),
-        Task::new(TaskKind::Vqa, Some("Is there a pleural effusion?"), None).unwrap(),
-        Task::new(TaskKind::Detection, Some("pneumonia"), None).unwrap(),
-        Task::new(TaskKind::Refer, Some("give me the location of tumor "), None).unwrap(),
-        Task::new(TaskKind::Identify, None, Some(Region::grid([12.0, 34.0, 56.0, 78.0]).unwrap())).unwrap(),
-        Task::Grounding(None),
-    ]
-}
+use minigpt_med::{ColorMode, GenerateOptions, Image, Task, TaskKind};
 
 #[test]
 fn study_answers_equal_fresh_generates() {
@@ -26,7 +15,7 @@ fn study_answers_equal_fresh_generates() {
         let study = m.study(&image).unwrap();
         let before = m.prompt("any question").unwrap().before_image.len();
         assert_eq!(study.prefix_len(), before + study.image().embeds.dim(0).unwrap(), "<s>[INST] <Img> + image");
-        for task in tasks() {
+        for task in six_tasks() {
             let opts = GenerateOptions::greedy(16);
             let fresh = m.generate(&image, &task, &opts).unwrap();
             let asked = study.ask(&task, &opts).unwrap();
@@ -50,10 +39,10 @@ fn one_study_is_asked_from_several_threads() {
     let image = Image::open(fixtures().join("images/ct_nlst.png")).unwrap();
     let study = &m.study(&image).unwrap();
     let opts = &GenerateOptions::greedy(12);
-    let want: Vec<Vec<u32>> = tasks().iter().map(|t| m.generate(&image, t, opts).unwrap().token_ids).collect();
+    let want: Vec<Vec<u32>> = six_tasks().iter().map(|t| m.generate(&image, t, opts).unwrap().token_ids).collect();
     std::thread::scope(|s| {
         let handles: Vec<_> =
-            tasks().into_iter().map(|t| s.spawn(move || study.ask(&t, opts).unwrap().token_ids)).collect();
+            six_tasks().into_iter().map(|t| s.spawn(move || study.ask(&t, opts).unwrap().token_ids)).collect();
         for (h, want) in handles.into_iter().zip(&want) {
             assert_eq!(&h.join().unwrap(), want);
         }

@@ -16,6 +16,9 @@ use crate::stream::run_on_worker;
 /// The keys an item may have.
 const ITEM_KEYS: [&str; 7] = ["image", "task", "prompt", "instruction", "region", "color", "window"];
 
+/// What makes two items' images the same: the path (or object), colour and window.
+type ImageKey = (String, Option<String>, Option<(u64, u64)>);
+
 /// One item, converted: its image (an index into the batch's distinct images) and task.
 struct Item {
     image: usize,
@@ -27,7 +30,7 @@ struct Item {
 fn item(
     obj: &Bound<'_, PyAny>,
     images: &mut Vec<Image>,
-    seen: &mut HashMap<(String, Option<String>, Option<(u64, u64)>), usize>,
+    seen: &mut HashMap<ImageKey, usize>,
 ) -> PyResult<Item> {
     let d = obj.cast::<PyDict>().map_err(|_| options_error("each item must be a dict with an \"image\" key"))?;
     for key in d.keys() {

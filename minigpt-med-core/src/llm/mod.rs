@@ -268,20 +268,38 @@ impl Llama {
             }
             cache.reserve(1)?;
         }
-        let rope: Vec<(Tensor, Tensor)> = caches
-            .iter()
-            .map(|c| Ok((self.cos.narrow(0, c.len(), 1)?, self.sin.narrow(0, c.len(), 1)?)))
-            .collect::<Result<_>>()?;
+        // Each row's RoPE angles, at its own position: the B rows rotate in one call, as the B
+        // positions of one sequence would.
+        let positions: Vec<u32> = caches.iter().map(|c| c.len() as u32).collect();
+        let positions = Tensor::new(positions.as_slice(), &self.device)?;
+        let (cos, sin) = (self.cos.index_select(&positions, 0)?, self.sin.index_select(&positions, 0)?);
+        let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
+        // `[B, nh * hd]` -> `[nh, B, hd]`.
+        let split =
+            |t: Tensor, nh: usize| -> Result<Tensor> { Ok(t.reshape((1, b, nh, hd))?.transpose(1, 2)?.contiguous()?) };
+        let cpu = matches!(self.device, Device::Cpu);
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = x.clone();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
             let mut rows = Vec::with_capacity(b);
-            for (i, cache) in caches.iter_mut().enumerate() {
-                let (cos, sin) = &rope[i];
-                let row = |t: &Tensor| t.narrow(0, i, 1);
-                rows.push(self.attend(li, row(&q)?, row(&k)?, row(&v)?, cos, sin, None, cache)?);
+            if cpu {
+                let q = candle_nn::rotary_emb::rope(&split(q, heads)?, &cos, &sin)?.squeeze(0)?;
+                let k = candle_nn::rotary_emb::rope(&split(k, kv_heads)?, &cos, &sin)?.squeeze(0)?;
+                let v = split(v, kv_heads)?.squeeze(0)?;
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.contiguous()?) };
+                    cache.append(li, &row(&k)?, &row(&v)?)?;
+                    let out = cache.attend_one(li, &row(&q)?, heads)?.expect("the CPU cache attends in place");
+                    rows.push(out);
+                }
+            } else {
+                for (i, cache) in caches.iter_mut().enumerate() {
+                    let (c, s) = (cos.narrow(0, i, 1)?, sin.narrow(0, i, 1)?);
+                    let row = |t: &Tensor| t.narrow(0, i, 1);
+                    rows.push(self.attend(li, row(&q)?, row(&k)?, row(&v)?, &c, &s, None, cache)?);
+                }
             }
             let att = layer.o.forward(&Tensor::cat(&rows, 0)?)?;
             x = (x + att)?;
@@ -432,6 +450,27 @@ mod tests {
         }
     }
 
+    /// A two-layer, four-head LLaMA of random weights: its config and weights.
+    fn small_llama(
+        hidden: usize,
+        intermediate: usize,
+        kv_heads: usize,
+        vocab: usize,
+    ) -> (LlamaConfig, impl TensorSource) {
+        let cfg = LlamaConfig {
+            hidden_size: hidden,
+            intermediate_size: intermediate,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(kv_heads),
+            vocab_size: vocab,
+            max_position_embeddings: 64,
+            ..LlamaConfig::llama2_7b()
+        };
+        let (_, _, src) = synthetic_sources(&MiniGptMedConfig::default(), &cfg);
+        (cfg, src)
+    }
+
     /// Logits of a few random positions run through `llama`.
     fn logits(llama: &Llama, x: &Tensor) -> Vec<f32> {
         let mut cache = llama.new_cache(8).unwrap();
@@ -444,18 +483,8 @@ mod tests {
 
     #[test]
     fn rows_of_several_sequences_equal_each_sequence_alone() {
-        let cfg = LlamaConfig {
-            hidden_size: 64,
-            intermediate_size: 128,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: Some(2),
-            vocab_size: 96,
-            max_position_embeddings: 64,
-            ..LlamaConfig::llama2_7b()
-        };
-        let mm = MiniGptMedConfig::default();
-        let (_, _, src) = synthetic_sources(&mm, &cfg);
+        // Grouped-query attention (2 kv heads for 4), so each row's attention reads its group.
+        let (cfg, src) = small_llama(64, 128, 2, 96);
         let no_adapters = NoTensors(HashMap::new());
         let lora = LoraDeltas::none(&no_adapters);
         for dtype in [WeightDType::F32, WeightDType::Q8_0, WeightDType::Q4_0] {
@@ -497,18 +526,7 @@ mod tests {
     #[test]
     fn quantized_kernels_compute_the_dequantized_products() {
         // 256 wide: Q4_K's super-blocks fit every matrix, so no layer falls back to f16.
-        let cfg = LlamaConfig {
-            hidden_size: 256,
-            intermediate_size: 512,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: Some(4),
-            vocab_size: 512,
-            max_position_embeddings: 64,
-            ..LlamaConfig::llama2_7b()
-        };
-        let mm = MiniGptMedConfig::default();
-        let (_, _, src) = synthetic_sources(&mm, &cfg);
+        let (cfg, src) = small_llama(256, 512, 4, 512);
         // No adapters: every matrix is quantized straight from the file, in both models alike.
         let no_adapters = NoTensors(HashMap::new());
         let lora = LoraDeltas::none(&no_adapters);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use minigpt_med::candle::{Device, Tensor};
-use minigpt_med::{LoadOptions, Model};
+use minigpt_med::{LoadOptions, Model, Region, Task, TaskKind};
 
 pub fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/tiny")
@@ -67,4 +67,16 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), dst).unwrap();
         }
     }
+}
+
+/// One question of each of the six tasks.
+pub fn six_tasks() -> Vec<Task> {
+    vec![
+        Task::Report(None),
+        Task::new(TaskKind::Vqa, Some("Is there a pleural effusion?"), None).unwrap(),
+        Task::new(TaskKind::Detection, Some("pneumonia"), None).unwrap(),
+        Task::new(TaskKind::Refer, Some("give me the location of tumor "), None).unwrap(),
+        Task::new(TaskKind::Identify, None, Some(Region::grid([12.0, 34.0, 56.0, 78.0]).unwrap())).unwrap(),
+        Task::Grounding(None),
+    ]
 }
