@@ -27,11 +27,7 @@ struct Item {
 
 /// Converts one item dict. Images are shared between items that give the same path (or the
 /// same object) with the same colour and window, so each is decoded and encoded once.
-fn item(
-    obj: &Bound<'_, PyAny>,
-    images: &mut Vec<Image>,
-    seen: &mut HashMap<ImageKey, usize>,
-) -> PyResult<Item> {
+fn item(obj: &Bound<'_, PyAny>, images: &mut Vec<Image>, seen: &mut HashMap<ImageKey, usize>) -> PyResult<Item> {
     let d = obj.cast::<PyDict>().map_err(|_| options_error("each item must be a dict with an \"image\" key"))?;
     for key in d.keys() {
         let key: String = key.extract().map_err(|_| options_error("item keys must be strings"))?;
