@@ -144,5 +144,5 @@ unsafe fn request<'a>(item: &'a BatchItem, opts: &engine::GenerateOptions) -> Re
         (None, Some(study)) => engine::RequestImage::Study(study.inner.shared()),
         _ => return Err(Failure::invalid("give an item exactly one of image and study")),
     };
-    Ok(engine::Request { image: source, task, options: opts.clone() })
+    Ok(engine::Request { image: source, task, options: opts.clone(), history: Vec::new() })
 }

@@ -3,6 +3,7 @@
 mod batch;
 mod bench;
 mod demo;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,7 +11,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
-    Answer, ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model,
+    ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model,
     ModelFiles, Preset, Region, Task, TaskKind, WeightDType, Window, WindowPreset,
 };
 use serde_json::json;
@@ -46,6 +47,8 @@ enum Command {
     Convert(Box<ConvertArgs>),
     /// Print a model file's metadata, tensor types and sizes.
     Inspect(InspectArgs),
+    /// Run the HTTP service: OpenAI-compatible chat completions, continuous batching, a viewer page.
+    Serve(Box<serve::ServeArgs>),
 }
 
 #[derive(Args)]
@@ -181,15 +184,8 @@ struct TaskArgs {
 
 impl TaskArgs {
     fn task(&self) -> Result<Task, minigpt_med::Error> {
-        if let Some(i) = &self.instruction {
-            return Ok(Task::Custom(i.clone()));
-        }
-        let region = match (&self.pixel_box, &self.grid_box) {
-            (Some(b), _) => Some(Region::pixels(Region::parse_corners(b)?)?),
-            (_, Some(b)) => Some(Region::grid(Region::parse_corners(b)?)?),
-            _ => None,
-        };
-        Task::new(self.task.unwrap_or_default(), self.prompt.as_deref(), region)
+        let region = Region::from_text(self.pixel_box.as_deref(), self.grid_box.as_deref())?;
+        Task::from_fields(self.task, self.prompt.as_deref(), self.instruction.as_deref(), region)
     }
 }
 
@@ -339,14 +335,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let result = match cli.command {
-        Command::Generate(a) => generate(*a),
-        Command::Demo(a) => demo(a),
-        Command::Preprocess(a) => preprocess(a),
-        Command::Bench(a) => bench::bench(*a),
-        Command::Convert(a) => convert(*a),
-        Command::Batch(a) => batch::batch(*a),
-        Command::Inspect(a) => inspect(a),
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command {
+        Command::Generate(a) => generate(*a).map_err(Into::into),
+        Command::Demo(a) => demo(a).map_err(Into::into),
+        Command::Preprocess(a) => preprocess(a).map_err(Into::into),
+        Command::Bench(a) => bench::bench(*a).map_err(Into::into),
+        Command::Convert(a) => convert(*a).map_err(Into::into),
+        Command::Batch(a) => batch::batch(*a).map_err(Into::into),
+        Command::Inspect(a) => inspect(a).map_err(Into::into),
+        Command::Serve(a) => serve::serve(*a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -415,17 +412,11 @@ fn run(
         save_png(path, image.width(), image.height(), &answer.draw(image))?;
     }
     if out.json {
-        println!("{}", answer_json(model, &answer));
+        println!("{}", model.answer_json(&answer));
     } else if !out.stream {
         println!("{}", answer.text);
     }
     Ok(())
-}
-
-fn answer_json(model: &Model, a: &Answer) -> serde_json::Value {
-    let mut v = serde_json::to_value(a).unwrap_or_default();
-    v["timings"]["load_ms"] = json!(model.info().load_ms);
-    v
 }
 
 fn save_png(path: &std::path::Path, w: usize, h: usize, rgb: &[u8]) -> Result<(), minigpt_med::Error> {

@@ -15,6 +15,7 @@ use crate::image::Image;
 use crate::llm::KvCache;
 use crate::model::{ImageEmbeddings, Model};
 use crate::options::GenerateOptions;
+use crate::prompt::Exchange;
 use crate::study::{Prepared, StudyRef};
 use crate::task::Task;
 
@@ -40,17 +41,26 @@ pub struct Request<'a> {
     pub task: Task,
     /// How the answer is generated.
     pub options: GenerateOptions,
+    /// The conversation before this question (empty: a single question). The image's prefix
+    /// (a study's) is reused; the earlier turns are run as part of this request's prompt.
+    pub history: Vec<Exchange>,
 }
 
 impl<'a> Request<'a> {
     /// A request about `image` (encoded by the batch).
     pub fn new(image: &'a Image, task: Task, options: GenerateOptions) -> Self {
-        Self { image: RequestImage::Image(image), task, options }
+        Self { image: RequestImage::Image(image), task, options, history: Vec::new() }
     }
 
     /// A request about a prepared study.
     pub fn on_study(study: StudyRef<'a>, task: Task, options: GenerateOptions) -> Self {
-        Self { image: RequestImage::Study(study), task, options }
+        Self { image: RequestImage::Study(study), task, options, history: Vec::new() }
+    }
+
+    /// This request as the next question of a conversation ([`Self::history`]).
+    pub fn with_history(mut self, history: Vec<Exchange>) -> Self {
+        self.history = history;
+        self
     }
 }
 
@@ -118,25 +128,25 @@ impl<'m, 'c> DecodeBatch<'m, 'c> {
                 let t0 = Instant::now();
                 let emb = self.model.encode_image(image)?;
                 let encode_ms = t0.elapsed().as_secs_f64() * 1e3;
-                (self.prepare_embeddings(&emb, &request.task, &request.options)?, encode_ms)
+                (self.prepare_embeddings(&emb, request)?, encode_ms)
             }
-            RequestImage::Embeddings(emb) => (self.prepare_embeddings(emb, &request.task, &request.options)?, 0.0),
+            RequestImage::Embeddings(emb) => (self.prepare_embeddings(emb, request)?, 0.0),
             RequestImage::Study(study) => {
                 if !std::ptr::eq(study.model, self.model) {
                     return Err(Error::InvalidOption(
                         "the study was prepared by another model than the batch's: prepare it with this model".into(),
                     ));
                 }
-                (study.prepare(&request.task, &request.options)?, 0.0)
+                (study.prepare(&request.task, &request.history, &request.options)?, 0.0)
             }
         };
         self.start(prepared, &request.options, on_text, encode_ms)
     }
 
-    fn prepare_embeddings(&self, emb: &ImageEmbeddings, task: &Task, opts: &GenerateOptions) -> Result<Prepared> {
-        opts.validate()?;
-        let instruction = task.instruction(emb.width, emb.height)?;
-        self.model.prepare_first_turn(emb, &instruction, opts)
+    fn prepare_embeddings(&self, emb: &ImageEmbeddings, r: &Request<'_>) -> Result<Prepared> {
+        r.options.validate()?;
+        let instruction = r.task.instruction(emb.width, emb.height)?;
+        self.model.prepare_first_turn(emb, &instruction, &r.history, &r.options)
     }
 
     fn start(
@@ -259,8 +269,15 @@ impl Model {
         let max_active = max_active.max(1);
         let mut batch = DecodeBatch::new(self);
         let mut queue: VecDeque<usize> = (0..requests.len()).collect();
-        // The embeddings of each distinct image, by address, kept while a request needs them.
+        // The embeddings of each distinct image, by address, kept while a request needs them:
+        // `uses` counts each image's requests not yet started.
         let mut encoded: Vec<(*const Image, ImageEmbeddings, f64)> = Vec::new();
+        let mut uses: std::collections::HashMap<*const Image, usize> = std::collections::HashMap::new();
+        for r in requests {
+            if let RequestImage::Image(image) = r.image {
+                *uses.entry(image as *const Image).or_default() += 1;
+            }
+        }
         // Each sequence's request, and the encode time it paid (its image's first request).
         let mut slot_of: Vec<(SequenceId, usize, f64)> = Vec::new();
         loop {
@@ -274,21 +291,29 @@ impl Model {
                 let Some(i) = queue.pop_front() else { break };
                 let r = &requests[i];
                 let started = match r.image {
-                    RequestImage::Image(image) => self.encoded(&mut encoded, image).and_then(|(emb, ms)| {
+                    RequestImage::Image(image) => {
+                        let key = image as *const Image;
+                        let left = uses.get_mut(&key).map(|n| {
+                            *n -= 1;
+                            *n
+                        });
+                        let started = self.encoded(&mut encoded, image).and_then(|(emb, ms)| {
                         let req = Request { image: RequestImage::Embeddings(&emb), ..r.clone() };
-                        let id = batch.add(&req, Box::new(|_| true))?;
-                        Ok((id, Some(ms)))
-                    }),
+                            let id = batch.add(&req, Box::new(|_| true))?;
+                            Ok((id, Some(ms)))
+                        });
+                        if left == Some(0) {
+                            // No queued request needs these embeddings any more.
+                            encoded.retain(|(p, ..)| !std::ptr::eq(*p, key));
+                        }
+                        started
+                    }
                     _ => batch.add(r, Box::new(|_| true)).map(|id| (id, None)),
                 };
                 match started {
                     Ok((id, ms)) => slot_of.push((id, i, ms.unwrap_or(0.0))),
                     Err(e) => on_done(i, Err(e)),
                 }
-                // Drop embeddings no queued request needs any more.
-                encoded.retain(|(p, ..)| {
-                    queue.iter().any(|&j| matches!(requests[j].image, RequestImage::Image(im) if std::ptr::eq(im, *p)))
-                });
             }
             if batch.is_empty() {
                 break;

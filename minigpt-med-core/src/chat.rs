@@ -145,7 +145,7 @@ impl<M: Deref<Target = Model>> Chat<M> {
         };
         // Counted and checked against the context before anything is embedded.
         let (x, fit) = if self.turns == 0 {
-            model.first_turn_input(&self.image, instruction, base, opts)?
+            model.first_turn_input(&self.image, &model.prompt(instruction)?, base, opts)?
         } else {
             let mut ids = match self.history {
                 ChatHistory::KeepAnswers => self.unfed.clone(),

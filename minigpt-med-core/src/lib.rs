@@ -66,7 +66,7 @@ pub use model::{EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model,
 pub use model_file::{convert, convert_synthetic, ConvertOptions, ConvertSummary, FORMAT_VERSION};
 pub use nn::WeightDType;
 pub use options::{DecodeSettings, GenerateOptions, Preset, Sampling};
-pub use prompt::{Prompt, TextCodec};
+pub use prompt::{Exchange, Prompt, TextCodec};
 pub use study::{Study, StudyRef};
 pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;

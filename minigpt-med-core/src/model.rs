@@ -19,7 +19,7 @@ use crate::llm::{Llama, LoraDeltas};
 use crate::model_file::GgufView;
 use crate::nn::WeightDType;
 use crate::options::GenerateOptions;
-use crate::prompt::{Prompt, TextCodec};
+use crate::prompt::{Exchange, Prompt, TextCodec};
 use crate::study::{Prepared, Study};
 use crate::task::Task;
 use crate::vision::{Connector, EvaVit};
@@ -396,7 +396,7 @@ impl Model {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
-        self.prepare_first_turn(image, instruction, opts)?.run(self, opts, on_text)
+        self.prepare_first_turn(image, instruction, &[], opts)?.run(self, opts, on_text)
     }
 
     /// The single-turn prompt for `instruction` about `image`, in a fresh cache, ready to run.
@@ -404,10 +404,12 @@ impl Model {
         &self,
         image: &ImageEmbeddings,
         instruction: &str,
+        history: &[Exchange],
         opts: &GenerateOptions,
     ) -> Result<Prepared> {
         opts.validate()?;
-        let (x, fit) = self.first_turn_input(image, instruction, 0, opts)?;
+        let prompt = self.tokenizer().conversation(history, instruction)?;
+        let (x, fit) = self.first_turn_input(image, &prompt, 0, opts)?;
         let cache = self.llama.new_cache(x.dim(0)? + fit.new_tokens)?;
         Ok(Prepared { x, cache, budget: fit.new_tokens, width: image.width, height: image.height })
     }
@@ -418,16 +420,23 @@ impl Model {
     pub(crate) fn first_turn_input(
         &self,
         image: &ImageEmbeddings,
-        instruction: &str,
+        prompt: &Prompt,
         base: usize,
         opts: &GenerateOptions,
     ) -> Result<(Tensor, Fit)> {
-        let prompt = self.prompt(instruction)?;
         let len = prompt.before_image.len() + image.embeds.dim(0)? + prompt.after_image.len();
         let fit = fit_context(base, len, opts, self.llama.config().max_position_embeddings)?;
-        let x = self.input_embeds(image, &prompt)?;
+        let x = self.input_embeds(image, prompt)?;
         let x = if fit.drop > 0 { x.narrow(0, fit.drop, len - fit.drop)? } else { x };
         Ok((x, fit))
+    }
+
+    /// `answer` as every front door writes it in JSON (`generate --json`, the service's
+    /// `/v1/answer`): its fields, with the model's load time in `timings.load_ms`.
+    pub fn answer_json(&self, answer: &Answer) -> serde_json::Value {
+        let mut v = serde_json::to_value(answer).unwrap_or_default();
+        v["timings"]["load_ms"] = serde_json::json!(self.info().load_ms);
+        v
     }
 
     /// Starts a conversation about `image` (encoded once; the KV cache is kept between turns).

@@ -30,6 +30,16 @@ pub struct Prompt {
     pub after_image: Vec<u32>,
 }
 
+/// One earlier question of a conversation and the answer given to it, as a client that keeps
+/// the conversation (an OpenAI-style chat) sends them back.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Exchange {
+    /// The question, as its instruction (tags included).
+    pub instruction: String,
+    /// The answer text.
+    pub answer: String,
+}
+
 /// The LLaMA tokenizer (`tokenizer.json`).
 pub struct TextCodec {
     tokenizer: Tokenizer,
@@ -120,6 +130,28 @@ impl TextCodec {
             )));
         }
         Ok(Prompt { before_image: self.encode(before, true)?, after_image: self.encode(after, false)?, text })
+    }
+
+    /// The prompt of a conversation: the first question of `history` in the single-turn
+    /// template, each answer followed by the next question's follow-up turn, and `instruction`
+    /// last. Its tokens are those a [`crate::Chat`] keeping its answers holds when each answer's
+    /// text tokenizes back to the ids it was generated as. No history: [`Self::prompt`].
+    pub fn conversation(&self, history: &[Exchange], instruction: &str) -> Result<Prompt> {
+        let Some(first) = history.first() else { return self.prompt(instruction) };
+        let mut p = self.prompt(&first.instruction)?;
+        for (i, e) in history.iter().enumerate() {
+            let next = history.get(i + 1).map_or(instruction, |h| h.instruction.as_str());
+            if e.answer.contains(IMAGE_PLACEHOLDER) {
+                return Err(Error::InvalidOption(format!(
+                    "an earlier answer may not contain {IMAGE_PLACEHOLDER}: a conversation is about one image"
+                )));
+            }
+            p.after_image.extend(self.encode(&e.answer, false)?);
+            p.after_image.extend(self.follow_up(next)?);
+            p.text.push_str(&e.answer);
+            p.text.push_str(&FOLLOW_UP_TEMPLATE.replace("{}", next));
+        }
+        Ok(p)
     }
 
     /// The token ids of a chat's follow-up turn for `instruction` ([`FOLLOW_UP_TEMPLATE`]).

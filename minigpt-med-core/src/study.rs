@@ -13,6 +13,7 @@ use crate::generate::{fit_context, Turn};
 use crate::llm::KvCache;
 use crate::model::{ImageEmbeddings, Model};
 use crate::options::GenerateOptions;
+use crate::prompt::Exchange;
 use crate::task::Task;
 
 /// One image prepared for many questions ([`Model::study`]). `Send + Sync`: several threads
@@ -69,7 +70,7 @@ impl<M: Deref<Target = Model>> Study<M> {
         opts: &GenerateOptions,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
-        self.shared().prepare(task, opts)?.run(&self.model, opts, on_text)
+        self.shared().prepare(task, &[], opts)?.run(&self.model, opts, on_text)
     }
 
     /// The study as a request of a decode batch refers to it ([`crate::RequestImage::Study`]).
@@ -94,17 +95,18 @@ impl<'a> StudyRef<'a> {
     }
 
     /// The question's input and its own fork of the prefix, ready to run.
-    pub(crate) fn prepare(&self, task: &Task, opts: &GenerateOptions) -> Result<Prepared> {
+    /// `history`: the conversation before the question ([`crate::prompt::TextCodec::conversation`]).
+    pub(crate) fn prepare(&self, task: &Task, history: &[Exchange], opts: &GenerateOptions) -> Result<Prepared> {
         opts.validate()?;
         let (w, h) = (self.image.width, self.image.height);
         let instruction = task.instruction(w, h)?;
         let model = self.model;
-        let prompt = model.prompt(&instruction)?;
+        let prompt = model.tokenizer().conversation(history, &instruction)?;
         let len = prompt.before_image.len() + self.image.embeds.dim(0)? + prompt.after_image.len();
         let fit = fit_context(0, len, opts, model.llama().config().max_position_embeddings)?;
         if fit.drop > 0 || prompt.before_image != self.before_image {
             // A context limit cutting into the shared prefix: answered from scratch instead.
-            return model.prepare_first_turn(self.image, &instruction, opts);
+            return model.prepare_first_turn(self.image, &instruction, history, opts);
         }
         let cache = self.prefix.fork(len + fit.new_tokens)?;
         let x = model.embed_ids(&prompt.after_image)?;

@@ -49,6 +49,19 @@ impl Region {
         <[f64; 4]>::try_from(v).map_err(|_| bad())
     }
 
+    /// The region a front door was given as text: `pixels` (`x1,y1,x2,y2` in pixels of the
+    /// input image) or `grid` (on the 0-100 grid), at most one of them.
+    pub fn from_text(pixels: Option<&str>, grid: Option<&str>) -> Result<Option<Self>> {
+        match (pixels, grid) {
+            (Some(_), Some(_)) => {
+                Err(Error::InvalidOption("give the region once: in pixels or on the grid, not both".into()))
+            }
+            (Some(p), None) => Ok(Some(Region::pixels(Region::parse_corners(p)?)?)),
+            (None, Some(g)) => Ok(Some(Region::grid(Region::parse_corners(g)?)?)),
+            (None, None) => Ok(None),
+        }
+    }
+
     /// The region on the 0-100 grid of an image of `width x height` pixels, converted as the
     /// original training data was (`int(pixel / size * 100)`, per axis), clamped to 0..=100.
     pub fn to_grid(&self, width: usize, height: usize) -> Result<[u32; 4]> {
@@ -145,6 +158,24 @@ impl Task {
         })
     }
 
+    /// The task a front door's fields describe: a verbatim `instruction` (tags included; then
+    /// no `kind` or `text`), or a `kind` (default report) with its `text` and `region` as in
+    /// [`Task::new`].
+    pub fn from_fields(
+        kind: Option<TaskKind>,
+        text: Option<&str>,
+        instruction: Option<&str>,
+        region: Option<Region>,
+    ) -> Result<Self> {
+        match instruction {
+            Some(_) if kind.is_some() || text.is_some() || region.is_some() => Err(Error::InvalidOption(
+                "a verbatim instruction replaces the task, its prompt and region: give one or the other".into(),
+            )),
+            Some(i) => Ok(Task::Custom(i.to_owned())),
+            None => Task::new(kind.unwrap_or_default(), text, region),
+        }
+    }
+
     /// Which kind of task this is.
     pub fn kind(&self) -> TaskKind {
         match self {
@@ -191,6 +222,23 @@ impl TaskKind {
         TaskKind::Identify,
         TaskKind::Custom,
     ];
+
+    /// The kind an instruction asks for, by its leading tag as users type it: `[refer] the
+    /// nodule` is [`TaskKind::Refer`], an untagged instruction a [`TaskKind::Report`], a tag
+    /// MiniGPT-Med does not know [`TaskKind::Custom`]. Tags are matched case-insensitively.
+    pub fn of_instruction(instruction: &str) -> TaskKind {
+        let text = instruction.trim_start();
+        let Some(rest) = text.strip_prefix('[') else { return TaskKind::Report };
+        let Some((tag, _)) = rest.split_once(']') else { return TaskKind::Report };
+        match tag.trim().to_ascii_lowercase().as_str() {
+            "vqa" => TaskKind::Vqa,
+            "detection" => TaskKind::Detection,
+            "refer" => TaskKind::Refer,
+            "grounding" => TaskKind::Grounding,
+            "identify" => TaskKind::Identify,
+            _ => TaskKind::Custom,
+        }
+    }
 
     /// The name: `report`, `vqa`, `detection`, `refer`, `grounding`, `identify` or `custom`.
     pub const fn name(self) -> &'static str {
@@ -243,6 +291,26 @@ impl std::fmt::Display for TaskKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_instruction_names_its_task_by_its_tag() {
+        for (text, kind) in [
+            ("[refer] the nodule", TaskKind::Refer),
+            ("  [VQA] Is there an effusion?", TaskKind::Vqa),
+            ("[detection] pneumonia", TaskKind::Detection),
+            ("[grounding] describe", TaskKind::Grounding),
+            ("[identify] what is this {<1><2><3><4>}", TaskKind::Identify),
+            ("Describe this image in detail", TaskKind::Report),
+            ("[caption] something", TaskKind::Custom),
+            ("[refer the nodule", TaskKind::Report),
+            ("", TaskKind::Report),
+        ] {
+            assert_eq!(TaskKind::of_instruction(text), kind, "{text:?}");
+        }
+        // A task's own instruction reads back as its kind.
+        let t = Task::new(TaskKind::Refer, Some("the nodule"), None).unwrap();
+        assert_eq!(TaskKind::of_instruction(&t.instruction(10, 10).unwrap()), TaskKind::Refer);
+    }
 
     #[test]
     fn pixel_regions_truncate_like_the_training_data() {

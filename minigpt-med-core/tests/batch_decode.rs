@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use minigpt_med::{
-    Answer, ColorMode, DecodeBatch, GenerateOptions, Image, LoadOptions, Model, Request, Sampling, StopReason, Task,
+    Answer, ColorMode, DecodeBatch, Exchange, GenerateOptions, Image, LoadOptions, Model, Request, Sampling, StopReason, Task,
     TaskKind, WeightDType,
 };
 
@@ -183,12 +183,9 @@ fn a_failing_request_fails_alone() {
         let (e, w) = (got[k].as_ref().unwrap_err(), want(&requests[k]).unwrap_err());
         assert_eq!(e.to_string(), w.to_string(), "request {k} fails as generate fails");
     }
-    let tiny_alone = m.generate(&tiny, &good, &GenerateOptions::greedy(9));
-    match (&got[2], tiny_alone) {
-        (Err(e), Err(w)) => assert_eq!(e.to_string(), w.to_string()),
-        (Ok(a), Ok(w)) => same(a, &w, "1x1 image"),
-        (a, w) => panic!("batch {a:?} against alone {w:?}"),
-    }
+    // A 1x1 image is a valid input (resized like any other): answered, between failures.
+    let tiny_alone = m.generate(&tiny, &good, &GenerateOptions::greedy(9)).unwrap();
+    same(got[2].as_ref().unwrap(), &tiny_alone, "1x1 image");
 }
 
 #[test]
@@ -266,5 +263,55 @@ fn a_cancelled_batch_ends_its_running_sequences_and_starts_no_more() {
     assert!(second.token_ids.len() < 30);
     for r in &results[2..] {
         assert!(matches!(r, Err(minigpt_med::Error::Cancelled)), "{r:?}");
+    }
+}
+
+/// A conversation resent as history (as an OpenAI client sends it back: the answers as text)
+/// answers as a fresh greedy pass over the conversation's tokens, built here by hand: the first
+/// question's single-turn prompt, each answer's text, each next question's
+/// `</s><s>[INST] .. [/INST]`; on a study (its image prefix reused) and on the image alike.
+#[test]
+fn a_resent_conversation_answers_as_its_tokens_say() {
+    let m = model();
+    let image = Image::open(fixtures().join("images/ct_nlst.png")).unwrap();
+    let study = m.study(&image).unwrap();
+    let emb = m.encode_image(&image).unwrap();
+    let tok = m.tokenizer();
+    let eos = tok.token_id("</s>").unwrap();
+    let questions = ["[vqa] Is it normal?", "[refer] the nodule", "[vqa] which side?"];
+    let n = 6;
+    let opts = GenerateOptions::greedy(n);
+    let first = tok.prompt(questions[0]).unwrap();
+    let mut after = first.after_image.clone();
+    let mut history: Vec<Exchange> = Vec::new();
+    for (turn, q) in questions.iter().enumerate() {
+        if turn > 0 {
+            after.extend(tok.encode(&format!("</s><s>[INST] {q} [/INST]"), false).unwrap());
+        }
+        // Greedy by fresh forward passes, one token at a time.
+        let mut want = Vec::new();
+        let mut ids = after.clone();
+        for _ in 0..n {
+            let p = minigpt_med::Prompt { text: String::new(), before_image: first.before_image.clone(), after_image: ids.clone() };
+            let l = m.prompt_logits(&emb, &p).unwrap().to_vec1::<f32>().unwrap();
+            let t = (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a))).unwrap() as u32;
+            if t == eos {
+                break;
+            }
+            want.push(t);
+            ids.push(t);
+        }
+        let task = Task::Custom(q.to_string());
+        let on_study = Request::on_study(study.shared(), task.clone(), opts.clone()).with_history(history.clone());
+        let on_image = Request::new(&image, task, opts.clone()).with_history(history.clone());
+        let got = m.generate_batch(&[on_study, on_image]);
+        let (a, b) = (got[0].as_ref().unwrap(), got[1].as_ref().unwrap());
+        assert_eq!(a.token_ids, want, "turn {turn} on the study");
+        same(b, a, &format!("turn {turn} on the image"));
+        if turn == 0 {
+            same(a, &m.generate(&image, &Task::Custom(q.to_string()), &opts).unwrap(), "a first turn is a generate");
+        }
+        after.extend(tok.encode(&a.text, false).unwrap());
+        history.push(Exchange { instruction: q.to_string(), answer: a.text.clone() });
     }
 }

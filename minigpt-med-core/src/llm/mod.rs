@@ -291,7 +291,11 @@ impl Llama {
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.contiguous()?) };
                     cache.append(li, &row(&k)?, &row(&v)?)?;
-                    let out = cache.attend_one(li, &row(&q)?, heads)?.expect("the CPU cache attends in place");
+                    // A CPU model's caches are CPU tensors; `None` would mean a cache from
+                    // another device, refused rather than attended wrongly.
+                    let out = cache.attend_one(li, &row(&q)?, heads)?.ok_or_else(|| {
+                        Error::InvalidOption("a KV cache on another device than the model: use the model's own caches".into())
+                    })?;
                     rows.push(out);
                 }
             } else {
