@@ -48,7 +48,7 @@ echo "test-python: $("$MATURIN" --version), profile $PROFILE, CARGO_TARGET_DIR=$
     --interpreter "$VPY" --out "$WORK/wheels"
 
 "$VPY" -m pip install --quiet --disable-pip-version-check "$WORK"/wheels/minigpt_med-*.whl \
-    pytest numpy pillow tqdm "gguf>=0.17,<1"
+    pytest numpy pillow tqdm "gguf>=0.17,<1" "openai>=1.40,<4" "httpx>=0.27,<1" "selenium>=4.20,<5"
 # Ray Data, for minigpt_med.ray (tests/python/test_ray.py): required under CI, else optional.
 if [[ "${CI:-}" == true || "${MINIGPT_MED_TEST_RAY:-0}" == 1 ]]; then
     "$VPY" -m pip install --quiet --disable-pip-version-check "ray[data]>=2.40,<3"

@@ -396,6 +396,7 @@ impl GenerateParams {
             repetition_penalty: Some(self.repetition_penalty),
             stop_strings: Some(stop_strings),
             context_limit: (self.context_limit > 0).then_some(self.context_limit as usize),
+            ignore_eos: None,
         };
         Ok(settings.resolve()?)
     }

@@ -218,6 +218,9 @@ pub(crate) struct DecodeArgs {
     /// Cap on prompt + new tokens; the prompt is left-truncated to fit.
     #[arg(long)]
     context_limit: Option<usize>,
+    /// Never stop at the end-of-sequence token (answers of a known length, for load tests).
+    #[arg(long)]
+    ignore_eos: bool,
 }
 
 impl DecodeArgs {
@@ -232,6 +235,7 @@ impl DecodeArgs {
             repetition_penalty: self.repetition_penalty,
             stop_strings: (!self.stop.is_empty()).then(|| self.stop.clone()),
             context_limit: self.context_limit,
+            ignore_eos: self.ignore_eos.then_some(true),
         }
         .resolve()
     }

@@ -298,7 +298,7 @@ impl Model {
                             *n
                         });
                         let started = self.encoded(&mut encoded, image).and_then(|(emb, ms)| {
-                        let req = Request { image: RequestImage::Embeddings(&emb), ..r.clone() };
+                            let req = Request { image: RequestImage::Embeddings(&emb), ..r.clone() };
                             let id = batch.add(&req, Box::new(|_| true))?;
                             Ok((id, Some(ms)))
                         });

@@ -241,8 +241,14 @@ impl<'m> Turn<'m> {
     pub(crate) fn step(&mut self, logits: &[f32], on_text: &mut dyn FnMut(&str) -> bool) -> Result<Option<u32>> {
         self.decode_start.get_or_insert_with(Instant::now);
         let mut l = logits.to_vec();
+        let eos = self.llama.config().eos_token_id;
+        if self.opts.ignore_eos {
+            if let Some(x) = l.get_mut(eos as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
         let next = self.sampler.next(&mut l, &self.history);
-        if next == self.llama.config().eos_token_id {
+        if next == eos {
             self.stop_reason = StopReason::Eos;
             return Ok(None);
         }

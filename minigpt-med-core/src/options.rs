@@ -53,6 +53,10 @@ pub struct GenerateOptions {
     /// original demo does with 2000. `None`: the prompt must fit the model's context or the
     /// call fails.
     pub context_limit: Option<usize>,
+    /// Never end at the end-of-sequence token (its logit is masked): the answer runs to
+    /// `max_new_tokens`, a stop string or the context's end. For load tests and benchmarks
+    /// that need answers of a known length, as vLLM's and llama.cpp's `ignore_eos`.
+    pub ignore_eos: bool,
 }
 
 impl GenerateOptions {
@@ -64,6 +68,7 @@ impl GenerateOptions {
             repetition_penalty: 1.0,
             stop_strings: Vec::new(),
             context_limit: None,
+            ignore_eos: false,
         }
     }
 
@@ -81,6 +86,7 @@ impl GenerateOptions {
             repetition_penalty: 1.05,
             stop_strings: Vec::new(),
             context_limit: Some(2000),
+            ignore_eos: false,
         }
     }
 
@@ -200,6 +206,8 @@ pub struct DecodeSettings {
     pub stop_strings: Option<Vec<String>>,
     /// Cap on prompt + new tokens (see [`GenerateOptions::context_limit`]).
     pub context_limit: Option<usize>,
+    /// See [`GenerateOptions::ignore_eos`].
+    pub ignore_eos: Option<bool>,
 }
 
 impl DecodeSettings {
@@ -248,6 +256,9 @@ impl DecodeSettings {
         }
         if let Some(c) = self.context_limit {
             o.context_limit = Some(c);
+        }
+        if let Some(i) = self.ignore_eos {
+            o.ignore_eos = i;
         }
         o.validate()?;
         Ok(o)

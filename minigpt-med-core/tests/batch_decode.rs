@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use minigpt_med::{
-    Answer, ColorMode, DecodeBatch, Exchange, GenerateOptions, Image, LoadOptions, Model, Request, Sampling, StopReason, Task,
-    TaskKind, WeightDType,
+    Answer, ColorMode, DecodeBatch, Exchange, GenerateOptions, Image, LoadOptions, Model, Request, Sampling,
+    StopReason, Task, TaskKind, WeightDType,
 };
 
 fn sampled(seed: u64, max_new_tokens: usize) -> GenerateOptions {
@@ -292,7 +292,11 @@ fn a_resent_conversation_answers_as_its_tokens_say() {
         let mut want = Vec::new();
         let mut ids = after.clone();
         for _ in 0..n {
-            let p = minigpt_med::Prompt { text: String::new(), before_image: first.before_image.clone(), after_image: ids.clone() };
+            let p = minigpt_med::Prompt {
+                text: String::new(),
+                before_image: first.before_image.clone(),
+                after_image: ids.clone(),
+            };
             let l = m.prompt_logits(&emb, &p).unwrap().to_vec1::<f32>().unwrap();
             let t = (0..l.len()).max_by(|&a, &b| l[a].total_cmp(&l[b]).then(b.cmp(&a))).unwrap() as u32;
             if t == eos {
@@ -314,4 +318,27 @@ fn a_resent_conversation_answers_as_its_tokens_say() {
         after.extend(tok.encode(&a.text, false).unwrap());
         history.push(Exchange { instruction: q.to_string(), answer: a.text.clone() });
     }
+}
+
+/// `ignore_eos` masks the end-of-sequence token: an answer that ended at EOS runs on to its
+/// token limit, the same tokens up to where EOS was, alone and in a batch.
+#[test]
+fn ignore_eos_runs_an_answer_to_its_limit() {
+    let m = model();
+    let image = Image::open(fixtures().join("images/ct_nlst.png")).unwrap();
+    let task = Task::Report(None);
+    let ends = m.generate(&image, &task, &GenerateOptions::greedy(4000)).unwrap();
+    assert_eq!(ends.stop_reason, StopReason::Eos, "the fixture's report ends at EOS");
+    let n = ends.token_ids.len() + 40;
+    let opts = GenerateOptions { ignore_eos: true, ..GenerateOptions::greedy(n) };
+    let long = m.generate(&image, &task, &opts).unwrap();
+    assert_eq!(long.stop_reason, StopReason::MaxTokens);
+    assert_eq!(long.token_ids.len(), n);
+    assert_eq!(long.token_ids[..ends.token_ids.len()], ends.token_ids[..]);
+    assert!(!long.token_ids.contains(&m.tokenizer().token_id("</s>").unwrap()));
+    let batched = m.generate_batch(&[
+        Request::new(&image, task.clone(), opts.clone()),
+        Request::new(&image, task, GenerateOptions::greedy(8)),
+    ]);
+    same(batched[0].as_ref().unwrap(), &long, "batched");
 }

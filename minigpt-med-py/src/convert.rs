@@ -168,6 +168,7 @@ impl Decoding {
                 StopArg::Many(v) => v.clone(),
             }),
             context_limit: self.context_limit.map(|n| count("context_limit", n)).transpose()?,
+            ignore_eos: None,
         };
         settings.resolve().py()
     }

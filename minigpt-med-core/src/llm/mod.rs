@@ -294,7 +294,9 @@ impl Llama {
                     // A CPU model's caches are CPU tensors; `None` would mean a cache from
                     // another device, refused rather than attended wrongly.
                     let out = cache.attend_one(li, &row(&q)?, heads)?.ok_or_else(|| {
-                        Error::InvalidOption("a KV cache on another device than the model: use the model's own caches".into())
+                        Error::InvalidOption(
+                            "a KV cache on another device than the model: use the model's own caches".into(),
+                        )
                     })?;
                     rows.push(out);
                 }

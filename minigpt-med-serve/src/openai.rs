@@ -1,0 +1,321 @@
+//! OpenAI's `/v1/chat/completions`: the request read into an [`Ask`], the answer written back
+//! as a `chat.completion` or as `chat.completion.chunk` events.
+
+use std::path::Path;
+
+use minigpt_med::{Answer, DecodeSettings, Exchange, Preset, Region, StopReason, Task, TaskKind};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+use crate::input::{image_options, url_bytes, Ask};
+
+/// Most messages one request may hold: more is never a real conversation about one image.
+pub(crate) const MAX_MESSAGES: usize = 256;
+
+/// `stop`: one string or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Stop {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize, Default)]
+struct StreamOptions {
+    include_usage: Option<bool>,
+}
+
+/// The request body. Fields OpenAI defines that change nothing here (`user`, `frequency_penalty`
+/// at 0, ...) are ignored as every compatible server ignores them; those that would change the
+/// answer in a way this model cannot (`n` > 1, tools, logprobs) are refused.
+#[derive(Deserialize)]
+struct ChatRequest {
+    #[allow(dead_code)]
+    model: Option<String>,
+    messages: Vec<Message>,
+    max_tokens: Option<usize>,
+    max_completion_tokens: Option<usize>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    seed: Option<u64>,
+    stop: Option<Stop>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    n: Option<u32>,
+    #[serde(default)]
+    logprobs: bool,
+    tools: Option<Value>,
+    response_format: Option<Value>,
+    // Extensions (the `openai` client's `extra_body`).
+    task: Option<String>,
+    region: Option<[f64; 4]>,
+    grid_region: Option<[f64; 4]>,
+    color: Option<String>,
+    window: Option<[f64; 2]>,
+    window_preset: Option<String>,
+    frame: Option<usize>,
+    top_k: Option<usize>,
+    repetition_penalty: Option<f32>,
+    preset: Option<String>,
+    context_limit: Option<usize>,
+    ignore_eos: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Value>,
+}
+
+/// A parsed chat request.
+pub(crate) struct ChatAsk {
+    pub ask: Ask,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// Reads the request body into the question it asks.
+pub(crate) fn parse(body: &[u8], allowed: Option<&Path>, max_bytes: usize) -> Result<ChatAsk, ApiError> {
+    let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("invalid_json", format!("the request body is not a valid chat request: {e}"))
+    })?;
+    if req.n.is_some_and(|n| n != 1) {
+        return Err(ApiError::bad_request("unsupported", "n must be 1: ask again for another answer").param("n"));
+    }
+    if req.logprobs {
+        return Err(ApiError::bad_request("unsupported", "logprobs are not supported").param("logprobs"));
+    }
+    if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
+        return Err(ApiError::bad_request("unsupported", "MiniGPT-Med does not call tools").param("tools"));
+    }
+    if req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text") {
+        return Err(ApiError::bad_request("unsupported", "only text responses: leave out response_format")
+            .param("response_format"));
+    }
+    if req.messages.len() > MAX_MESSAGES {
+        return Err(ApiError::bad_request(
+            "too_many_messages",
+            format!("{} messages: a conversation here holds at most {MAX_MESSAGES}", req.messages.len()),
+        )
+        .param("messages"));
+    }
+
+    let mut image: Option<Vec<u8>> = None;
+    // (role, text) of the user and assistant messages, in order.
+    let mut turns: Vec<(bool, String)> = Vec::new();
+    for (i, m) in req.messages.iter().enumerate() {
+        let user = match m.role.as_str() {
+            "user" => true,
+            "assistant" => false,
+            // MiniGPT-Med was trained without a system prompt; one is accepted and not used.
+            "system" | "developer" => continue,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid_role",
+                    format!("messages[{i}].role {other:?}: use user, assistant or system"),
+                )
+                .param(format!("messages[{i}].role")))
+            }
+        };
+        let text = content_text(i, m.content.as_ref(), user, &mut image, allowed, max_bytes, turns.is_empty())?;
+        turns.push((user, text));
+    }
+    let image = image.ok_or_else(|| {
+        ApiError::bad_request(
+            "missing_image",
+            "MiniGPT-Med answers about one image: add an image_url part (a data URI) to the first user message",
+        )
+        .param("messages")
+    })?;
+    // user, assistant, user, ..., user.
+    for (k, (user, _)) in turns.iter().enumerate() {
+        if *user != (k % 2 == 0) || (k + 1 == turns.len() && !user) {
+            return Err(ApiError::bad_request(
+                "invalid_conversation",
+                "the messages must alternate user, assistant, user, ... and end with the user's question",
+            )
+            .param("messages"));
+        }
+    }
+    let (_, question) = turns.pop().ok_or_else(|| {
+        ApiError::bad_request("invalid_conversation", "no user message: ask a question").param("messages")
+    })?;
+    let history: Vec<Exchange> =
+        turns.chunks(2).map(|p| Exchange { instruction: instruction_of(&p[0].1), answer: p[1].1.clone() }).collect();
+
+    let region = match (req.region, req.grid_region) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request("invalid_option", "give region (pixels) or grid_region, not both")
+                .param("region"))
+        }
+        (Some(p), None) => Some(Region::pixels(p).map_err(|e| ApiError::from(e).param("region"))?),
+        (None, Some(g)) => Some(Region::grid(g).map_err(|e| ApiError::from(e).param("grid_region"))?),
+        (None, None) => None,
+    };
+    let task = match &req.task {
+        Some(kind) => {
+            let kind = kind.parse::<TaskKind>().map_err(|e| ApiError::from(e).param("task"))?;
+            let text = question.trim();
+            Task::from_fields(Some(kind), (!text.is_empty()).then_some(text), None, region)
+        }
+        None if region.is_some() => Task::from_fields(Some(TaskKind::Custom), Some(&question), None, region),
+        None => Ok(task_of(&question)),
+    }
+    .map_err(|e| ApiError::from(e).param("task"))?;
+
+    let window = req.window.map(|[c, w]| format!("{c},{w}"));
+    let image_options =
+        image_options(req.color.as_deref(), window.as_deref(), req.window_preset.as_deref(), req.frame)?;
+    let preset = req.preset.map(|p| p.parse::<Preset>()).transpose().map_err(|e| ApiError::from(e).param("preset"))?;
+    let stop_strings = req.stop.map(|s| match s {
+        Stop::One(s) => vec![s],
+        Stop::Many(v) => v,
+    });
+    let options = DecodeSettings {
+        preset,
+        max_new_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        top_k: req.top_k,
+        seed: req.seed,
+        repetition_penalty: req.repetition_penalty,
+        stop_strings: stop_strings.filter(|s| !s.is_empty()),
+        context_limit: req.context_limit,
+        ignore_eos: req.ignore_eos,
+    }
+    .resolve()
+    .map_err(ApiError::from)?;
+    Ok(ChatAsk {
+        ask: Ask { image, image_options, task, history, options },
+        stream: req.stream,
+        include_usage: req.stream_options.unwrap_or_default().include_usage.unwrap_or(false),
+    })
+}
+
+/// A typed question as the instruction it is: untagged or tagged text verbatim, an empty text
+/// the default report.
+fn task_of(text: &str) -> Task {
+    if text.trim().is_empty() {
+        Task::Report(None)
+    } else {
+        Task::Custom(text.to_owned())
+    }
+}
+
+fn instruction_of(text: &str) -> String {
+    task_of(text).instruction(1, 1).unwrap_or_default()
+}
+
+/// The text of message `i`; its image, if any, into `image` (only the first user message may
+/// hold one, and only one).
+fn content_text(
+    i: usize,
+    content: Option<&Value>,
+    user: bool,
+    image: &mut Option<Vec<u8>>,
+    allowed: Option<&Path>,
+    max_bytes: usize,
+    first: bool,
+) -> Result<String, ApiError> {
+    let at = |j: usize| format!("messages[{i}].content[{j}]");
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                let kind = part.get("type").and_then(Value::as_str).ok_or_else(|| {
+                    ApiError::bad_request("invalid_content", format!("{}: a part needs a string \"type\"", at(j)))
+                        .param(at(j))
+                })?;
+                match kind {
+                    "text" => texts.push(part.get("text").and_then(Value::as_str).ok_or_else(|| {
+                        ApiError::bad_request(
+                            "invalid_content",
+                            format!("{}: a text part needs a string \"text\"", at(j)),
+                        )
+                        .param(at(j))
+                    })?),
+                    "image_url" => {
+                        let url = part
+                            .get("image_url")
+                            .and_then(|u| u.get("url").or(Some(u)))
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| {
+                                ApiError::bad_request(
+                                    "invalid_content",
+                                    format!(
+                                        "{}: an image_url part needs {{\"image_url\": {{\"url\": \"data:...\"}}}}",
+                                        at(j)
+                                    ),
+                                )
+                                .param(at(j))
+                            })?;
+                        if !user || !first {
+                            return Err(ApiError::bad_request(
+                                "invalid_image_position",
+                                format!(
+                                    "{}: the image goes in the first user message (one image per conversation)",
+                                    at(j)
+                                ),
+                            )
+                            .param(at(j)));
+                        }
+                        if image.is_some() {
+                            return Err(ApiError::bad_request(
+                                "too_many_images",
+                                format!("{}: MiniGPT-Med reads one image per conversation", at(j)),
+                            )
+                            .param(at(j)));
+                        }
+                        *image = Some(url_bytes(url, allowed, max_bytes)?);
+                    }
+                    other => {
+                        return Err(ApiError::bad_request(
+                            "invalid_content",
+                            format!("{}: part type {other:?}: use text or image_url", at(j)),
+                        )
+                        .param(at(j)))
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "invalid_content",
+            format!("messages[{i}].content must be a string or a list of parts"),
+        )
+        .param(format!("messages[{i}].content"))),
+    }
+}
+
+/// OpenAI's `finish_reason` for a stop reason.
+pub(crate) fn finish_reason(r: StopReason) -> &'static str {
+    match r {
+        StopReason::Eos | StopReason::StopString => "stop",
+        StopReason::MaxTokens | StopReason::ContextFull => "length",
+        StopReason::Cancelled => "cancelled",
+    }
+}
+
+/// The `minigpt_med` extension object of a finished answer.
+pub(crate) fn extension(a: &Answer, instruction: &str, width: usize, height: usize, queue_ms: f64) -> Value {
+    let mut timings = serde_json::to_value(a.timings).unwrap_or_default();
+    timings["queue_ms"] = json!(queue_ms);
+    json!({
+        "task": TaskKind::of_instruction(instruction),
+        "instruction": instruction,
+        "stop_reason": a.stop_reason,
+        "token_ids": a.token_ids,
+        "image": {"width": width, "height": height},
+        "boxes": a.boxes,
+        "timings": timings,
+    })
+}
+
+pub(crate) fn usage(prompt_tokens: usize, a: &Answer) -> Value {
+    let c = a.token_ids.len();
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": c, "total_tokens": prompt_tokens + c})
+}
