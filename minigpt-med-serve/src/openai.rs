@@ -319,3 +319,104 @@ pub(crate) fn usage(prompt_tokens: usize, a: &Answer) -> Value {
     let c = a.token_ids.len();
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": c, "total_tokens": prompt_tokens + c})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URI: &str = "data:image/png;base64,iVBORw0K\nGgo=";
+
+    fn ask(body: Value) -> Result<ChatAsk, ApiError> {
+        parse(body.to_string().as_bytes(), None, 1 << 20)
+    }
+
+    fn image_part() -> Value {
+        json!({"type": "image_url", "image_url": {"url": URI}})
+    }
+
+    #[test]
+    fn a_conversation_becomes_history_and_a_question() {
+        let a = ask(json!({"messages": [
+            {"role": "system", "content": "ignored"},
+            {"role": "user", "content": [image_part(), {"type": "text", "text": "[vqa] Is it normal?"}]},
+            {"role": "assistant", "content": "yes"},
+            {"role": "user", "content": [{"type": "text", "text": "[refer] the heart"}]},
+        ]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The base64 may be wrapped; these are the PNG magic bytes.
+        assert_eq!(a.ask.image, b"\x89PNG\r\n\x1a\n");
+        assert_eq!(a.ask.history, vec![Exchange { instruction: "[vqa] Is it normal?".into(), answer: "yes".into() }]);
+        assert_eq!(a.ask.task, Task::Custom("[refer] the heart".into()));
+        assert!(!a.stream);
+    }
+
+    #[test]
+    fn the_task_extension_builds_the_task_from_the_text() {
+        let msgs = |t: &str| json!([{"role": "user", "content": [image_part(), {"type": "text", "text": t}]}]);
+        let a = ask(json!({"messages": msgs("the nodule"), "task": "refer"})).unwrap();
+        assert_eq!(a.ask.task, Task::Refer("the nodule".into()));
+        let a = ask(json!({"messages": msgs(""), "task": "grounding"})).unwrap();
+        assert_eq!(a.ask.task, Task::Grounding(None));
+        let a = ask(json!({"messages": msgs(""), "task": "identify", "grid_region": [1, 2, 30, 40]})).unwrap();
+        assert_eq!(a.ask.task, Task::Identify { region: Region::Grid([1, 2, 30, 40]), question: None });
+        assert_eq!(ask(json!({"messages": msgs("")})).unwrap().ask.task, Task::Report(None));
+        for (body, code) in [
+            (json!({"messages": msgs("x"), "task": "segment"}), "invalid_option"),
+            (json!({"messages": msgs("x"), "region": [1, 2, 3, 4]}), "invalid_option"),
+            (json!({"messages": msgs("x"), "region": [1, 2, 3, 4], "grid_region": [1, 2, 3, 4]}), "invalid_option"),
+            (json!({"messages": msgs("x"), "n": 3}), "unsupported"),
+            (json!({"messages": msgs("x"), "seed": 3}), "invalid_option"),
+        ] {
+            assert_eq!(ask(body.clone()).err().map(|e| e.code), Some(code), "{body}");
+        }
+    }
+
+    #[test]
+    fn malformed_conversations_say_what_is_wrong() {
+        let img = json!({"role": "user", "content": [image_part()]});
+        let cases = [
+            (json!({"messages": [{"role": "user", "content": "hi"}]}), "missing_image"),
+            (json!({"messages": [img, {"role": "assistant", "content": "a"}]}), "invalid_conversation"),
+            (json!({"messages": [img, img]}), "invalid_image_position"),
+            (json!({"messages": [{"role": "user", "content": [image_part(), image_part()]}]}), "too_many_images"),
+            (json!({"messages": [{"role": "tool", "content": "x"}]}), "invalid_role"),
+            (json!({"messages": [{"role": "user", "content": 5}]}), "invalid_content"),
+            (json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}), "invalid_content"),
+            (json!({"messages": "hi"}), "invalid_json"),
+            (json!({"messages": [img], "max_tokens": "many"}), "invalid_json"),
+        ];
+        for (body, code) in cases {
+            let e = ask(body.clone()).err().unwrap_or_else(|| panic!("{body} was accepted"));
+            assert_eq!(e.code, code, "{body}: {e}");
+            assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        }
+        let many: Vec<Value> = (0..MAX_MESSAGES + 1).map(|_| json!({"role": "user", "content": "x"})).collect();
+        assert_eq!(ask(json!({ "messages": many })).err().map(|e| e.code), Some("too_many_messages"));
+    }
+
+    #[test]
+    fn image_urls_are_data_uris_or_allowed_files() {
+        use crate::input::url_bytes;
+        assert_eq!(url_bytes("data:;base64,aGk=", None, 10).unwrap(), b"hi");
+        for (url, says) in [
+            ("data:image/png,plain", "not base64"),
+            ("data:image/png;base64", "no comma"),
+            ("data:image/png;base64,@@", "does not decode"),
+            ("https://example.com/a.png", "not fetched"),
+            ("file:///etc/passwd", "file:// URLs are off"),
+        ] {
+            let e = url_bytes(url, None, 10).unwrap_err();
+            assert!(e.message.contains(says), "{url}: {}", e.message);
+        }
+        let dir = std::env::temp_dir().join(format!("mgm-serve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.png"), b"abc").unwrap();
+        let root = dir.canonicalize().unwrap();
+        let inside = format!("file://{}", root.join("a.png").display());
+        assert_eq!(url_bytes(&inside, Some(&root), 10).unwrap(), b"abc");
+        assert!(url_bytes(&inside, Some(&root), 2).unwrap_err().message.contains("over the service's limit"));
+        let outside = format!("file://{}/../../etc/hostname", root.display());
+        assert!(url_bytes(&outside, Some(&root), 1000).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -251,25 +251,17 @@ async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
         .into_response());
     }
 
-    // A request that cannot start is an error status, not an event stream.
-    let mut early: Vec<Event> = Vec::new();
-    loop {
-        match rx.recv().await {
-            Some(Event::Started) => break,
-            Some(Event::Text(t)) => {
-                early.push(Event::Text(t));
-                break;
-            }
-            Some(Event::Done(f)) => match f.result {
-                Err(e) => return Err(ApiError::from(e)),
-                Ok(_) => {
-                    early.push(Event::Done(f));
-                    break;
-                }
-            },
-            None => return Err(ApiError::stopping()),
-        }
-    }
+    // A request that cannot start is an error status, not an event stream. The first event
+    // is `Started`, the first text, or the end (an error, or an answer that ended at once).
+    let early: Vec<Event> = match rx.recv().await {
+        Some(Event::Started) => Vec::new(),
+        Some(Event::Done(f)) => match f.result {
+            Err(e) => return Err(ApiError::from(e)),
+            Ok(_) => vec![Event::Done(f)],
+        },
+        Some(text) => vec![text],
+        None => return Err(ApiError::stopping()),
+    };
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
                "system_fingerprint": fingerprint(),
