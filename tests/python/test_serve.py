@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import socket
-import statistics
 import struct
 import sys
 import threading
@@ -176,43 +175,22 @@ def test_models_health_metrics_and_render(server):
 
 def test_load_32_clients_4_requests_each_all_exact(server):
     """32 concurrent clients x 4 requests on 4 decode slots: every answer equals the sequential
-    greedy answer; none lost or failed. Prints p50/p99 latency and aggregate tokens/s."""
+    greedy answer of the CLI; none lost or failed. Prints p50/p99 latency and aggregate tokens/s
+    (scripts/bench/serve_load.py, which docs/perf.md's 7B-shape run uses too)."""
+    sys.path.insert(0, str(ROOT / "scripts" / "bench"))
+    from serve_load import chat_body, run_load
     cases = [(CT, "[vqa] Is it normal?", ["--task", "vqa", "--prompt", "Is it normal?"], 24),
              (CXR, "[refer] the heart", ["--task", "refer", "--prompt", "the heart"], 16),
              (MRI, "", [], 20),
              (CT, "[detection] nodule", ["--task", "detection", "--prompt", "nodule"], 12)]
     want = [generate_json("--image", str(img), "--max-new-tokens", str(n), *cli)["token_ids"]
             for img, _, cli, n in cases]
-    bodies = [{"model": "m", "messages": [user(img, text)], "max_tokens": n} for img, text, _, n in cases]
-    latencies, tokens, errors = [], [0], []
-    lock = threading.Lock()
-
-    def client_run(k: int):
-        with httpx.Client(base_url=server.url, timeout=300) as c:
-            for j in range(4):
-                i = (k + j) % len(cases)
-                t0 = time.perf_counter()
-                r = c.post("/v1/chat/completions", json=bodies[i])
-                dt = time.perf_counter() - t0
-                with lock:
-                    if r.status_code != 200:
-                        errors.append((k, j, r.status_code, r.text))
-                        continue
-                    got = r.json()["minigpt_med"]["token_ids"]
-                    if got != want[i]:
-                        errors.append((k, j, "mismatch", got, want[i]))
-                    latencies.append(dt)
-                    tokens[0] += len(got)
-
-    t0 = time.perf_counter()
-    with cf.ThreadPoolExecutor(32) as pool:
-        list(pool.map(client_run, range(32)))
-    wall = time.perf_counter() - t0
-    assert not errors, errors[:3]
-    assert len(latencies) == 128
-    q = statistics.quantiles(latencies, n=100)
-    print(f"\nload: 128 requests, p50 {q[49] * 1e3:.0f} ms, p99 {q[98] * 1e3:.0f} ms, "
-          f"{tokens[0] / wall:.1f} tokens/s aggregate, {wall:.1f} s")
+    bodies = [chat_body(img, text, n) for img, text, _, n in cases]
+    r = run_load(server.url, bodies, want, clients=32, requests=4)
+    assert not r["errors"], r["errors"][:3]
+    assert r["answered"] == 128 and r["tokens"] == 32 * sum(len(w) for w in want)
+    print(f"\nload: {r['answered']} requests, p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms, "
+          f"{r['tokens_per_s']:.1f} tokens/s aggregate, {r['wall_s']:.1f} s")
 
 
 # --- hostile requests: each a 4xx with OpenAI's error object, then a good request answered --
