@@ -91,9 +91,23 @@ pub(crate) struct EngineConfig {
     pub studies: usize,
 }
 
-/// Runs the engine until `jobs` is closed and every request has ended.
+/// Runs the engine until `jobs` is closed and every request has ended. Should the engine
+/// panic (a bug, never an input: inputs are checked), the requests in flight fail, their
+/// channels closing, and the engine starts again for the next ones.
 pub(crate) fn run(model: Arc<Model>, jobs: Receiver<Job>, shared: Arc<Shared>, cfg: EngineConfig) {
-    let model: &Model = &model;
+    loop {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve_jobs(&model, &jobs, &shared, &cfg)));
+        match run {
+            Ok(()) => return,
+            Err(_) => {
+                eprintln!("minigpt-med serve: the engine failed (a bug: please report it); the requests in flight fail, the service goes on");
+                shared.active.store(0, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn serve_jobs(model: &Model, jobs: &Receiver<Job>, shared: &Shared, cfg: &EngineConfig) {
     // Most recently used last.
     let mut studies: Vec<(ImageKey, Study<&Model>)> = Vec::new();
     let mut batch = DecodeBatch::new(model);
@@ -133,7 +147,7 @@ pub(crate) fn run(model: Arc<Model>, jobs: Receiver<Job>, shared: Arc<Shared>, c
                 shared.metrics.request_ended("cancelled", job.enqueued.elapsed());
                 continue;
             }
-            admit(model, &mut batch, &mut studies, &mut running, job, queue_ms, &cfg, &shared);
+            admit(model, &mut batch, &mut studies, &mut running, job, queue_ms, cfg, shared);
         }
         if shared.past_deadline() {
             batch.cancel_all();

@@ -95,6 +95,20 @@ impl AppState {
         (mean * rounds).ceil().min(3600.0) as u64
     }
 
+    /// Why a request's channel closed without an end: the service stopped before it ran, or
+    /// the engine failed on it.
+    fn engine_gone(&self) -> ApiError {
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            ApiError::stopping()
+        } else {
+            ApiError::bad_request(
+                "internal_error",
+                "the engine failed on this request (a bug: please report it); retry",
+            )
+            .status(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+        }
+    }
+
     fn completion_id(&self) -> String {
         format!("chatcmpl-{}", self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -216,13 +230,13 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 /// Waits for the request's end, ignoring its text.
-async fn finished(rx: &mut UnboundedReceiver<Event>) -> Result<Box<Finished>, ApiError> {
+async fn finished(st: &AppState, rx: &mut UnboundedReceiver<Event>) -> Result<Box<Finished>, ApiError> {
     while let Some(ev) = rx.recv().await {
         if let Event::Done(f) = ev {
             return Ok(f);
         }
     }
-    Err(ApiError::stopping())
+    Err(st.engine_gone())
 }
 
 async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
@@ -237,7 +251,7 @@ async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
     let model = st.cfg.name.clone();
 
     if !parsed.stream {
-        let f = finished(&mut rx).await?;
+        let f = finished(&st, &mut rx).await?;
         let a = f.result.map_err(ApiError::from)?;
         record(&st, &a, t0);
         return Ok(Json(json!({
@@ -260,7 +274,7 @@ async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
             Ok(_) => vec![Event::Done(f)],
         },
         Some(text) => vec![text],
-        None => return Err(ApiError::stopping()),
+        None => return Err(st.engine_gone()),
     };
     let chunk = move |delta: Value, finish: Option<&str>| {
         json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -421,7 +435,7 @@ async fn answer(
     let (decoded, key) = input::decode(image, image_options.clone()).await?;
     let ask = Ask { image: Vec::new(), image_options, task, history: Vec::new(), options };
     let mut rx = st.submit(decoded, key, ask)?;
-    let f = finished(&mut rx).await?;
+    let f = finished(&st, &mut rx).await?;
     let a = f.result.map_err(ApiError::from)?;
     record(&st, &a, t0);
     let mut v = st.model.answer_json(&a);
