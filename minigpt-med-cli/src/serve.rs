@@ -30,6 +30,9 @@ pub(crate) struct ServeArgs {
     /// Largest request body, in MB.
     #[arg(long, default_value_t = 32)]
     max_body_mb: usize,
+    /// Largest image accepted, in megapixels.
+    #[arg(long, default_value_t = 36.0)]
+    max_image_mp: f64,
     /// Seconds a client may take to send its request body.
     #[arg(long, default_value_t = 60)]
     body_timeout_s: u64,
@@ -56,6 +59,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         api_key: a.api_key.filter(|k| !k.is_empty()),
         max_body_bytes: a.max_body_mb.saturating_mul(1024 * 1024),
         body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
+        max_image_pixels: (a.max_image_mp.max(0.0) * 1e6) as u64,
         allow_file_urls: a.allow_file_urls,
         studies: a.studies,
         grace: Duration::from_secs(a.grace_s),

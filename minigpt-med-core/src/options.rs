@@ -120,9 +120,28 @@ impl GenerateOptions {
         if self.stop_strings.iter().any(String::is_empty) {
             return Err(Error::InvalidOption("stop strings may not be empty".into()));
         }
+        // Every decode step searches the text for each stop string: bounded, so no request can
+        // make the steps of a whole batch slow.
+        if self.stop_strings.len() > MAX_STOP_STRINGS {
+            return Err(Error::InvalidOption(format!(
+                "{} stop strings: give at most {MAX_STOP_STRINGS}",
+                self.stop_strings.len()
+            )));
+        }
+        if let Some(s) = self.stop_strings.iter().find(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(Error::InvalidOption(format!(
+                "a stop string of {} bytes: each may be at most {MAX_STOP_BYTES}",
+                s.len()
+            )));
+        }
         Ok(())
     }
 }
+
+/// Most stop strings one answer takes.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// Longest stop string, in bytes.
+pub const MAX_STOP_BYTES: usize = 256;
 
 impl Default for GenerateOptions {
     /// [`Preset::Eval`]: greedy, 300 new tokens.
@@ -325,5 +344,21 @@ mod tests {
         }
         assert_eq!("greedy".parse::<Preset>().unwrap(), Preset::Eval);
         assert!("fast".parse::<Preset>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod stop_limits {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_bounded_in_number_and_length() {
+        let with = |stop: Vec<String>| DecodeSettings { stop_strings: Some(stop), ..Default::default() }.resolve();
+        assert!(with(vec!["x".into(); MAX_STOP_STRINGS]).is_ok());
+        let e = with(vec!["x".into(); MAX_STOP_STRINGS + 1]).unwrap_err().to_string();
+        assert!(e.contains("at most 16"), "{e}");
+        assert!(with(vec!["é".repeat(MAX_STOP_BYTES / 2)]).is_ok());
+        let e = with(vec!["a".repeat(MAX_STOP_BYTES + 1)]).unwrap_err().to_string();
+        assert!(e.contains("at most 256"), "{e}");
     }
 }

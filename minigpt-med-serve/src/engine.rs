@@ -58,6 +58,10 @@ pub(crate) struct Shared {
     pub stopping: AtomicBool,
     /// After this instant running answers are cancelled and queued ones refused.
     pub deadline: Mutex<Option<Instant>>,
+    /// When the stop began: requests that arrived before it are still taken.
+    pub stop_at: Mutex<Option<Instant>>,
+    /// POST requests being read, parsed or waiting to be sent to the engine.
+    pub inflight: AtomicUsize,
     pub metrics: Metrics,
 }
 
@@ -68,6 +72,8 @@ impl Shared {
             active: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
             deadline: Mutex::new(None),
+            stop_at: Mutex::new(None),
+            inflight: AtomicUsize::new(0),
             metrics: Metrics::new(),
         }
     }
@@ -161,7 +167,11 @@ fn serve_jobs(model: &Model, jobs: &Receiver<Job>, shared: &Shared, cfg: &Engine
         if batch.is_empty() {
             // Stopping with nothing running or waiting: done (requests sent after this find
             // the channel closed and are answered 503).
-            if closed || (shared.stopping.load(Ordering::SeqCst) && shared.queued.load(Ordering::SeqCst) == 0) {
+            let idle = shared.queued.load(Ordering::SeqCst) == 0 && shared.inflight.load(Ordering::SeqCst) == 0;
+            if closed
+                || (shared.stopping.load(Ordering::SeqCst) && idle)
+                || (shared.past_deadline() && shared.stopping.load(Ordering::SeqCst))
+            {
                 break;
             }
             continue;

@@ -21,12 +21,13 @@ pub(crate) struct Ask {
 }
 
 /// The image options of a request's text fields (`color`, `window` as `C,W`, `window_preset`,
-/// `frame`), each checked by the core's parser.
+/// `frame`), each checked by the core's parser; images over `max_pixels` are refused.
 pub(crate) fn image_options(
     color: Option<&str>,
     window: Option<&str>,
     preset: Option<&str>,
     frame: Option<usize>,
+    max_pixels: u64,
 ) -> Result<ImageOptions, ApiError> {
     let color = match color {
         Some(c) => c.parse::<ColorMode>().map_err(|e| ApiError::from(e).param("color"))?,
@@ -40,7 +41,7 @@ pub(crate) fn image_options(
             ApiError::bad_request("invalid_option", "give a window or a window preset, not both").param("window")
         );
     }
-    Ok(ImageOptions { window, preset, frame, color, ..ImageOptions::default() })
+    Ok(ImageOptions { window, preset, frame, color, max_pixels, ..ImageOptions::default() })
 }
 
 /// The bytes an `image_url` names: a `data:` URI (base64), or a `file://` path inside
@@ -76,15 +77,32 @@ pub(crate) fn url_bytes(url: &str, allowed: Option<&Path>, max_bytes: usize) -> 
 }
 
 fn read_allowed(path: &Path, root: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
-    let real: PathBuf = path.canonicalize().map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    use std::io::Read;
+    // One answer for every path the service may not read, whether or not it exists, so
+    // clients learn nothing about the rest of the disk.
+    let refused = || format!("{} is not a readable file inside the directory the service may read", path.display());
+    let real: PathBuf = path.canonicalize().map_err(|_| refused())?;
     if !real.starts_with(root) {
-        return Err(format!("{} is outside the directory the service may read ({})", path.display(), root.display()));
+        return Err(refused());
     }
-    let len = std::fs::metadata(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))?.len();
-    if len > max_bytes as u64 {
-        return Err(format!("{} is {len} bytes, over the service's limit of {max_bytes}", path.display()));
+    // A regular file only: opening a FIFO blocks, a device may never end. Checked before the
+    // open and again on the open file.
+    if !std::fs::metadata(&real).map_err(|_| refused())?.is_file() {
+        return Err(refused());
     }
-    std::fs::read(&real).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    let mut file = std::fs::File::open(&real).map_err(|_| refused())?;
+    if !file.metadata().map_err(|_| refused())?.is_file() {
+        return Err(refused());
+    }
+    let mut bytes = Vec::new();
+    file.by_ref()
+        .take(max_bytes as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.len() > max_bytes {
+        return Err(format!("{} is over the service's limit of {max_bytes} bytes", path.display()));
+    }
+    Ok(bytes)
 }
 
 /// Decodes `bytes` with `opts` on a blocking thread; returns the image and its key.

@@ -50,6 +50,9 @@ pub struct ServeConfig {
     pub max_body_bytes: usize,
     /// Longest a client may take to send its body (`408` beyond).
     pub body_timeout: Duration,
+    /// Largest image accepted, in pixels (`400` beyond): a decoded image waits in memory with its
+    /// request, so this bounds what a queue of requests holds.
+    pub max_image_pixels: u64,
     /// A directory `file://` image URLs may read from; `None`: `file://` refused.
     pub allow_file_urls: Option<PathBuf>,
     /// Distinct images kept encoded with their prompt prefix (each holds a KV cache of the
@@ -71,6 +74,7 @@ impl Default for ServeConfig {
             api_key: None,
             max_body_bytes: 32 * 1024 * 1024,
             body_timeout: Duration::from_secs(60),
+            max_image_pixels: 36_000_000,
             allow_file_urls: None,
             studies: 4,
             grace: Duration::from_secs(30),
@@ -109,6 +113,13 @@ pub fn serve_with(model: Model, mut cfg: ServeConfig, on_listening: impl FnOnce(
     if cfg.parallel == 0 {
         return Err(ServeError::Config("parallel must be at least 1".into()));
     }
+    if cfg.max_queue == 0 {
+        return Err(ServeError::Config(
+            "max_queue must be at least 1 (a request waits in the queue until the engine takes it)".into(),
+        ));
+    }
+    // A grace period past a day is taken as "finish everything" without overflowing a clock.
+    cfg.grace = cfg.grace.min(Duration::from_secs(86_400));
     if let Some(dir) = &cfg.allow_file_urls {
         let real = dir.canonicalize().map_err(|e| {
             ServeError::Config(format!("--allow-file-urls {}: {e}; give an existing directory", dir.display()))
@@ -138,7 +149,10 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
             .spawn(move || engine::run(model, rx, shared, engine_cfg))?
     };
     let grace = cfg.grace;
+    // Requests admitted at once: every decode slot and queue place, and a few being read.
+    let admission = Arc::new(tokio::sync::Semaphore::new(cfg.parallel + cfg.max_queue + 8));
     let state = Arc::new(routes::AppState {
+        admission,
         model,
         jobs,
         shared: shared.clone(),
@@ -147,6 +161,8 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
         started: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
     });
     let app = routes::router(state.clone());
+    // Installed before the address is announced: a SIGTERM right after it is a clean stop.
+    let signal = stop_signal()?;
     drop(state);
     on_listening(local);
 
@@ -154,11 +170,14 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
     let stopping = {
         let shared = shared.clone();
         async move {
-            stop_signal().await;
+            signal.await;
             eprintln!(
                 "minigpt-med serve: stopping: no new requests; in-flight answers have {} s to finish",
                 grace.as_secs()
             );
+            if let Ok(mut s) = shared.stop_at.lock() {
+                *s = Some(Instant::now());
+            }
             shared.stopping.store(true, Ordering::SeqCst);
             if let Ok(mut d) = shared.deadline.lock() {
                 *d = Some(Instant::now() + grace);
@@ -185,23 +204,20 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
     Ok(())
 }
 
-async fn stop_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// SIGTERM or Ctrl-C, its handlers installed now.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (mut term, mut int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?)
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

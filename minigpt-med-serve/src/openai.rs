@@ -13,6 +13,10 @@ use crate::input::{image_options, url_bytes, Ask};
 /// Most messages one request may hold: more is never a real conversation about one image.
 pub(crate) const MAX_MESSAGES: usize = 256;
 
+/// Most text, in bytes, of all messages together: far past any context (4096 positions), and
+/// small enough that tokenizing it never holds up the engine.
+pub(crate) const MAX_TEXT_BYTES: usize = 256 * 1024;
+
 /// `stop`: one string or several.
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -33,6 +37,7 @@ struct StreamOptions {
 struct ChatRequest {
     #[allow(dead_code)]
     model: Option<String>,
+    #[serde(deserialize_with = "bounded_messages")]
     messages: Vec<Message>,
     max_tokens: Option<usize>,
     max_completion_tokens: Option<usize>,
@@ -40,14 +45,12 @@ struct ChatRequest {
     top_p: Option<f32>,
     seed: Option<u64>,
     stop: Option<Stop>,
-    #[serde(default)]
-    stream: bool,
+    stream: Option<bool>,
     stream_options: Option<StreamOptions>,
     n: Option<u32>,
-    #[serde(default)]
-    logprobs: bool,
-    tools: Option<Value>,
-    response_format: Option<Value>,
+    logprobs: Option<bool>,
+    tools: Option<serde::de::IgnoredAny>,
+    response_format: Option<ResponseFormat>,
     // Extensions (the `openai` client's `extra_body`).
     task: Option<String>,
     region: Option<[f64; 4]>,
@@ -66,7 +69,7 @@ struct ChatRequest {
 #[derive(Deserialize)]
 struct Message {
     role: String,
-    content: Option<Value>,
+    content: Option<Content>,
 }
 
 /// A parsed chat request.
@@ -77,31 +80,28 @@ pub(crate) struct ChatAsk {
 }
 
 /// Reads the request body into the question it asks.
-pub(crate) fn parse(body: &[u8], allowed: Option<&Path>, max_bytes: usize) -> Result<ChatAsk, ApiError> {
+pub(crate) fn parse(
+    body: &[u8],
+    allowed: Option<&Path>,
+    max_bytes: usize,
+    max_pixels: u64,
+) -> Result<ChatAsk, ApiError> {
     let req: ChatRequest = serde_json::from_slice(body).map_err(|e| {
         ApiError::bad_request("invalid_json", format!("the request body is not a valid chat request: {e}"))
     })?;
     if req.n.is_some_and(|n| n != 1) {
         return Err(ApiError::bad_request("unsupported", "n must be 1: ask again for another answer").param("n"));
     }
-    if req.logprobs {
+    if req.logprobs == Some(true) {
         return Err(ApiError::bad_request("unsupported", "logprobs are not supported").param("logprobs"));
     }
-    if req.tools.as_ref().is_some_and(|t| !t.is_null()) {
+    if req.tools.is_some() {
         return Err(ApiError::bad_request("unsupported", "MiniGPT-Med does not call tools").param("tools"));
     }
-    if req.response_format.as_ref().and_then(|f| f.get("type")).and_then(Value::as_str).is_some_and(|t| t != "text") {
+    if req.response_format.as_ref().and_then(|f| f.kind.as_deref()).is_some_and(|t| t != "text") {
         return Err(ApiError::bad_request("unsupported", "only text responses: leave out response_format")
             .param("response_format"));
     }
-    if req.messages.len() > MAX_MESSAGES {
-        return Err(ApiError::bad_request(
-            "too_many_messages",
-            format!("{} messages: a conversation here holds at most {MAX_MESSAGES}", req.messages.len()),
-        )
-        .param("messages"));
-    }
-
     let mut image: Option<Vec<u8>> = None;
     // (role, text) of the user and assistant messages, in order.
     let mut turns: Vec<(bool, String)> = Vec::new();
@@ -121,6 +121,16 @@ pub(crate) fn parse(body: &[u8], allowed: Option<&Path>, max_bytes: usize) -> Re
         };
         let text = content_text(i, m.content.as_ref(), user, &mut image, allowed, max_bytes, turns.is_empty())?;
         turns.push((user, text));
+    }
+    let text_bytes: usize = turns.iter().map(|(_, t)| t.len()).sum();
+    if text_bytes > MAX_TEXT_BYTES {
+        return Err(ApiError::bad_request(
+            "text_too_long",
+            format!(
+                "the messages hold {text_bytes} bytes of text, more than any context takes: send at most {MAX_TEXT_BYTES}"
+            ),
+        )
+        .param("messages"));
     }
     let image = image.ok_or_else(|| {
         ApiError::bad_request(
@@ -167,7 +177,7 @@ pub(crate) fn parse(body: &[u8], allowed: Option<&Path>, max_bytes: usize) -> Re
 
     let window = req.window.map(|[c, w]| format!("{c},{w}"));
     let image_options =
-        image_options(req.color.as_deref(), window.as_deref(), req.window_preset.as_deref(), req.frame)?;
+        image_options(req.color.as_deref(), window.as_deref(), req.window_preset.as_deref(), req.frame, max_pixels)?;
     let preset = req.preset.map(|p| p.parse::<Preset>()).transpose().map_err(|e| ApiError::from(e).param("preset"))?;
     let stop_strings = req.stop.map(|s| match s {
         Stop::One(s) => vec![s],
@@ -189,7 +199,7 @@ pub(crate) fn parse(body: &[u8], allowed: Option<&Path>, max_bytes: usize) -> Re
     .map_err(ApiError::from)?;
     Ok(ChatAsk {
         ask: Ask { image, image_options, task, history, options },
-        stream: req.stream,
+        stream: req.stream.unwrap_or(false),
         include_usage: req.stream_options.unwrap_or_default().include_usage.unwrap_or(false),
     })
 }
@@ -212,7 +222,7 @@ fn instruction_of(text: &str) -> String {
 /// hold one, and only one).
 fn content_text(
     i: usize,
-    content: Option<&Value>,
+    content: Option<&Content>,
     user: bool,
     image: &mut Option<Vec<u8>>,
     allowed: Option<&Path>,
@@ -220,75 +230,127 @@ fn content_text(
     first: bool,
 ) -> Result<String, ApiError> {
     let at = |j: usize| format!("messages[{i}].content[{j}]");
-    match content {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let kind = part.get("type").and_then(Value::as_str).ok_or_else(|| {
-                    ApiError::bad_request("invalid_content", format!("{}: a part needs a string \"type\"", at(j)))
-                        .param(at(j))
+    let parts = match content {
+        None => return Ok(String::new()),
+        Some(Content::Text(s)) => return Ok(s.clone()),
+        Some(Content::Parts(parts)) => parts,
+    };
+    let mut texts = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let invalid = |m: String| ApiError::bad_request("invalid_content", m).param(at(j));
+        match part.kind.as_str() {
+            "text" => texts.push(
+                part.text
+                    .as_deref()
+                    .ok_or_else(|| invalid(format!("{}: a text part needs a string \"text\"", at(j))))?,
+            ),
+            "image_url" => {
+                let url = part.image_url.as_ref().map(|u| u.url.as_str()).ok_or_else(|| {
+                    invalid(format!("{}: an image_url part needs {{\"image_url\": {{\"url\": \"data:...\"}}}}", at(j)))
                 })?;
-                match kind {
-                    "text" => texts.push(part.get("text").and_then(Value::as_str).ok_or_else(|| {
-                        ApiError::bad_request(
-                            "invalid_content",
-                            format!("{}: a text part needs a string \"text\"", at(j)),
-                        )
-                        .param(at(j))
-                    })?),
-                    "image_url" => {
-                        let url = part
-                            .get("image_url")
-                            .and_then(|u| u.get("url").or(Some(u)))
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| {
-                                ApiError::bad_request(
-                                    "invalid_content",
-                                    format!(
-                                        "{}: an image_url part needs {{\"image_url\": {{\"url\": \"data:...\"}}}}",
-                                        at(j)
-                                    ),
-                                )
-                                .param(at(j))
-                            })?;
-                        if !user || !first {
-                            return Err(ApiError::bad_request(
-                                "invalid_image_position",
-                                format!(
-                                    "{}: the image goes in the first user message (one image per conversation)",
-                                    at(j)
-                                ),
-                            )
-                            .param(at(j)));
-                        }
-                        if image.is_some() {
-                            return Err(ApiError::bad_request(
-                                "too_many_images",
-                                format!("{}: MiniGPT-Med reads one image per conversation", at(j)),
-                            )
-                            .param(at(j)));
-                        }
-                        *image = Some(url_bytes(url, allowed, max_bytes)?);
-                    }
-                    other => {
-                        return Err(ApiError::bad_request(
-                            "invalid_content",
-                            format!("{}: part type {other:?}: use text or image_url", at(j)),
-                        )
-                        .param(at(j)))
-                    }
+                if !user || !first {
+                    return Err(ApiError::bad_request(
+                        "invalid_image_position",
+                        format!("{}: the image goes in the first user message (one image per conversation)", at(j)),
+                    )
+                    .param(at(j)));
                 }
+                if image.is_some() {
+                    return Err(ApiError::bad_request(
+                        "too_many_images",
+                        format!("{}: MiniGPT-Med reads one image per conversation", at(j)),
+                    )
+                    .param(at(j)));
+                }
+                *image = Some(url_bytes(url, allowed, max_bytes)?);
             }
-            Ok(texts.join("\n"))
+            other => return Err(invalid(format!("{}: part type {other:?}: use text or image_url", at(j)))),
         }
-        Some(_) => Err(ApiError::bad_request(
-            "invalid_content",
-            format!("messages[{i}].content must be a string or a list of parts"),
-        )
-        .param(format!("messages[{i}].content"))),
     }
+    Ok(texts.join("\n"))
+}
+
+/// A message's content: a string, or a list of parts. Read straight from the JSON text (no
+/// intermediate tree, whose size a hostile body could multiply), at most [`MAX_PARTS`] parts.
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// Most parts one message may hold.
+const MAX_PARTS: usize = 64;
+
+#[derive(Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+    image_url: Option<ImageUrl>,
+}
+
+#[derive(Deserialize)]
+struct ImageUrl {
+    url: String,
+}
+
+impl<'de> Deserialize<'de> for Content {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Content;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or a list of content parts")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Content, E> {
+                Ok(Content::Text(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Content, E> {
+                Ok(Content::Text(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Content, A::Error> {
+                let mut parts = Vec::new();
+                while let Some(p) = seq.next_element::<Part>()? {
+                    if parts.len() == MAX_PARTS {
+                        return Err(serde::de::Error::custom(format!("a message holds at most {MAX_PARTS} parts")));
+                    }
+                    parts.push(p);
+                }
+                Ok(Content::Parts(parts))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+/// `messages`, read one by one and refused past [`MAX_MESSAGES`] before the rest is read.
+fn bounded_messages<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Message>, D::Error> {
+    struct Visit;
+    impl<'de> serde::de::Visitor<'de> for Visit {
+        type Value = Vec<Message>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of messages")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Message>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(m) = seq.next_element::<Message>()? {
+                if out.len() == MAX_MESSAGES {
+                    return Err(serde::de::Error::custom(format!(
+                        "too many messages: a conversation here holds at most {MAX_MESSAGES}"
+                    )));
+                }
+                out.push(m);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(Visit)
+}
+
+/// `response_format`: only its type is read.
+#[derive(Deserialize)]
+struct ResponseFormat {
+    #[serde(rename = "type")]
+    kind: Option<String>,
 }
 
 /// OpenAI's `finish_reason` for a stop reason.
@@ -327,7 +389,7 @@ mod tests {
     const URI: &str = "data:image/png;base64,iVBORw0K\nGgo=";
 
     fn ask(body: Value) -> Result<ChatAsk, ApiError> {
-        parse(body.to_string().as_bytes(), None, 1 << 20)
+        parse(body.to_string().as_bytes(), None, 1 << 20, 1 << 24)
     }
 
     fn image_part() -> Value {
@@ -380,7 +442,8 @@ mod tests {
             (json!({"messages": [img, img]}), "invalid_image_position"),
             (json!({"messages": [{"role": "user", "content": [image_part(), image_part()]}]}), "too_many_images"),
             (json!({"messages": [{"role": "tool", "content": "x"}]}), "invalid_role"),
-            (json!({"messages": [{"role": "user", "content": 5}]}), "invalid_content"),
+            (json!({"messages": [{"role": "user", "content": 5}]}), "invalid_json"),
+            (json!({"messages": [{"role": "user", "content": [{"text": "no type"}]}]}), "invalid_json"),
             (json!({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}), "invalid_content"),
             (json!({"messages": "hi"}), "invalid_json"),
             (json!({"messages": [img], "max_tokens": "many"}), "invalid_json"),
@@ -391,7 +454,11 @@ mod tests {
             assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
         }
         let many: Vec<Value> = (0..MAX_MESSAGES + 1).map(|_| json!({"role": "user", "content": "x"})).collect();
-        assert_eq!(ask(json!({ "messages": many })).err().map(|e| e.code), Some("too_many_messages"));
+        let e = ask(json!({ "messages": many })).err().unwrap();
+        assert!(e.message.contains("at most 256"), "{e}");
+        let long = "x".repeat(MAX_TEXT_BYTES + 1);
+        let e = ask(json!({"messages": [{"role": "user", "content": [image_part(), {"type": "text", "text": long}]}]}));
+        assert_eq!(e.err().map(|e| e.code), Some("text_too_long"));
     }
 
     #[test]

@@ -38,6 +38,22 @@ pub(crate) struct AppState {
     pub next_id: AtomicU64,
     /// Unix seconds at start (the model's `created`).
     pub started: u64,
+    /// POST requests admitted at once (reading, parsing, decoding or waiting for an answer):
+    /// bounds the memory requests hold before the engine's own queue limit applies.
+    pub admission: Arc<tokio::sync::Semaphore>,
+}
+
+/// When a request arrived (set by [`guard`]).
+#[derive(Clone, Copy)]
+pub(crate) struct Arrived(pub Instant);
+
+/// Undoes [`Shared::inflight`]'s count when a request's handling ends, however it ends.
+struct Inflight(Arc<Shared>);
+
+impl Drop for Inflight {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 type St = State<Arc<AppState>>;
@@ -61,8 +77,16 @@ pub(crate) fn router(state: Arc<AppState>) -> Router {
 
 impl AppState {
     /// Sends a question to the engine; its events come on the returned channel.
-    fn submit(&self, image: Arc<Image>, key: ImageKey, ask: Ask) -> Result<UnboundedReceiver<Event>, ApiError> {
-        if self.shared.stopping.load(Ordering::SeqCst) {
+    fn submit(
+        &self,
+        arrived: Instant,
+        image: Arc<Image>,
+        key: ImageKey,
+        ask: Ask,
+    ) -> Result<UnboundedReceiver<Event>, ApiError> {
+        // A request that arrived before the stop is still answered (within the grace period).
+        let after_stop = self.shared.stop_at.lock().map_or(true, |s| s.is_some_and(|s| arrived >= s));
+        if self.shared.stopping.load(Ordering::SeqCst) && after_stop {
             return Err(ApiError::stopping());
         }
         let waiting = self.shared.queued.fetch_add(1, Ordering::SeqCst);
@@ -126,6 +150,28 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
             return ApiError::unauthorized().into_response();
         }
     }
+    if !host_allowed(&st.cfg.host, req.headers()) {
+        st.shared.metrics.request_ended("rejected", t0.elapsed());
+        return ApiError::bad_request(
+            "invalid_host",
+            "this service listens on loopback and answers requests for localhost only (the Host header names another \
+             host, as a DNS-rebinding page would): use http://127.0.0.1 or http://localhost",
+        )
+        .status(StatusCode::FORBIDDEN, "invalid_request_error")
+        .into_response();
+    }
+    let mut req = req;
+    req.extensions_mut().insert(Arrived(t0));
+    let (_permit, _inflight) = if req.method() == Method::POST {
+        let Ok(permit) = st.admission.clone().try_acquire_owned() else {
+            st.shared.metrics.request_ended("rejected", t0.elapsed());
+            return close(ApiError::busy(st.retry_after(st.cfg.max_queue)).into_response());
+        };
+        st.shared.inflight.fetch_add(1, Ordering::SeqCst);
+        (Some(permit), Some(Inflight(st.shared.clone())))
+    } else {
+        (None, None)
+    };
     let (parts, body) = req.into_parts();
     let limit = st.cfg.max_body_bytes;
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -133,7 +179,8 @@ async fn guard(State(st): St, req: Request, next: Next) -> Response {
         st.shared.metrics.request_ended("rejected", t0.elapsed());
         return close(ApiError::too_large(limit).into_response());
     }
-    let bytes = match tokio::time::timeout(st.cfg.body_timeout, read_limited(body, limit)).await {
+    let capacity = declared.map_or(0, |n| n as usize);
+    let bytes = match tokio::time::timeout(st.cfg.body_timeout, read_limited(body, limit, capacity)).await {
         Err(_) => {
             st.shared.metrics.request_ended("rejected", t0.elapsed());
             return close(ApiError::too_slow(st.cfg.body_timeout.as_secs()).into_response());
@@ -167,9 +214,25 @@ fn authorized(headers: &HeaderMap, key: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_limited(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+/// Whether the `Host` header suits the bound address: a service on loopback answers only
+/// requests addressed to loopback names (a DNS-rebinding page's requests name its own host).
+fn host_allowed(bound: &str, headers: &HeaderMap) -> bool {
+    let loopback = matches!(bound, "127.0.0.1" | "localhost" | "::1" | "[::1]");
+    if !loopback {
+        return true;
+    }
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    matches!(name.to_ascii_lowercase().as_str(), "127.0.0.1" | "localhost" | "::1")
+}
+
+async fn read_limited(body: Body, limit: usize, capacity: usize) -> Result<Bytes, ApiError> {
     let mut stream = body.into_data_stream();
-    let mut buf = Vec::new();
+    // The declared length (already checked against the limit) sized once: no doubling.
+    let mut buf = Vec::with_capacity(capacity.min(limit));
     while let Some(chunk) = stream.next().await {
         let chunk = chunk
             .map_err(|e| ApiError::bad_request("invalid_body", format!("the request body could not be read: {e}")))?;
@@ -239,14 +302,41 @@ async fn finished(st: &AppState, rx: &mut UnboundedReceiver<Event>) -> Result<Bo
     Err(st.engine_gone())
 }
 
-async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
+async fn chat(
+    State(st): St,
+    axum::Extension(Arrived(arrived)): axum::Extension<Arrived>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let t0 = Instant::now();
-    let parsed = openai::parse(&body, st.cfg.allow_file_urls.as_deref(), st.cfg.max_body_bytes)?;
-    let ask = parsed.ask;
-    let (image, key) = input::decode(ask.image.clone(), ask.image_options.clone()).await?;
+    // A JSON body only: a browser page may send other types across origins without asking.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"));
+    if !json {
+        return Err(ApiError::bad_request(
+            "unsupported_media_type",
+            "send the chat request as JSON, with the header Content-Type: application/json",
+        )
+        .status(StatusCode::UNSUPPORTED_MEDIA_TYPE, "invalid_request_error"));
+    }
+    // Parsing (base64, a file:// read) is blocking work: off the async threads. The body is
+    // dropped once parsed.
+    let cfg = st.cfg.clone();
+    let parsed = tokio::task::spawn_blocking(move || {
+        openai::parse(&body, cfg.allow_file_urls.as_deref(), cfg.max_body_bytes, cfg.max_image_pixels)
+    })
+    .await
+    .map_err(|e| {
+        ApiError::bad_request("internal_error", format!("the request parser stopped: {e}"))
+            .status(StatusCode::INTERNAL_SERVER_ERROR, "server_error")
+    })??;
+    let mut ask = parsed.ask;
+    let (image, key) = input::decode(std::mem::take(&mut ask.image), ask.image_options.clone()).await?;
     let (w, h) = (image.width(), image.height());
     let instruction = ask.task.instruction(w, h).map_err(|e| ApiError::from(e).param("task"))?;
-    let mut rx = st.submit(image, key, Ask { image: Vec::new(), ..ask })?;
+    let mut rx = st.submit(arrived, image, key, ask)?;
     let (id, created) = (st.completion_id(), unix_now());
     let model = st.cfg.name.clone();
 
@@ -293,7 +383,16 @@ async fn chat(State(st): St, body: Bytes) -> Result<Response, ApiError> {
             let ev = match pending.next() {
                 Some(ev) => ev,
                 None => tokio::select! {
-                    ev = rx.recv() => match ev { Some(ev) => ev, None => return },
+                    ev = rx.recv() => match ev {
+                        Some(ev) => ev,
+                        None => {
+                            // The engine dropped the request: say so, and end the stream.
+                            state.shared.metrics.request_ended("error", t0.elapsed());
+                            let _ = send(state.engine_gone().body()).await;
+                            let _ = out.send(SseEvent::default().data("[DONE]")).await;
+                            return;
+                        }
+                    },
                     // The client left: dropping `rx` cancels the sequence at the next step.
                     _ = out.closed() => return,
                 },
@@ -376,6 +475,7 @@ const ANSWER_FIELDS: [&str; 19] = [
 
 async fn answer(
     State(st): St,
+    axum::Extension(Arrived(arrived)): axum::Extension<Arrived>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
 ) -> Result<Response, ApiError> {
     let t0 = Instant::now();
@@ -396,6 +496,14 @@ async fn answer(
             image = Some(field.bytes().await.map_err(bad_form)?.to_vec());
         } else if ANSWER_FIELDS.contains(&name.as_str()) {
             let text = field.text().await.map_err(bad_form)?;
+            let held: usize = fields.values().flatten().map(String::len).sum();
+            if held + text.len() > openai::MAX_TEXT_BYTES {
+                return Err(ApiError::bad_request(
+                    "text_too_long",
+                    format!("the form's text fields hold over {} bytes: send less", openai::MAX_TEXT_BYTES),
+                )
+                .param(name));
+            }
             fields.entry(name).or_default().push(text);
         } else {
             return Err(ApiError::bad_request(
@@ -417,8 +525,13 @@ async fn answer(
     let kind = one("task").map(str::parse).transpose().map_err(|e| ApiError::from(e).param("task"))?;
     let region = Region::from_text(one("box"), one("grid_box")).map_err(|e| ApiError::from(e).param("box"))?;
     let task = Task::from_fields(kind, one("prompt"), one("instruction"), region)?;
-    let image_options =
-        input::image_options(one("color"), one("window"), one("window_preset"), num("frame", one("frame"))?)?;
+    let image_options = input::image_options(
+        one("color"),
+        one("window"),
+        one("window_preset"),
+        num("frame", one("frame"))?,
+        st.cfg.max_image_pixels,
+    )?;
     let options = DecodeSettings {
         preset: one("preset").map(str::parse).transpose().map_err(|e| ApiError::from(e).param("preset"))?,
         max_new_tokens: num("max_new_tokens", one("max_new_tokens"))?,
@@ -434,7 +547,7 @@ async fn answer(
     .resolve()?;
     let (decoded, key) = input::decode(image, image_options.clone()).await?;
     let ask = Ask { image: Vec::new(), image_options, task, history: Vec::new(), options };
-    let mut rx = st.submit(decoded, key, ask)?;
+    let mut rx = st.submit(arrived, decoded, key, ask)?;
     let f = finished(&st, &mut rx).await?;
     let a = f.result.map_err(ApiError::from)?;
     record(&st, &a, t0);
@@ -452,7 +565,7 @@ struct RenderQuery {
 }
 
 async fn render(
-    State(_st): St,
+    State(st): St,
     query: Result<Query<RenderQuery>, axum::extract::rejection::QueryRejection>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -460,7 +573,13 @@ async fn render(
     if body.is_empty() {
         return Err(ApiError::bad_request("missing_image", "send the image bytes as the request body"));
     }
-    let opts = input::image_options(q.color.as_deref(), q.window.as_deref(), q.window_preset.as_deref(), q.frame)?;
+    let opts = input::image_options(
+        q.color.as_deref(),
+        q.window.as_deref(),
+        q.window_preset.as_deref(),
+        q.frame,
+        st.cfg.max_image_pixels,
+    )?;
     let (image, _) = input::decode(body.to_vec(), opts).await?;
     let (w, h) = (image.width(), image.height());
     let png = tokio::task::spawn_blocking(move || {

@@ -246,6 +246,12 @@ HOSTILE = [
                                             "region": [1, 2, 3, 4]}).encode(), 400),
     ("bad window", json.dumps({**body_with_url(data_uri(CT)), "window": [40, -5]}).encode(), 400),
     ("negative max_tokens", json.dumps({**body_with_url(data_uri(CT)), "max_tokens": -1}).encode(), 400),
+    ("too many stop strings", json.dumps({**body_with_url(data_uri(CT)), "stop": ["x"] * 5000}).encode(), 400),
+    ("a huge stop string", json.dumps({**body_with_url(data_uri(CT)), "stop": "x" * 100000}).encode(), 400),
+    ("megabytes of text", json.dumps({"messages": [user(CT, "word " * 400000)]}).encode(), 400),
+    ("a content list of numbers", json.dumps({"messages": [{"role": "user", "content": [0] * 500000}]}).encode(),
+     400),
+    ("stream null", json.dumps({**body_with_url(b64(b"junk")), "stream": None}).encode(), 400),
 ]
 
 
@@ -301,7 +307,7 @@ def test_body_limit_slow_client_and_api_key():
         assert r.status_code == 413, r.text
         # A slow client: headers, then a body that never arrives in time.
         with socket.create_connection(("127.0.0.1", s.port)) as sock:
-            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer s3cret\r\n"
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n"
                          b"Content-Type: application/json\r\nContent-Length: 5000\r\n\r\n{\"mes")
             sock.settimeout(20)
             t0 = time.time()
@@ -395,5 +401,67 @@ def test_after_the_grace_period_answers_are_cancelled():
                         if ch.get("finish_reason"):
                             finish.append(ch["finish_reason"])
         assert finish == ["cancelled"], finish
+        code, out = s.stop()
+        assert code == 0, out
+
+
+def test_browser_attacks_on_a_loopback_service_are_refused(server):
+    # A DNS-rebinding page's requests carry its own host name.
+    r = httpx.post(server.url + "/v1/chat/completions", json={"messages": [user(CT, "hi")]},
+                   headers={"host": "evil.example:8080"})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "invalid_host"
+    # A cross-origin form or text/plain post (no CORS preflight) is not JSON: refused.
+    r = httpx.post(server.url + "/v1/chat/completions", content=json.dumps({"messages": [user(CT, "hi")]}),
+                   headers={"content-type": "text/plain"})
+    assert r.status_code == 415, r.text
+    for host in ("localhost", f"127.0.0.1:{server.port}", f"[::1]:{server.port}"):
+        assert httpx.get(server.url + "/health", headers={"host": host}).status_code == 200, host
+    good_request(server.url)
+
+
+def test_file_urls_read_only_regular_files_inside_the_allowed_directory(tmp_path):
+    allowed = tmp_path / "images"
+    allowed.mkdir()
+    (allowed / "ct.png").write_bytes(CT.read_bytes())
+    (allowed / "escape.png").symlink_to(CXR)
+    os.mkfifo(allowed / "pipe.png")
+    with Server("--allow-file-urls", str(allowed)) as s:
+        want = generate_json("--image", str(CT), "--max-new-tokens", "6", "--instruction", "hi")
+        r = httpx.post(s.url + "/v1/chat/completions",
+                       json={**body_with_url(f"file://{allowed / 'ct.png'}"), "max_tokens": 6}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["minigpt_med"]["token_ids"] == want["token_ids"]
+        messages = set()
+        for path in (allowed / "escape.png", allowed / "pipe.png", allowed / "missing.png", Path("/etc/hostname"),
+                     allowed / ".." / "images" / ".." / "x"):
+            r = httpx.post(s.url + "/v1/chat/completions", json=body_with_url(f"file://{path}"), timeout=30)
+            assert r.status_code == 400, (path, r.text)
+            messages.add(r.json()["error"]["message"].replace(str(path), "PATH"))
+        # The same words whether the path exists or not: nothing learned about the disk.
+        assert len(messages) == 1, messages
+        good_request(s.url)
+        code, out = s.stop()
+        assert code == 0, out
+
+
+def test_a_request_still_uploading_at_sigterm_is_answered():
+    with Server("--grace-s", "20") as s:
+        body = json.dumps({"messages": [user(CT, "[vqa] ok?")], "max_tokens": 5}).encode()
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", s.port)) as sock:
+            sock.sendall(head + body[: len(body) // 2])
+            time.sleep(0.3)
+            s.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            sock.sendall(body[len(body) // 2:])
+            sock.settimeout(60)
+            reply = b""
+            while chunk := sock.recv(65536):
+                reply += chunk
+        status, _, rest = reply.partition(b"\r\n")
+        assert status == b"HTTP/1.1 200 OK", reply[:300]
+        want = generate_json("--image", str(CT), "--max-new-tokens", "5", "--task", "vqa", "--prompt", "ok?")
+        assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["minigpt_med"]["token_ids"] == want["token_ids"]
         code, out = s.stop()
         assert code == 0, out
