@@ -39,6 +39,9 @@ pub(crate) struct ServeArgs {
     /// Let `file://` image URLs read images inside this directory.
     #[arg(long, value_name = "DIR")]
     allow_file_urls: Option<PathBuf>,
+    /// Open connections at most (more wait to be accepted).
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
     /// Distinct images kept encoded with their prompt prefix.
     #[arg(long, default_value_t = 4)]
     studies: usize,
@@ -61,6 +64,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         body_timeout: Duration::from_secs(a.body_timeout_s.max(1)),
         max_image_pixels: (a.max_image_mp.max(0.0) * 1e6) as u64,
         allow_file_urls: a.allow_file_urls,
+        max_connections: a.max_connections,
         studies: a.studies,
         grace: Duration::from_secs(a.grace_s),
         name: a.name,

@@ -19,6 +19,7 @@
 mod engine;
 mod error;
 mod input;
+mod listener;
 mod metrics;
 mod openai;
 mod routes;
@@ -55,6 +56,8 @@ pub struct ServeConfig {
     pub max_image_pixels: u64,
     /// A directory `file://` image URLs may read from; `None`: `file://` refused.
     pub allow_file_urls: Option<PathBuf>,
+    /// Open connections at most; more wait to be accepted.
+    pub max_connections: usize,
     /// Distinct images kept encoded with their prompt prefix (each holds a KV cache of the
     /// prefix: ~290 MB for the real model in f32).
     pub studies: usize,
@@ -76,6 +79,7 @@ impl Default for ServeConfig {
             body_timeout: Duration::from_secs(60),
             max_image_pixels: 36_000_000,
             allow_file_urls: None,
+            max_connections: 1024,
             studies: 4,
             grace: Duration::from_secs(30),
             name: "minigpt-med".into(),
@@ -148,7 +152,7 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
             .name("minigpt-med-engine".into())
             .spawn(move || engine::run(model, rx, shared, engine_cfg))?
     };
-    let grace = cfg.grace;
+    let (grace, max_connections) = (cfg.grace, cfg.max_connections);
     // Requests admitted at once: every decode slot and queue place, and a few being read.
     let admission = Arc::new(tokio::sync::Semaphore::new(cfg.parallel + cfg.max_queue + 8));
     let state = Arc::new(routes::AppState {
@@ -185,7 +189,7 @@ async fn run(model: Model, cfg: ServeConfig, on_listening: impl FnOnce(SocketAdd
             let _ = stop_tx.send(true);
         }
     };
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopping);
+    let server = axum::serve(listener::Limited::new(listener, max_connections), app).with_graceful_shutdown(stopping);
     // Connections still open well after the grace period (a client that never reads) do not
     // keep the process alive.
     let mut stop_rx2 = stop_rx.clone();

@@ -465,3 +465,23 @@ def test_a_request_still_uploading_at_sigterm_is_answered():
         assert json.loads(rest.split(b"\r\n\r\n", 1)[1])["minigpt_med"]["token_ids"] == want["token_ids"]
         code, out = s.stop()
         assert code == 0, out
+
+
+def test_connections_beyond_the_cap_wait_and_the_service_stays_up():
+    with Server("--max-connections", "4") as s:
+        idle = [socket.create_connection(("127.0.0.1", s.port)) for _ in range(4)]
+        time.sleep(0.3)
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(s.url + "/health", timeout=2)
+        for sock in idle:
+            sock.close()
+        deadline = time.time() + 10
+        while True:
+            try:
+                assert httpx.get(s.url + "/health", timeout=5).status_code == 200
+                break
+            except httpx.TimeoutException:
+                assert time.time() < deadline
+        good_request(s.url)
+        code, out = s.stop()
+        assert code == 0, out
