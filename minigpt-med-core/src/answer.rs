@@ -81,6 +81,9 @@ pub struct Answer {
     pub boxes: Vec<BoundingBox>,
     /// Why generation stopped.
     pub stop_reason: StopReason,
+    /// Positions the context held when the answer began: the prompt, its image tokens and, in
+    /// a chat, the earlier turns (what OpenAI-style `usage.prompt_tokens` counts).
+    pub prompt_tokens: usize,
     /// Phase timings.
     pub timings: Timings,
 }

@@ -164,6 +164,8 @@ pub(crate) struct Turn<'m> {
     stop_cut: Option<String>,
     stop_reason: StopReason,
     prefill_ms: f64,
+    /// Cache positions after the prompt ran.
+    prompt_len: usize,
     /// When the first decode step started.
     decode_start: Option<Instant>,
     /// Logits at the end of the prompt.
@@ -197,6 +199,7 @@ impl<'m> Turn<'m> {
             stop_cut: None,
             stop_reason: StopReason::MaxTokens,
             prefill_ms: 0.0,
+            prompt_len: 0,
             decode_start: None,
             prefill_logits: None,
         }
@@ -232,6 +235,7 @@ impl<'m> Turn<'m> {
         let logits = self.llama.forward(x, cache)?;
         self.prefill_logits = Some(logits.clone());
         self.prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+        self.prompt_len = cache.len();
         Ok(logits)
     }
 
@@ -305,6 +309,7 @@ impl<'m> Turn<'m> {
             token_ids: self.detok.ids().to_vec(),
             boxes,
             stop_reason: self.stop_reason,
+            prompt_tokens: self.prompt_len,
             timings: Timings {
                 encode_ms: 0.0,
                 prefill_ms: self.prefill_ms,

@@ -311,6 +311,9 @@ fn a_resent_conversation_answers_as_its_tokens_say() {
         let got = m.generate_batch(&[on_study, on_image]);
         let (a, b) = (got[0].as_ref().unwrap(), got[1].as_ref().unwrap());
         assert_eq!(a.token_ids, want, "turn {turn} on the study");
+        // The prompt held the tokens before the image, the image's, and the rest built here.
+        let positions = first.before_image.len() + emb.embeds.dim(0).unwrap() + after.len();
+        assert_eq!((a.prompt_tokens, b.prompt_tokens), (positions, positions), "turn {turn}: prompt positions");
         same(b, a, &format!("turn {turn} on the image"));
         if turn == 0 {
             same(a, &m.generate(&image, &Task::Custom(q.to_string()), &opts).unwrap(), "a first turn is a generate");

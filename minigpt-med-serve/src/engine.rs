@@ -42,8 +42,6 @@ pub(crate) enum Event {
 /// A request's end.
 pub(crate) struct Finished {
     pub result: Result<Answer, Error>,
-    /// Prompt positions (image tokens included), 0 when it never started.
-    pub prompt_tokens: usize,
     /// Milliseconds spent queued before it started.
     pub queue_ms: f64,
 }
@@ -86,7 +84,6 @@ impl Shared {
 struct Running {
     events: UnboundedSender<Event>,
     started: Instant,
-    prompt_tokens: usize,
     queue_ms: f64,
     encode_ms: f64,
 }
@@ -145,7 +142,7 @@ fn serve_jobs(model: &Model, jobs: &Receiver<Job>, shared: &Shared, cfg: &Engine
             let queue_ms = job.enqueued.elapsed().as_secs_f64() * 1e3;
             shared.metrics.queue_wait(queue_ms / 1e3);
             if shared.past_deadline() {
-                done(&job.events, Err(Error::Cancelled), 0, queue_ms);
+                done(&job.events, Err(Error::Cancelled), queue_ms);
                 continue;
             }
             if job.events.is_closed() {
@@ -153,7 +150,7 @@ fn serve_jobs(model: &Model, jobs: &Receiver<Job>, shared: &Shared, cfg: &Engine
                 shared.metrics.request_ended("cancelled", job.enqueued.elapsed());
                 continue;
             }
-            admit(model, &mut batch, &mut studies, &mut running, job, queue_ms, cfg, shared);
+            admit(model, &mut batch, &mut studies, &mut running, job, queue_ms, cfg);
         }
         if shared.past_deadline() {
             batch.cancel_all();
@@ -192,9 +189,10 @@ fn serve_jobs(model: &Model, jobs: &Receiver<Job>, shared: &Shared, cfg: &Engine
             let result = result.map(|mut a| {
                 a.timings.encode_ms = r.encode_ms;
                 shared.metrics.generated(a.token_ids.len());
+                shared.metrics.prompt_tokens(a.prompt_tokens);
                 a
             });
-            done(&r.events, result, r.prompt_tokens, r.queue_ms);
+            done(&r.events, result, r.queue_ms);
         }
         shared.active.store(batch.active(), Ordering::SeqCst);
     }
@@ -209,7 +207,6 @@ fn admit<'m>(
     job: Job,
     queue_ms: f64,
     cfg: &EngineConfig,
-    shared: &Shared,
 ) {
     let mut encode_ms = 0.0;
     let index = match studies.iter().position(|(k, _)| *k == job.key) {
@@ -229,33 +226,25 @@ fn admit<'m>(
                     studies.push((job.key, study));
                     studies.len() - 1
                 }
-                Err(e) => return done(&job.events, Err(e), 0, queue_ms),
+                Err(e) => return done(&job.events, Err(e), queue_ms),
             }
         }
     };
     let study = &studies[index].1;
-    let prompt_tokens = job
-        .task
-        .instruction(job.image.width(), job.image.height())
-        .and_then(|i| model.tokenizer().conversation(&job.history, &i))
-        .map(|p| study.prefix_len() + p.after_image.len())
-        .unwrap_or(0);
     let request = Request::on_study(study.shared(), job.task, job.options).with_history(job.history);
     let tx = job.events.clone();
     let on_text: OnText<'static> = Box::new(move |piece: &str| tx.send(Event::Text(piece.to_owned())).is_ok());
     match batch.add(&request, on_text) {
         Ok(id) => {
-            shared.metrics.prompt_tokens(prompt_tokens);
             // The first piece of text may already be in the channel (it settles as the prompt
             // runs): a handler takes text as well as `Started` to mean the request started.
             let _ = job.events.send(Event::Started);
-            running
-                .insert(id, Running { events: job.events, started: job.enqueued, prompt_tokens, queue_ms, encode_ms });
+            running.insert(id, Running { events: job.events, started: job.enqueued, queue_ms, encode_ms });
         }
-        Err(e) => done(&job.events, Err(e), 0, queue_ms),
+        Err(e) => done(&job.events, Err(e), queue_ms),
     }
 }
 
-fn done(events: &UnboundedSender<Event>, result: Result<Answer, Error>, prompt_tokens: usize, queue_ms: f64) {
-    let _ = events.send(Event::Done(Box::new(Finished { result, prompt_tokens, queue_ms })));
+fn done(events: &UnboundedSender<Event>, result: Result<Answer, Error>, queue_ms: f64) {
+    let _ = events.send(Event::Done(Box::new(Finished { result, queue_ms })));
 }

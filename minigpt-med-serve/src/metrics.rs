@@ -68,7 +68,7 @@ impl Metrics {
         registry.register("minigpt_med_generated_tokens", "Tokens generated", m.generated.clone());
         registry.register(
             "minigpt_med_prompt_tokens",
-            "Prompt positions of the requests started (image tokens and reused prefixes included)",
+            "Prompt positions of the answers (image tokens, reused prefixes and earlier turns included)",
             m.prompt.clone(),
         );
         registry.register(

@@ -377,7 +377,8 @@ pub(crate) fn extension(a: &Answer, instruction: &str, width: usize, height: usi
     })
 }
 
-pub(crate) fn usage(prompt_tokens: usize, a: &Answer) -> Value {
+pub(crate) fn usage(a: &Answer) -> Value {
+    let prompt_tokens = a.prompt_tokens;
     let c = a.token_ids.len();
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": c, "total_tokens": prompt_tokens + c})
 }

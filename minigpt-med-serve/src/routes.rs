@@ -349,7 +349,7 @@ async fn chat(
             "system_fingerprint": fingerprint(),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": a.text},
                          "finish_reason": openai::finish_reason(a.stop_reason), "logprobs": null}],
-            "usage": openai::usage(f.prompt_tokens, &a),
+            "usage": openai::usage(&a),
             "minigpt_med": openai::extension(&a, &instruction, w, h, f.queue_ms),
         }))
         .into_response());
@@ -414,7 +414,7 @@ async fn chat(
                             if parsed.include_usage {
                                 let mut u = chunk(json!({}), None);
                                 u["choices"] = json!([]);
-                                u["usage"] = openai::usage(f.prompt_tokens, &a);
+                                u["usage"] = openai::usage(&a);
                                 let _ = send(u).await;
                             }
                         }
