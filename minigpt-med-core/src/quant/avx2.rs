@@ -1,15 +1,17 @@
 //! AVX2 + FMA + F16C kernels (x86-64 since Haswell / Zen 1), chosen at run time.
 //!
-//! Both kernels take four weight rows against one activation row: each activation block is
-//! loaded once for four rows, and the four accumulators are independent chains, so the FMA
-//! latency is hidden. Scales of eight blocks widen at once (`vcvtph2ps`) and are multiplied by
-//! the eight activation scales; each block then broadcasts its lane with `vpermps`.
+//! The Q8_0 kernel takes a quad of four weight rows against one activation row: each activation
+//! block is loaded once for four rows, and the four accumulators are independent chains, so the
+//! FMA latency is hidden. The 4-bit kernels take a tile of eight rows against up to four
+//! activation rows (see `layout` and [`block_dots`]): one accumulator per activation row, lane
+//! `r` for weight row `r`, so a block costs one conversion and two FMAs per activation row for
+//! all eight weight rows.
 
 use std::arch::x86_64::*;
 
 use half::f16;
 
-use super::{ActRow, Q4KRaw, BLOCK};
+use super::{layout, ActRow, BLOCK, TILE};
 
 /// How far ahead (bytes) the weight stream is prefetched: the hardware prefetcher alone left
 /// decode at ~60 % of the memory bandwidth (measured: Q4_0 decode 13.6 -> 9.9 ms per layer).
@@ -102,150 +104,120 @@ pub(super) unsafe fn q8_0_dot4(w: &[i8], d: &[f16], y: ActRow) -> [f32; 4] {
     }
 }
 
-/// The block pairs of one group of eight blocks for `N` activation rows at once: each unpacked
-/// weight pair serves every row, and the per-block scales are broadcast straight from memory
-/// (`sa[i][r]`: the eight scales of weight row `r` times those of activation `i`). `wq(r, p)`
-/// points at pair `p` of weight row `r` in the group; `y[i]` at the group in activation `i`.
-/// The nibbles stay unsigned for `vpmaddubsw`; the callers take any offset off separately.
+/// The dots of one tile block (32 values of each of eight rows: [`layout::NIBBLES`] bytes at
+/// `nib`, see `layout`) with `N` activation rows (`y[i]` at their 32 quants of the block), as
+/// f32 with lane `r` for row `r`. Each masked vector holds four values of every row, so four
+/// activation bytes broadcast to all rows multiply it. The nibbles stay unsigned for
+/// `vpmaddubsw`; the callers take any offset off. A block sums in 16-bit lanes and converts
+/// once: a `vpmaddubsw` lane is at most 2 * 15 * 128 = 3840 in magnitude, eight of them 30720,
+/// within i16.
 ///
 /// # Safety
 /// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
 /// pointers and slices cover what the calling kernel's contract names.
 #[inline(always)]
-unsafe fn pairs<const N: usize>(
-    wq: impl Fn(usize, usize) -> *const u8,
-    y: [*const i8; N],
-    sa: &[[[f32; 8]; 4]; N],
-    acc: &mut [[__m256; 4]; N],
-) {
+unsafe fn block_dots<const N: usize>(nib: *const u8, y: [*const i8; N]) -> [__m256; N] {
     // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
     unsafe {
-        let ones = _mm256_set1_epi16(1);
         let low = _mm256_set1_epi8(0x0F);
-        for p in 0..4 {
-            let yv: [[__m256i; 2]; N] = std::array::from_fn(|i| {
-                std::array::from_fn(|h| _mm256_loadu_si256(y[i].add((2 * p + h) * BLOCK) as *const __m256i))
-            });
-            for r in 0..4 {
-                let bytes = _mm256_loadu_si256(wq(r, p) as *const __m256i);
-                let lo = _mm256_and_si256(bytes, low);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
-                for i in 0..N {
-                    let p0 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(lo, yv[i][0]), ones));
-                    let p1 = _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(hi, yv[i][1]), ones));
-                    acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p]), p0, acc[i][r]);
-                    acc[i][r] = _mm256_fmadd_ps(_mm256_broadcast_ss(&sa[i][r][2 * p + 1]), p1, acc[i][r]);
-                }
+        let mut s = [_mm256_setzero_si256(); N];
+        for j in 0..4 {
+            let bytes = _mm256_loadu_si256(nib.add(32 * j) as *const __m256i);
+            let lo = _mm256_and_si256(bytes, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
+            for i in 0..N {
+                let yp = y[i].add(8 * j);
+                let ya = _mm256_set1_epi32((yp as *const i32).read_unaligned());
+                let yb = _mm256_set1_epi32((yp.add(4) as *const i32).read_unaligned());
+                let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ya), _mm256_maddubs_epi16(hi, yb));
+                s[i] = _mm256_add_epi16(s[i], p);
             }
         }
+        let ones = _mm256_set1_epi16(1);
+        std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_madd_epi16(s[i], ones)))
     }
 }
 
-/// See `portable::q4_0_dot4`, for `N` activation rows (1 to decode, 2 in the prefill). The
-/// offset of 8 is taken off once per eight blocks as `8 * d * ys` (lane-wise, before the sum).
+/// The accumulators' lanes, one output per tile row.
 ///
 /// # Safety
-/// As [`q8_0_dot4`], for every row; `w` holds the quad's block pairs.
+/// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU.
+#[inline(always)]
+unsafe fn lanes<const N: usize>(acc: [__m256; N]) -> [[f32; TILE]; N] {
+    let mut out = [[0f32; TILE]; N];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` holds eight f32s; the caller checked the CPU.
+        unsafe { _mm256_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
+
+/// See `portable::q4_0_tile`, for `N` activation rows (1 to decode, up to 4 in the prefill and
+/// batched decode). The offset of 8 comes off each block as `8 * ys` (the activation block's
+/// sum) before the weight scale multiplies.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_dots<const N: usize>(w: &[u8], d: &[f16], y: [ActRow; N]) -> [[f32; 4]; N] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
+pub(super) unsafe fn q4_0_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
     unsafe {
         let nb = y[0].1.len();
         for (yq, yd, ys) in y {
-            assert!(nb % 2 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+            assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
         }
-        assert!(w.len() == 2 * nb * BLOCK && d.len() >= nb / 8 * 32);
-        let (wp, dp) = (w.as_ptr(), d.as_ptr() as *const __m128i);
-        let mut acc = [[_mm256_setzero_ps(); 4]; N];
-        let mut sa = [[[0f32; 8]; 4]; N];
-        for g in 0..nb / 8 {
-            // A group is four pairs of four rows of 32 bytes: eight cache lines, one stream.
-            let group = wp.add(16 * g * BLOCK);
-            prefetch(group, 8);
-            for r in 0..4 {
-                let e = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r)));
-                for i in 0..N {
-                    let (dy, sy) =
-                        (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
-                    _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(e, dy));
-                    acc[i][r] = _mm256_fnmadd_ps(_mm256_mul_ps(e, _mm256_set1_ps(8.0)), sy, acc[i][r]);
-                }
+        assert!(w.len() == nb * layout::Q4_0_BYTES);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let blk = w.as_ptr().add(b * layout::Q4_0_BYTES);
+            prefetch(blk, 3);
+            let dots = block_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for i in 0..N {
+                let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                let t = _mm256_fmsub_ps(_mm256_set1_ps(dy), dots[i], _mm256_set1_ps(8.0 * ys));
+                acc[i] = _mm256_fmadd_ps(dw, t, acc[i]);
             }
-            let yq = std::array::from_fn(|i| y[i].0.as_ptr().add(8 * g * BLOCK));
-            pairs(|r, p| group.add((4 * p + r) * BLOCK), yq, &sa, &mut acc);
         }
-        std::array::from_fn(|i| {
-            // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
-            let tail = super::portable::q4_0_dot4(w, d, y[i], nb / 8 * 8);
-            std::array::from_fn(|r| hsum(acc[i][r]) + tail[r])
-        })
+        lanes(acc)
     }
 }
 
-/// Q4_K's eight 6-bit sub-block scales and mins (packed in 12 bytes), widened and multiplied
-/// by the super-block's `d` and `dmin`: llama.cpp's bit shuffle on three 32-bit words.
+/// See `portable::q4k_tile`, for `N` activation rows: each sub-block is a Q4_0 tile block whose
+/// scales and mins (unpacked at load) widen once for all rows.
 ///
 /// # Safety
-/// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
-/// pointers and slices cover what the calling kernel's contract names.
-#[inline(always)]
-unsafe fn q4k_scales_mins(blk: &Q4KRaw) -> (__m256, __m256) {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
-    unsafe {
-        const M6: u32 = 0x3f3f_3f3f;
-        const M4: u32 = 0x0f0f_0f0f;
-        const M2: u32 = 0x0303_0303;
-        let s = &blk.scales;
-        let u = |i: usize| u32::from_le_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]]);
-        let (u0, u1, u2) = (u(0), u(1), u(2));
-        let scales_lo = u0 & M6;
-        let scales_hi = (u2 & M4) | (((u0 >> 6) & M2) << 4);
-        let mins_lo = u1 & M6;
-        let mins_hi = ((u2 >> 4) & M4) | (((u1 >> 6) & M2) << 4);
-        let packed = _mm_set_epi32(mins_hi as i32, mins_lo as i32, scales_hi as i32, scales_lo as i32);
-        let sc = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(packed));
-        let mn = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128::<8>(packed)));
-        // d and dmin are the block's first two f16s.
-        let bits = u32::from(blk.d.to_bits()) | (u32::from(blk.dmin.to_bits()) << 16);
-        let dd = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
-        let d = _mm256_broadcastss_ps(dd);
-        let dmin = _mm256_broadcastss_ps(_mm_movehdup_ps(dd));
-        (_mm256_mul_ps(sc, d), _mm256_mul_ps(mn, dmin))
-    }
-}
-
-/// See `portable::q4k_dot4`, for `N` activation rows: the Q4_0 kernel with each super-block's
-/// scales and mins widened once for all rows (Q4_K's nibbles are already in the pair layout, a
-/// super-block per group of eight blocks; a quad's four super-blocks of a group are adjacent).
-///
-/// # Safety
-/// As [`q8_0_dot4`], for every row; `w` holds the quad's `4 * yq.len() / 256` super-blocks.
+/// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4k_dots<const N: usize>(w: &[Q4KRaw], y: [ActRow; N]) -> [[f32; 4]; N] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
+pub(super) unsafe fn q4k_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
     unsafe {
         let nb = y[0].1.len();
         for (yq, yd, ys) in y {
             assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
         }
-        assert!(w.len() == nb / 2);
-        let mut acc = [[_mm256_setzero_ps(); 4]; N];
-        let mut sa = [[[0f32; 8]; 4]; N];
+        assert!(w.len() == nb / 8 * layout::Q4K_BYTES);
+        let mut acc = [_mm256_setzero_ps(); N];
+        let widen = |p: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)));
         for g in 0..nb / 8 {
-            let blk = w.as_ptr().add(4 * g);
-            prefetch(blk, 9);
-            for r in 0..4 {
-                let (sc, mn) = q4k_scales_mins(&*blk.add(r));
+            let blk = w.as_ptr().add(g * layout::Q4K_BYTES);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(layout::Q4K_DMIN) as *const __m128i));
+            for sub in 0..8 {
+                // Eight sub-blocks cover the super-block's 1184 bytes (19 lines) ahead.
+                prefetch(blk.add(148 * sub), 3);
+                let b = 8 * g + sub;
+                let sc = _mm256_mul_ps(widen(blk.add(layout::Q4K_SC + TILE * sub)), d);
+                let mn = _mm256_mul_ps(widen(blk.add(layout::Q4K_MN + TILE * sub)), dmin);
+                let nib = blk.add(layout::Q4K_QS + layout::NIBBLES * sub);
+                let dots = block_dots::<N>(nib, std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
                 for i in 0..N {
-                    let (dy, sy) =
-                        (_mm256_loadu_ps(y[i].1.as_ptr().add(8 * g)), _mm256_loadu_ps(y[i].2.as_ptr().add(8 * g)));
-                    _mm256_storeu_ps(sa[i][r].as_mut_ptr(), _mm256_mul_ps(sc, dy));
-                    acc[i][r] = _mm256_fnmadd_ps(mn, sy, acc[i][r]);
+                    let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                    acc[i] = _mm256_fmadd_ps(sc, _mm256_mul_ps(_mm256_set1_ps(dy), dots[i]), acc[i]);
+                    acc[i] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ys), acc[i]);
                 }
             }
-            let yq = std::array::from_fn(|i| y[i].0.as_ptr().add(8 * g * BLOCK));
-            pairs(|r, p| (*blk.add(r)).qs.as_ptr().add(p * BLOCK), yq, &sa, &mut acc);
         }
-        std::array::from_fn(|i| std::array::from_fn(|r| hsum(acc[i][r])))
+        lanes(acc)
     }
 }

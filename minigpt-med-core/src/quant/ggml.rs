@@ -6,11 +6,12 @@
 //! `{f16 d; u8 q[16]}` (18 bytes; byte `j` holds values `j` (low nibble) and `j + 16`), Q4_K
 //! `{f16 d; f16 dmin; u8 scales[12]; u8 q[128]}` (144 bytes, candle's `BlockQ4K`).
 
-use candle_core::quantized::k_quants::{BlockQ4K, GgmlType, QK_K};
+use candle_core::quantized::k_quants::QK_K;
 use half::f16;
 use rayon::prelude::*;
 
-use super::{q4_0_nibble, scale_index, Data, Q4KRaw, QuantFormat, QuantMatrix, BLOCK, PAIR};
+use super::layout::{self, Q4KBlock, TILE};
+use super::{scale_index, Data, QuantFormat, QuantMatrix, BLOCK};
 use crate::error::{Error, Result};
 
 /// Bytes of one GGML block of `format` (of [`QuantFormat::block_size`] values).
@@ -18,7 +19,7 @@ pub(crate) fn block_bytes(format: QuantFormat) -> usize {
     match format {
         QuantFormat::Q8_0 => 2 + BLOCK,
         QuantFormat::Q4_0 => 2 + BLOCK / 2,
-        QuantFormat::Q4K => std::mem::size_of::<Q4KRaw>(),
+        QuantFormat::Q4K => 144,
     }
 }
 
@@ -26,11 +27,6 @@ pub(crate) fn block_bytes(format: QuantFormat) -> usize {
 /// (GGML cannot store such a row in this format).
 pub fn ggml_row_bytes(format: QuantFormat, cols: usize) -> Option<usize> {
     (cols > 0 && cols % format.block_size() == 0).then(|| cols / format.block_size() * block_bytes(format))
-}
-
-fn q4k_raw_mut(blocks: &mut [BlockQ4K]) -> &mut [Q4KRaw] {
-    // SAFETY: as `q4k_raw`: same size, alignment and field layout; every bit pattern is valid.
-    unsafe { std::slice::from_raw_parts_mut(blocks.as_mut_ptr() as *mut Q4KRaw, blocks.len()) }
 }
 
 fn read_f16(b: &[u8]) -> f16 {
@@ -48,34 +44,30 @@ impl QuantMatrix {
                 self.rows, self.cols
             )));
         }
-        let (quad, i) = (r / 4, r % 4);
-        let (kp, groups) = (self.kp, (self.kp / BLOCK).div_ceil(8));
+        let kp = self.kp;
         match &self.data {
             Data::Q8_0 { qs, d } => {
+                let (quad, i, groups) = (r / 4, r % 4, (kp / BLOCK).div_ceil(8));
                 let (qs, d) = (&qs[quad * 4 * kp..], &d[quad * groups * 32..]);
                 for b in 0..self.cols / BLOCK {
                     out.extend_from_slice(&d[scale_index(b, i)].to_le_bytes());
                     out.extend(qs[(4 * b + i) * BLOCK..][..BLOCK].iter().map(|&q| q as u8));
                 }
             }
-            Data::Q4_0 { qs, d } => {
-                let (qs, d) = (&qs[quad * 2 * kp..(quad + 1) * 2 * kp], &d[quad * groups * 32..]);
-                for b in 0..self.cols / BLOCK {
-                    out.extend_from_slice(&d[scale_index(b, i)].to_le_bytes());
-                    out.extend(
-                        (0..BLOCK / 2).map(|j| q4_0_nibble(qs, i, b, j) | (q4_0_nibble(qs, i, b, j + BLOCK / 2) << 4)),
-                    );
+            Data::Q4_0(bytes) => {
+                let per_tile = kp / BLOCK * layout::Q4_0_BYTES;
+                let tile = &bytes[r / TILE * per_tile..][..per_tile];
+                for blk in tile.chunks_exact(layout::Q4_0_BYTES) {
+                    let (d, q) = layout::q4_0_get(blk, r % TILE);
+                    out.extend_from_slice(&d.to_le_bytes());
+                    out.extend((0..BLOCK / 2).map(|j| q[j] | (q[j + BLOCK / 2] << 4)));
                 }
             }
-            Data::Q4K(blocks) => {
-                let per_row = self.cols / QK_K;
-                let raw = super::q4k_raw(&blocks[quad * 4 * per_row..(quad + 1) * 4 * per_row]);
-                for g in 0..per_row {
-                    let blk = &raw[4 * g + i];
-                    out.extend_from_slice(&blk.d.to_le_bytes());
-                    out.extend_from_slice(&blk.dmin.to_le_bytes());
-                    out.extend_from_slice(&blk.scales);
-                    out.extend_from_slice(&blk.qs);
+            Data::Q4K(bytes) => {
+                let per_tile = kp / QK_K * layout::Q4K_BYTES;
+                let tile = &bytes[r / TILE * per_tile..][..per_tile];
+                for blk in tile.chunks_exact(layout::Q4K_BYTES) {
+                    out.extend_from_slice(&layout::q4k_get(blk, r % TILE).to_bytes());
                 }
             }
         }
@@ -93,7 +85,6 @@ impl QuantMatrix {
         let row_bytes = ggml_row_bytes(format, cols).ok_or_else(|| {
             Error::InvalidOption(format!("{cols} columns are not whole {format:?} blocks of {}", format.block_size()))
         })?;
-        let quads = rows.div_ceil(4);
         let checked = |i: usize| -> Result<&'a [u8]> {
             let bytes = row(i);
             if bytes.len() != row_bytes {
@@ -101,91 +92,73 @@ impl QuantMatrix {
             }
             Ok(bytes)
         };
-        let real = cols / BLOCK;
+        let kp = Self::padded_cols(format, cols);
         let data = match format {
-            QuantFormat::Q4K => {
-                let per_row = cols / QK_K;
-                let mut blocks = vec![BlockQ4K::zeros(); quads * 4 * per_row];
-                blocks.par_chunks_mut(4 * per_row).enumerate().try_for_each(|(q, quad)| -> Result<()> {
-                    let raw = q4k_raw_mut(quad);
-                    for r in (0..4).filter(|r| 4 * q + r < rows) {
-                        for (g, src) in checked(4 * q + r)?.chunks_exact(block_bytes(format)).enumerate() {
-                            let blk = &mut raw[4 * g + r];
-                            blk.d = read_f16(&src[0..2]);
-                            blk.dmin = read_f16(&src[2..4]);
-                            blk.scales.copy_from_slice(&src[4..16]);
-                            blk.qs.copy_from_slice(&src[16..]);
+            QuantFormat::Q8_0 => {
+                let (quads, groups) = (rows.div_ceil(4), (kp / BLOCK).div_ceil(8));
+                let mut d = vec![f16::ZERO; quads * groups * 32];
+                let mut qs = vec![0i8; quads * 4 * kp];
+                qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
+                    |(q, (qs, d))| -> Result<()> {
+                        for r in (0..4).filter(|r| 4 * q + r < rows) {
+                            for (b, src) in checked(4 * q + r)?.chunks_exact(block_bytes(format)).enumerate() {
+                                d[scale_index(b, r)] = read_f16(src);
+                                let o = (4 * b + r) * BLOCK;
+                                qs[o..o + BLOCK].iter_mut().zip(&src[2..]).for_each(|(q, &v)| *q = v as i8);
+                            }
                         }
+                        Ok(())
+                    },
+                )?;
+                Data::Q8_0 { qs, d }
+            }
+            QuantFormat::Q4_0 => {
+                let (nb, bb) = (kp / BLOCK, block_bytes(format));
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(nb * layout::Q4_0_BYTES).enumerate().try_for_each(|(t, tile)| -> Result<()> {
+                    let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
+                    for (b, blk) in tile.chunks_exact_mut(layout::Q4_0_BYTES).enumerate() {
+                        let at = |r: usize| src.get(r).map(|row| &row[b * bb..(b + 1) * bb]);
+                        layout::put_f16s(blk, &std::array::from_fn(|r| at(r).map_or(f16::ZERO, read_f16)));
+                        // GGML byte `2 + j` holds values `j` (low nibble) and `j + 16`;
+                        // padding rows stay zero (under a zero scale).
+                        let vals = std::array::from_fn(|r| match at(r) {
+                            Some(s) => std::array::from_fn(|v| if v < 16 { s[2 + v] } else { s[v - 14] >> 4 }),
+                            None => [0; BLOCK],
+                        });
+                        layout::pack_nibbles(&mut blk[2 * TILE..], &vals);
                     }
                     Ok(())
                 })?;
-                return Ok(Self { rows, cols, kp: cols, data: Data::Q4K(blocks) });
+                Data::Q4_0(bytes)
             }
-            QuantFormat::Q8_0 | QuantFormat::Q4_0 => {
-                let kp = cols.div_ceil(PAIR) * PAIR;
-                let groups = (kp / BLOCK).div_ceil(8);
-                let mut d = vec![f16::ZERO; quads * groups * 32];
-                if format == QuantFormat::Q8_0 {
-                    let mut qs = vec![0i8; quads * 4 * kp];
-                    qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
-                        |(q, (qs, d))| -> Result<()> {
-                            for r in (0..4).filter(|r| 4 * q + r < rows) {
-                                for (b, src) in checked(4 * q + r)?.chunks_exact(block_bytes(format)).enumerate() {
-                                    d[scale_index(b, r)] = read_f16(src);
-                                    let o = (4 * b + r) * BLOCK;
-                                    qs[o..o + BLOCK].iter_mut().zip(&src[2..]).for_each(|(q, &v)| *q = v as i8);
-                                }
-                            }
-                            Ok(())
-                        },
-                    )?;
-                    Data::Q8_0 { qs, d }
-                } else {
-                    let mut qs = vec![0x88u8; quads * 4 * kp / 2];
-                    qs.par_chunks_mut(2 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
-                        |(q, (qs, d))| -> Result<()> {
-                            for r in (0..4).filter(|r| 4 * q + r < rows) {
-                                // Blocks in pairs: GGML byte `j` holds values `j` and `j + 16` of
-                                // one block; ours holds value `j` of two neighbouring blocks.
-                                let row = checked(4 * q + r)?;
-                                let n = block_bytes(format);
-                                let nibbles = |b: usize| -> [u8; BLOCK] {
-                                    let src = row.get(b * n..(b + 1) * n).map_or(&[0x88u8; 18][..], |s| s);
-                                    let qs: &[u8; 16] = src[2..18].try_into().expect("18-byte blocks");
-                                    std::array::from_fn(|j| if j < 16 { qs[j] & 0x0F } else { qs[j - 16] >> 4 })
-                                };
-                                for p in 0..real.div_ceil(2) {
-                                    let (lo, hi) = (nibbles(2 * p), nibbles(2 * p + 1));
-                                    let o = (4 * p + r) * BLOCK;
-                                    qs[o..o + BLOCK]
-                                        .iter_mut()
-                                        .zip(lo.iter().zip(&hi))
-                                        .for_each(|(q, (l, h))| *q = l | (h << 4));
-                                }
-                                for (b, src) in row.chunks_exact(n).enumerate() {
-                                    d[scale_index(b, r)] = read_f16(src);
-                                }
-                                // A half-used last pair: its padding block, as the quantizer
-                                // writes it (a block of zeros has the scale -0).
-                                if real % 2 == 1 {
-                                    d[scale_index(real, r)] = f16::NEG_ZERO;
-                                }
-                            }
-                            Ok(())
-                        },
-                    )?;
-                    Data::Q4_0 { qs, d }
-                }
+            QuantFormat::Q4K => {
+                let bb = block_bytes(format);
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(kp / QK_K * layout::Q4K_BYTES).enumerate().try_for_each(
+                    |(t, tile)| -> Result<()> {
+                        let src: Vec<&[u8]> =
+                            (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
+                        for (b, blk) in tile.chunks_exact_mut(layout::Q4K_BYTES).enumerate() {
+                            let blocks = std::array::from_fn(|r| {
+                                src.get(r).map(|row| Q4KBlock::from_bytes(&row[b * bb..(b + 1) * bb]))
+                            });
+                            layout::q4k_pack(blk, &blocks);
+                        }
+                        Ok(())
+                    },
+                )?;
+                Data::Q4K(bytes)
             }
         };
-        Ok(Self { rows, cols, kp: cols.div_ceil(PAIR) * PAIR, data })
+        Ok(Self { rows, cols, kp, data })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::k_quants::{BlockQ4_0, BlockQ8_0};
+    use candle_core::quantized::k_quants::{BlockQ4K, BlockQ4_0, BlockQ8_0, GgmlType};
 
     fn weights(rows: usize, cols: usize) -> Vec<f32> {
         (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * (1.0 + (i % 5) as f32)).collect()

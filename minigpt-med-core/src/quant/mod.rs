@@ -7,22 +7,24 @@
 //! as llama.cpp's file would. What differs from candle's quantized matmul (which `docs/perf.md`
 //! compares) is the layout and the kernels:
 //!
-//! - Each matrix is held once, quantized from the loaded tensor in place. Rows are
-//!   interleaved by four ("quads"), so a kernel computing four outputs reads one contiguous
-//!   stream (prefetched ahead in software) and shares each activation load between four rows.
-//!   Q4_0 and Q8_0 keep quants and scales in separate arrays, so eight block scales widen with
-//!   one F16C instruction; Q4_0 packs two neighbouring blocks per 32 bytes (low nibbles: block
-//!   `2p`, high: block `2p + 1`), which is also how Q4_K's super-blocks hold their nibbles, so one
-//!   load and two masks unpack 64 values in both.
+//! - Each matrix is held once, quantized from the loaded tensor (or repacked from a GGUF
+//!   file's blocks) in place. Q8_0 rows are interleaved by four ("quads"), quants and scales in
+//!   separate arrays so eight block scales widen with one F16C instruction. The 4-bit formats
+//!   hold tiles of eight rows (`layout`): per block of 32 columns, the eight rows' nibbles in
+//!   128 bytes, ordered so one `maddubs` multiplies four values of all eight rows at once, with
+//!   the tile's scales beside them. A kernel reads one contiguous stream per tile and each
+//!   unpacked weight vector serves up to four activation rows, so prefill runs near the FMA
+//!   peak and decode near the memory bound.
 //! - Activations are quantized once per call to 8-bit blocks with f32 scales (finer than
 //!   llama.cpp's 256-value Q8_K blocks for Q4_K).
 //!
-//! Work is split over chunks of quads on rayon's pool, the one `set_threads` sizes. Measured
+//! Work is split over chunks of tiles on rayon's pool, the one `set_threads` sizes. Measured
 //! speeds are in `docs/perf.md` (`minigpt-med bench --kernels`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod ggml;
+mod layout;
 mod portable;
 
 pub use ggml::ggml_row_bytes;
@@ -33,12 +35,12 @@ use rayon::prelude::*;
 
 use crate::cpu::{Isa, OutPtr};
 use crate::error::{Error, Result};
+use layout::TILE;
 
 /// llama.cpp's Q4_K super-block, as candle 0.11.1's `BlockQ4K` lays it out (`#[repr(C)]`, the
-/// same field order; its fields are private to candle). `qs` holds sub-blocks `2p` and `2p + 1`
-/// in the low and high nibbles of bytes `32p..32p + 32`: our Q4_0 pair layout.
+/// same field order; its fields are private to candle): read once, after candle's quantizer.
 #[repr(C)]
-pub(super) struct Q4KRaw {
+struct Q4KRaw {
     d: f16,
     dmin: f16,
     scales: [u8; 12],
@@ -47,27 +49,12 @@ pub(super) struct Q4KRaw {
 const _: () = assert!(std::mem::size_of::<Q4KRaw>() == std::mem::size_of::<BlockQ4K>());
 const _: () = assert!(std::mem::align_of::<Q4KRaw>() == std::mem::align_of::<BlockQ4K>());
 
-fn q4k_raw(blocks: &[BlockQ4K]) -> &[Q4KRaw] {
+/// candle's block as GGML's fields.
+fn q4k_fields(block: &BlockQ4K) -> layout::Q4KBlock {
     // SAFETY: same size, alignment and field layout (checked above; the tests compare our
     // dequantization with candle's `to_float`); all bit patterns are valid for both.
-    unsafe { std::slice::from_raw_parts(blocks.as_ptr() as *const Q4KRaw, blocks.len()) }
-}
-
-impl Q4KRaw {
-    /// The eight sub-block scales `d * sc` and mins `dmin * m` (llama.cpp's
-    /// `get_scale_min_k4`): value `i` of the super-block is `sc[i / 32] * q - mn[i / 32]`.
-    fn scales_mins(&self, sc: &mut [f32], mn: &mut [f32]) {
-        let (d, dmin, s) = (self.d.to_f32(), self.dmin.to_f32(), &self.scales);
-        for j in 0..8 {
-            let (a, b) = if j < 4 {
-                (s[j] & 63, s[j + 4] & 63)
-            } else {
-                ((s[j + 4] & 0x0F) | ((s[j - 4] >> 6) << 4), (s[j + 4] >> 4) | ((s[j] >> 6) << 4))
-            };
-            sc[j] = d * a as f32;
-            mn[j] = dmin * b as f32;
-        }
-    }
+    let raw = unsafe { &*(block as *const BlockQ4K as *const Q4KRaw) };
+    layout::Q4KBlock { d: raw.d, dmin: raw.dmin, scales: raw.scales, qs: raw.qs }
 }
 
 /// One activation row: quants `[kp]`, block scales `[kp / 32]`, block sums `[kp / 32]`.
@@ -75,9 +62,29 @@ pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// Values per Q8_0 / Q4_0 block.
 pub const BLOCK: usize = 32;
-/// Rows of `Q4_0`/`Q8_0` matrices are padded with zeros to a multiple of this many values
-/// (Q4_0 stores blocks in pairs).
+/// Rows of `Q8_0` matrices are padded with zeros to a multiple of this many values.
 const PAIR: usize = 2 * BLOCK;
+
+/// Runs `$call` with `$y` (1 to [`MAX_ROWS`] activation rows) bound as an array of its own
+/// length, writing the results into `$out`: const row counts, so each kernel keeps its
+/// accumulators in registers.
+#[cfg(target_arch = "x86_64")]
+macro_rules! with_rows {
+    ($y:expr, $out:expr, |$a:ident| $call:expr) => {{
+        macro_rules! call {
+            ($n:literal) => {{
+                let $a: [ActRow; $n] = std::array::from_fn(|k| $y[k]);
+                $out[..$n].copy_from_slice(&$call);
+            }};
+        }
+        match $y.len() {
+            1 => call!(1),
+            2 => call!(2),
+            3 => call!(3),
+            _ => call!(4),
+        }
+    }};
+}
 
 /// A quantized storage format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,16 +115,17 @@ impl QuantFormat {
     }
 }
 
-/// The weights, rows interleaved by four ("quads", the last one zero-padded): a kernel computing
-/// four outputs reads one contiguous stream, which the hardware prefetcher follows at full speed
-/// (four separate row streams reached only ~60 % of the memory bandwidth).
+/// The weights. Q8_0 rows are interleaved by four ("quads", the last one zero-padded): a kernel
+/// computing four outputs reads one contiguous stream, which the hardware prefetcher follows at
+/// full speed (four separate row streams reached only ~60 % of the memory bandwidth). The 4-bit
+/// formats hold tiles of eight rows, one stream each (see `layout`).
 enum Data {
     /// `qs: [quad][block][row of 4][32]`, `d: [quad][group of 8 blocks][row of 4][8]`.
     Q8_0 { qs: Vec<i8>, d: Vec<f16> },
-    /// `qs: [quad][block pair][row of 4][32 bytes]` (see the module docs), `d` as for Q8_0.
-    Q4_0 { qs: Vec<u8>, d: Vec<f16> },
-    /// `[quad][super-block][row of 4]` llama.cpp blocks.
-    Q4K(Vec<BlockQ4K>),
+    /// `[tile][block]` of [`layout::Q4_0_BYTES`].
+    Q4_0(Vec<u8>),
+    /// `[tile][super-block]` of [`layout::Q4K_BYTES`].
+    Q4K(Vec<u8>),
 }
 
 /// A weight matrix `[rows, cols]` (rows = outputs) held quantized.
@@ -178,28 +186,22 @@ impl QuantMatrix {
                 format.block_size()
             )));
         }
-        let kp = match format {
-            QuantFormat::Q4K => cols,
-            _ => cols.div_ceil(PAIR) * PAIR,
-        };
-        let quads = rows.div_ceil(4);
+        let kp = Self::padded_cols(format, cols);
         let nb = kp / BLOCK;
-        let groups = nb.div_ceil(8);
-        // Row `4q + r` of the quad `q` in `buf`; rows past the end stay zero (their outputs are
-        // dropped).
-        let row = |q: usize, r: usize, buf: &mut Vec<f32>| -> bool {
-            let i = 4 * q + r;
+        // Row `i` in `buf`; rows past the end stay zero (their outputs are dropped).
+        let row = |i: usize, buf: &mut Vec<f32>| -> bool {
             buf.resize(cols, 0.0);
             (i < rows).then(|| fill(i, buf)).is_some()
         };
         let data = match format {
             QuantFormat::Q8_0 => {
+                let (quads, groups) = (rows.div_ceil(4), nb.div_ceil(8));
                 let mut qs = vec![0i8; quads * 4 * kp];
                 let mut d = vec![f16::ZERO; quads * groups * 32];
                 qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
                     let mut w = Vec::new();
                     for r in 0..4 {
-                        if !row(q, r, &mut w) {
+                        if !row(4 * q + r, &mut w) {
                             continue;
                         }
                         for b in 0..nb {
@@ -212,47 +214,38 @@ impl QuantMatrix {
                 Data::Q8_0 { qs, d }
             }
             QuantFormat::Q4_0 => {
-                let mut qs = vec![0x88u8; quads * 4 * kp / 2];
-                let mut d = vec![f16::ZERO; quads * groups * 32];
-                qs.par_chunks_mut(2 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(nb * layout::Q4_0_BYTES).enumerate().for_each(|(t, tile)| {
                     let mut w = Vec::new();
-                    for r in 0..4 {
-                        if !row(q, r, &mut w) {
+                    for r in 0..TILE {
+                        if !row(TILE * t + r, &mut w) {
                             continue;
                         }
-                        for p in 0..nb / 2 {
-                            let (lo, hi) = (
-                                quantize_q4_0_block(padded_block(&w, 2 * p)),
-                                quantize_q4_0_block(padded_block(&w, 2 * p + 1)),
-                            );
-                            d[scale_index(2 * p, r)] = lo.0;
-                            d[scale_index(2 * p + 1, r)] = hi.0;
-                            let o = (4 * p + r) * BLOCK;
-                            for (j, byte) in qs[o..o + BLOCK].iter_mut().enumerate() {
-                                *byte = lo.1[j] | (hi.1[j] << 4);
-                            }
+                        for (b, blk) in tile.chunks_exact_mut(layout::Q4_0_BYTES).enumerate() {
+                            let (d, q) = quantize_q4_0_block(padded_block(&w, b));
+                            layout::q4_0_put(blk, r, d, &q);
                         }
                     }
                 });
-                Data::Q4_0 { qs, d }
+                Data::Q4_0(bytes)
             }
             QuantFormat::Q4K => {
                 let per_row = cols / QK_K;
-                let mut blocks = vec![BlockQ4K::zeros(); quads * 4 * per_row];
-                blocks.par_chunks_mut(4 * per_row).enumerate().for_each(|(q, quad)| {
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(per_row * layout::Q4K_BYTES).enumerate().for_each(|(t, tile)| {
                     let mut one = vec![BlockQ4K::zeros(); per_row];
                     let mut w = Vec::new();
-                    for r in 0..4 {
-                        if !row(q, r, &mut w) {
+                    for r in 0..TILE {
+                        if !row(TILE * t + r, &mut w) {
                             continue;
                         }
                         BlockQ4K::from_float(&w, &mut one);
-                        for (g, b) in one.iter().enumerate() {
-                            quad[4 * g + r] = b.clone();
+                        for (blk, src) in tile.chunks_exact_mut(layout::Q4K_BYTES).zip(&one) {
+                            layout::q4k_put(blk, r, &q4k_fields(src));
                         }
                     }
                 });
-                Data::Q4K(blocks)
+                Data::Q4K(bytes)
             }
         };
         Ok(Self { rows, cols, kp, data })
@@ -276,24 +269,53 @@ impl QuantMatrix {
     pub fn bytes(&self) -> usize {
         match &self.data {
             Data::Q8_0 { qs, d } => qs.len() + 2 * d.len(),
-            Data::Q4_0 { qs, d } => qs.len() + 2 * d.len(),
-            Data::Q4K(b) => std::mem::size_of_val(b.as_slice()),
+            Data::Q4_0(b) | Data::Q4K(b) => b.len(),
         }
     }
 
-    /// Row quad `q`: its weights, scales (Q8_0/Q4_0) or super-blocks (Q4_K).
-    fn quad(&self, q: usize) -> Quad<'_> {
+    /// Columns as stored: `cols` rounded up to a block (Q4_0), to a block pair (Q8_0, whose
+    /// kernel takes blocks in pairs), or `cols` (Q4_K, whose rows are whole super-blocks).
+    fn padded_cols(format: QuantFormat, cols: usize) -> usize {
+        match format {
+            QuantFormat::Q8_0 => cols.div_ceil(PAIR) * PAIR,
+            QuantFormat::Q4_0 => cols.div_ceil(BLOCK) * BLOCK,
+            QuantFormat::Q4K => cols,
+        }
+    }
+
+    /// Rows per tile: four for Q8_0's quads, eight for the 4-bit formats.
+    fn tile_rows(&self) -> usize {
+        match self.data {
+            Data::Q8_0 { .. } => 4,
+            _ => TILE,
+        }
+    }
+
+    /// A zeroed buffer for the tiles of a 4-bit matrix with `kp` stored columns. Padding rows
+    /// stay zero: a zero scale makes them zero whatever their nibbles. Zeroed memory comes from
+    /// the allocator untouched (`calloc`), so the repack is the only pass over it.
+    fn tile_bytes(format: QuantFormat, rows: usize, kp: usize) -> Vec<u8> {
+        let per_tile = match format {
+            QuantFormat::Q4K => kp / QK_K * layout::Q4K_BYTES,
+            _ => kp / BLOCK * layout::Q4_0_BYTES,
+        };
+        vec![0u8; rows.div_ceil(TILE) * per_tile]
+    }
+
+    /// Tile `t` (a quad for Q8_0): its weights and scales.
+    fn tile(&self, t: usize) -> Tile<'_> {
         let (kp, groups) = (self.kp, (self.kp / BLOCK).div_ceil(8));
         match &self.data {
             Data::Q8_0 { qs, d } => {
-                Quad::Q8_0(&qs[q * 4 * kp..(q + 1) * 4 * kp], &d[q * groups * 32..(q + 1) * groups * 32])
+                Tile::Q8_0(&qs[t * 4 * kp..(t + 1) * 4 * kp], &d[t * groups * 32..(t + 1) * groups * 32])
             }
-            Data::Q4_0 { qs, d } => {
-                Quad::Q4_0(&qs[q * 2 * kp..(q + 1) * 2 * kp], &d[q * groups * 32..(q + 1) * groups * 32])
+            Data::Q4_0(b) => {
+                let per = kp / BLOCK * layout::Q4_0_BYTES;
+                Tile::Q4_0(&b[t * per..(t + 1) * per])
             }
             Data::Q4K(b) => {
-                let per = 4 * kp / QK_K;
-                Quad::Q4K(q4k_raw(&b[q * per..(q + 1) * per]))
+                let per = kp / QK_K * layout::Q4K_BYTES;
+                Tile::Q4K(&b[t * per..(t + 1) * per])
             }
         }
     }
@@ -301,21 +323,31 @@ impl QuantMatrix {
     /// The weights as f32 `[rows, cols]`: what the quantized numbers stand for.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
+        let n = self.tile_rows();
         for (i, row) in out.chunks_mut(self.cols).enumerate() {
-            let (quad, r) = (self.quad(i / 4), i % 4);
-            for (c, v) in row.iter_mut().enumerate() {
-                let (b, j) = (c / BLOCK, c % BLOCK);
-                *v = match quad {
-                    Quad::Q8_0(qs, d) => qs[(4 * b + r) * BLOCK + j] as f32 * d[scale_index(b, r)].to_f32(),
-                    Quad::Q4_0(qs, d) => (q4_0_nibble(qs, r, b, j) as f32 - 8.0) * d[scale_index(b, r)].to_f32(),
-                    Quad::Q4K(blocks) => {
-                        let blk = &blocks[4 * (c / QK_K) + r];
-                        let (mut sc, mut mn) = ([0f32; 8], [0f32; 8]);
-                        blk.scales_mins(&mut sc, &mut mn);
-                        let sub = b % 8;
-                        sc[sub] * q4k_nibble(blk, sub, j) as f32 - mn[sub]
+            let (tile, r) = (self.tile(i / n), i % n);
+            for (b, vals) in row.chunks_mut(BLOCK).enumerate() {
+                match tile {
+                    Tile::Q8_0(qs, d) => {
+                        for (j, v) in vals.iter_mut().enumerate() {
+                            *v = qs[(4 * b + r) * BLOCK + j] as f32 * d[scale_index(b, r)].to_f32();
+                        }
                     }
-                };
+                    Tile::Q4_0(bytes) => {
+                        let (d, q) = layout::q4_0_get(&bytes[b * layout::Q4_0_BYTES..], r);
+                        for (v, q) in vals.iter_mut().zip(q) {
+                            *v = (q as f32 - 8.0) * d.to_f32();
+                        }
+                    }
+                    Tile::Q4K(bytes) => {
+                        let (blk, sub) = (&bytes[b / 8 * layout::Q4K_BYTES..], b % 8);
+                        let (sc, mn) = layout::q4k_scale_min(blk, r, sub);
+                        let q = layout::nibbles(&blk[layout::Q4K_QS + sub * layout::NIBBLES..], r);
+                        for (v, q) in vals.iter_mut().zip(q) {
+                            *v = sc * q as f32 - mn;
+                        }
+                    }
+                }
             }
         }
         out
@@ -339,29 +371,27 @@ impl QuantMatrix {
         }
         let act = self.quantize_rows(x, m);
         let (kp, nb) = (self.kp, self.kp / BLOCK);
-        // Decode (m = 1) is bound by reading the weights: small chunks keep both cores busy to
-        // the end. Prefill is bound by arithmetic: a chunk's rows stay in cache across all m.
-        let chunk = if m == 1 { 8 } else { 4 };
-        let quads = rows.div_ceil(4);
+        let n = self.tile_rows();
+        // Decode (m = 1) is bound by reading the weights: small chunks (32 rows) keep both cores
+        // busy to the end. Prefill is bound by arithmetic: a chunk's 16 rows stay in cache
+        // across all m.
+        let chunk = if m == 1 { 32 / n } else { 16 / n };
+        let tiles = rows.div_ceil(n);
         let ptr = OutPtr(out.as_mut_ptr());
         let row = |i: usize| -> ActRow<'_> {
             (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
         };
-        // Prefill: two activation rows per call where a two-row kernel exists (Q4_0, Q4_K).
-        let step = if cfg!(target_arch = "x86_64") && kernels != Isa::Portable && self.format() != QuantFormat::Q8_0 {
-            2
-        } else {
-            1
-        };
-        (0..quads.div_ceil(chunk)).into_par_iter().for_each(|c| {
+        // Activation rows per kernel call: each unpacked weight vector serves all of them.
+        let step = if self.format() == QuantFormat::Q8_0 { 1 } else { MAX_ROWS };
+        (0..tiles.div_ceil(chunk)).into_par_iter().for_each(|c| {
             for i in (0..m).step_by(step) {
-                let n = step.min(m - i);
-                for q in c * chunk..((c + 1) * chunk).min(quads) {
-                    let dots = self.quad_dots(kernels, q, [row(i), row(i + n - 1)], n);
-                    for (k, dots) in dots.iter().take(n).enumerate() {
-                        // SAFETY: row `i + k`, columns `4q..4q + 4` (clipped to `rows`) belong
-                        // to this chunk only, and lie inside `out`.
-                        unsafe { store(ptr, (i + k) * rows + 4 * q, dots, rows - 4 * q) };
+                let y: Vec<ActRow> = (i..(i + step).min(m)).map(row).collect();
+                for t in c * chunk..((c + 1) * chunk).min(tiles) {
+                    let dots = self.tile_dots(kernels, t, &y);
+                    for (k, dots) in dots.iter().take(y.len()).enumerate() {
+                        // SAFETY: row `i + k`, columns `n t..n t + n` (clipped to `rows`)
+                        // belong to this chunk only, and lie inside `out`.
+                        unsafe { store(ptr, (i + k) * rows + n * t, dots, (rows - n * t).min(n)) };
                     }
                 }
             }
@@ -369,32 +399,38 @@ impl QuantMatrix {
         Ok(out)
     }
 
-    /// The four outputs of quad `q` for the first `n` (1 or 2) of the activation rows `y`.
-    fn quad_dots(&self, kernels: Isa, q: usize, y: [ActRow; 2], n: usize) -> [[f32; 4]; 2] {
-        match (kernels, self.quad(q)) {
-            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C; quads and
-            // activation rows have the lengths the kernels need.
+    /// The outputs of tile `t` (its first [`Self::tile_rows`] lanes) for each activation row
+    /// of `y` (at most [`MAX_ROWS`]).
+    fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> [[f32; TILE]; MAX_ROWS] {
+        let mut out = [[0f32; TILE]; MAX_ROWS];
+        match (kernels, self.tile(t)) {
+            // SAFETY (both arms): an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C;
+            // tiles and activation rows have the lengths the kernels check.
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Quad::Q4_0(w, d)) if n == 2 => unsafe { avx2::q4_0_dots(w, d, y) },
+            (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, |y| unsafe { avx2::q4_0_tile(w, y) }),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, |y| unsafe { avx2::q4k_tile(w, y) }),
             // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Quad::Q4K(w)) if n == 2 => unsafe { avx2::q4k_dots(w, y) },
-            // SAFETY: as for the first arm.
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Quad::Q4_0(w, d)) => unsafe { [avx2::q4_0_dots(w, d, [y[0]])[0], [0.0; 4]] },
-            // SAFETY: as for the first arm.
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Quad::Q4K(w)) => unsafe { [avx2::q4k_dots(w, [y[0]])[0], [0.0; 4]] },
-            // SAFETY: as for the first arm.
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Quad::Q8_0(w, d)) => unsafe { [avx2::q8_0_dot4(w, d, y[0]), [0.0; 4]] },
-            (Isa::Portable, quad) => std::array::from_fn(|k| match quad {
-                _ if k >= n => [0.0; 4],
-                Quad::Q8_0(w, d) => portable::q8_0_dot4(w, d, y[k], 0),
-                Quad::Q4_0(w, d) => portable::q4_0_dot4(w, d, y[k], 0),
-                Quad::Q4K(w) => portable::q4k_dot4(w, y[k]),
-            }),
+            (Isa::Avx2(_), Tile::Q8_0(w, d)) => {
+                for (o, &y) in out.iter_mut().zip(y) {
+                    o[..4].copy_from_slice(&unsafe { avx2::q8_0_dot4(w, d, y) });
+                }
+            }
+            (_, tile) => {
+                for (o, &y) in out.iter_mut().zip(y) {
+                    *o = match tile {
+                        Tile::Q8_0(w, d) => {
+                            let q = portable::q8_0_dot4(w, d, y, 0);
+                            std::array::from_fn(|r| if r < 4 { q[r] } else { 0.0 })
+                        }
+                        Tile::Q4_0(w) => portable::q4_0_tile(w, y),
+                        Tile::Q4K(w) => portable::q4k_tile(w, y),
+                    };
+                }
+            }
         }
+        out
     }
 
     /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`).
@@ -423,13 +459,16 @@ impl QuantMatrix {
     }
 }
 
-/// Four interleaved weight rows (see [`Data`]).
+/// One tile of weight rows (see [`Data`]).
 #[derive(Clone, Copy)]
-pub(super) enum Quad<'a> {
+pub(super) enum Tile<'a> {
     Q8_0(&'a [i8], &'a [f16]),
-    Q4_0(&'a [u8], &'a [f16]),
-    Q4K(&'a [Q4KRaw]),
+    Q4_0(&'a [u8]),
+    Q4K(&'a [u8]),
 }
+
+/// Activation rows one 4-bit kernel call takes.
+const MAX_ROWS: usize = 4;
 
 /// Where the scale of block `b` of row `r` sits in its quad's scales: groups of eight blocks,
 /// each holding four rows' eight scales (`[group][row][8]`), so one load widens a row's group.
@@ -437,32 +476,12 @@ pub(super) fn scale_index(b: usize, r: usize) -> usize {
     (b / 8 * 4 + r) * 8 + b % 8
 }
 
-/// Nibble `j` of block `b` of row `r` in a Q4_0 quad: pairs of blocks, four rows per pair.
-pub(super) fn q4_0_nibble(qs: &[u8], r: usize, b: usize, j: usize) -> u8 {
-    let byte = qs[(4 * (b / 2) + r) * BLOCK + j];
-    if b % 2 == 0 {
-        byte & 0x0F
-    } else {
-        byte >> 4
-    }
-}
-
-/// Nibble `j` of sub-block `sub` (0..8) of a Q4_K super-block.
-pub(super) fn q4k_nibble(blk: &Q4KRaw, sub: usize, j: usize) -> u8 {
-    let byte = blk.qs[(sub / 2) * BLOCK + j];
-    if sub % 2 == 0 {
-        byte & 0x0F
-    } else {
-        byte >> 4
-    }
-}
-
-/// Writes `vals[..n.min(4)]` at `ptr + at`.
+/// Writes `vals[..n]` at `ptr + at`.
 ///
 /// # Safety
 /// The elements written must be inside the output buffer and written by no other worker.
-unsafe fn store(ptr: OutPtr, at: usize, vals: &[f32; 4], n: usize) {
-    for (j, &v) in vals.iter().take(n.min(4)).enumerate() {
+unsafe fn store(ptr: OutPtr, at: usize, vals: &[f32; TILE], n: usize) {
+    for (j, &v) in vals.iter().take(n).enumerate() {
         // SAFETY: inside the buffer and this worker's alone, per the contract.
         unsafe { *ptr.0.add(at + j) = v };
     }
@@ -575,24 +594,25 @@ mod tests {
             let theirs = QTensor::quantize(&t, ggml).unwrap().data().unwrap().into_owned();
             let nb = cols / BLOCK;
             for i in 0..rows {
-                let r = i % 4;
                 for b in 0..nb {
                     let blk = &theirs[(i * nb + b) * block_bytes..(i * nb + b + 1) * block_bytes];
                     let d = f16::from_le_bytes([blk[0], blk[1]]);
-                    match ours.quad(i / 4) {
-                        Quad::Q8_0(qs, ds) => {
+                    match ours.tile(i / ours.tile_rows()) {
+                        Tile::Q8_0(qs, ds) => {
+                            let r = i % 4;
                             assert_eq!(ds[scale_index(b, r)], d, "{format:?} scale of block {i},{b}");
                             let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
                             assert_eq!(&qs[(4 * b + r) * BLOCK..][..BLOCK], &q[..], "{format:?} block {i},{b}");
                         }
-                        Quad::Q4_0(qs, ds) => {
-                            assert_eq!(ds[scale_index(b, r)], d, "{format:?} scale of block {i},{b}");
+                        Tile::Q4_0(tile) => {
+                            let (ds, q) = layout::q4_0_get(&tile[b * layout::Q4_0_BYTES..], i % TILE);
+                            assert_eq!(ds, d, "{format:?} scale of block {i},{b}");
                             for j in 0..16 {
-                                assert_eq!(q4_0_nibble(qs, r, b, j), blk[2 + j] & 0x0F);
-                                assert_eq!(q4_0_nibble(qs, r, b, j + 16), blk[2 + j] >> 4);
+                                assert_eq!(q[j], blk[2 + j] & 0x0F);
+                                assert_eq!(q[j + 16], blk[2 + j] >> 4);
                             }
                         }
-                        Quad::Q4K(_) => unreachable!(),
+                        Tile::Q4K(_) => unreachable!(),
                     }
                 }
             }
@@ -621,13 +641,12 @@ mod tests {
         let (rows, cols) = (3, 512);
         let w = random(rows * cols, 3);
         let q = QuantMatrix::quantize(&w, rows, cols, QuantFormat::Q4K).unwrap();
-        let Data::Q4K(blocks) = &q.data else { unreachable!() };
-        // Rows are interleaved by four: super-block g of row i is at [quad][g][i % 4].
-        let per_row = cols / QK_K;
+        // candle's quantizer and dequantizer on each row, without our layout.
         let mut theirs = vec![0f32; rows * cols];
-        for (i, row) in theirs.chunks_mut(cols).enumerate() {
-            let own: Vec<BlockQ4K> = (0..per_row).map(|g| blocks[(i / 4 * per_row + g) * 4 + i % 4].clone()).collect();
-            BlockQ4K::to_float(&own, row);
+        for (row, w) in theirs.chunks_mut(cols).zip(w.chunks(cols)) {
+            let mut blocks = vec![BlockQ4K::zeros(); cols / QK_K];
+            BlockQ4K::from_float(w, &mut blocks);
+            BlockQ4K::to_float(&blocks, row);
         }
         assert_eq!(q.dequantize(), theirs);
         let err = w.iter().zip(&theirs).fold(0f32, |a, (w, t)| a.max((w - t).abs()));
@@ -653,9 +672,17 @@ mod tests {
         }
         // Odd shapes on purpose: rows not a multiple of 4 or of a chunk; columns padded, or
         // not a multiple of 256 (the kernels' tail).
-        for (rows, cols, m) in
-            [(37, 512, 1), (37, 448, 3), (20, 96, 2), (130, 768, 5), (3, 256, 1), (70, 512, 40), (9, 64, 2)]
-        {
+        for (rows, cols, m) in [
+            (37, 512, 1),
+            (37, 448, 3),
+            (20, 96, 2),
+            (130, 768, 5),
+            (3, 256, 1),
+            (70, 512, 40),
+            (9, 64, 2),
+            (11, 256, 7),
+            (8, 32, 4),
+        ] {
             let w = random(rows * cols, 7);
             let x = random(m * cols, 9);
             let half_step: Vec<f32> = x
