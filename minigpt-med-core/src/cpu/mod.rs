@@ -5,6 +5,9 @@
 //! proves the CPU runs AVX2, FMA and F16C: a kernel that matches it may call the AVX2 code
 //! without checking again, and no caller can hand it a wrong value.
 
+mod pages;
+pub(crate) use pages::{Pages, Zeroable};
+
 /// Proof that this CPU runs AVX2, FMA and F16C. Made only by [`Isa::detect`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avx2(());

@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use math::gelu;
 pub(crate) use math::softmax_rows;
 
-use crate::cpu::{Isa, OutPtr};
+use crate::cpu::{Isa, OutPtr, Pages, Zeroable};
 use crate::error::{Error, Result};
 
 /// Rows of C per micro-kernel tile.
@@ -78,9 +78,14 @@ pub enum Precision {
     F16,
 }
 
+// SAFETY: arrays of f32 / f16 with no padding beyond their alignment: all zeros is valid.
+unsafe impl Zeroable for PanelRow {}
+// SAFETY: as above.
+unsafe impl Zeroable for PanelRowF16 {}
+
 enum Panels {
-    F32(Vec<PanelRow>),
-    F16(Vec<PanelRowF16>),
+    F32(Pages<PanelRow>),
+    F16(Pages<PanelRowF16>),
 }
 
 /// The right operand `B: [k, n]` of `C = A B`, packed into panels of [`NR`] columns
@@ -126,7 +131,7 @@ impl PackedB {
             w.len()
         );
         let count = n.div_ceil(NR) * k;
-        let mut rows = vec![PanelRowF16([f16::ZERO; NR]); count];
+        let mut rows = Pages::<PanelRowF16>::zeroed(count);
         if k > 0 {
             rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
                 for c in 0..NR.min(n - p * NR) {
@@ -160,14 +165,14 @@ impl PackedB {
         let width = |p: usize| NR.min(n - p * NR);
         let panels = match precision {
             Precision::F32 => {
-                let mut rows = vec![PanelRow([0.0; NR]); count];
+                let mut rows = Pages::<PanelRow>::zeroed(count);
                 if k > 0 {
                     rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| fill(p * NR, width(p), panel));
                 }
                 Panels::F32(rows)
             }
             Precision::F16 => {
-                let mut rows = vec![PanelRowF16([f16::ZERO; NR]); count];
+                let mut rows = Pages::<PanelRowF16>::zeroed(count);
                 if k > 0 {
                     rows.par_chunks_mut(k).enumerate().for_each(|(p, panel)| {
                         let mut wide = vec![PanelRow([0.0; NR]); k];
@@ -199,8 +204,8 @@ impl PackedB {
     /// Bytes held (padding included).
     pub fn bytes(&self) -> usize {
         match &self.panels {
-            Panels::F32(rows) => std::mem::size_of_val(rows.as_slice()),
-            Panels::F16(rows) => std::mem::size_of_val(rows.as_slice()),
+            Panels::F32(rows) => std::mem::size_of_val(&rows[..]),
+            Panels::F16(rows) => std::mem::size_of_val(&rows[..]),
         }
     }
 
@@ -587,7 +592,7 @@ mod tests {
             let w: Vec<f32> = h.iter().map(|v| v.to_f32()).collect();
             let (a, b) = (PackedB::from_nk_f16(&h, n, k, k), PackedB::from_nk(&w, n, k, k, Precision::F16));
             let (Panels::F16(a), Panels::F16(b)) = (&a.panels, &b.panels) else { panic!("f16 panels") };
-            assert!(a.iter().zip(b).all(|(x, y)| x.0.map(f16::to_bits) == y.0.map(f16::to_bits)), "[{n}, {k}]");
+            assert!(a.iter().zip(b.iter()).all(|(x, y)| x.0.map(f16::to_bits) == y.0.map(f16::to_bits)), "[{n}, {k}]");
             assert_eq!(a.len(), b.len());
         }
     }
@@ -673,7 +678,7 @@ mod tests {
         }
         let nk = PackedB::from_nk(&t, n, k, k, Precision::F32);
         let (Panels::F32(kn_rows), Panels::F32(nk_rows)) = (&kn.panels, &nk.panels) else { panic!("f32 panels") };
-        assert!(kn_rows.iter().zip(nk_rows).all(|(a, b)| a.0 == b.0));
+        assert!(kn_rows.iter().zip(nk_rows.iter()).all(|(a, b)| a.0 == b.0));
         let a = values(m * ld, 5);
         for kernels in Isa::available() {
             let mut c = vec![f32::NAN; m * ld];

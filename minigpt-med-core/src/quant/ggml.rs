@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use super::layout::{self, Q4KBlock, TILE};
 use super::{scale_index, Data, QuantFormat, QuantMatrix, BLOCK};
+use crate::cpu::Pages;
 use crate::error::{Error, Result};
 
 /// Bytes of one GGML block of `format` (of [`QuantFormat::block_size`] values).
@@ -96,8 +97,8 @@ impl QuantMatrix {
         let data = match format {
             QuantFormat::Q8_0 => {
                 let (quads, groups) = (rows.div_ceil(4), (kp / BLOCK).div_ceil(8));
-                let mut d = vec![f16::ZERO; quads * groups * 32];
-                let mut qs = vec![0i8; quads * 4 * kp];
+                let mut d = Pages::<f16>::zeroed(quads * groups * 32);
+                let mut qs = Pages::<i8>::zeroed(quads * 4 * kp);
                 qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
                     |(q, (qs, d))| -> Result<()> {
                         for r in (0..4).filter(|r| 4 * q + r < rows) {
@@ -118,15 +119,12 @@ impl QuantMatrix {
                 bytes.par_chunks_mut(nb * layout::Q4_0_BYTES).enumerate().try_for_each(|(t, tile)| -> Result<()> {
                     let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
                     for (b, blk) in tile.chunks_exact_mut(layout::Q4_0_BYTES).enumerate() {
-                        let at = |r: usize| src.get(r).map(|row| &row[b * bb..(b + 1) * bb]);
-                        layout::put_f16s(blk, &std::array::from_fn(|r| at(r).map_or(f16::ZERO, read_f16)));
-                        // GGML byte `2 + j` holds values `j` (low nibble) and `j + 16`;
-                        // padding rows stay zero (under a zero scale).
-                        let vals = std::array::from_fn(|r| match at(r) {
-                            Some(s) => std::array::from_fn(|v| if v < 16 { s[2 + v] } else { s[v - 14] >> 4 }),
-                            None => [0; BLOCK],
-                        });
-                        layout::pack_nibbles(&mut blk[2 * TILE..], &vals);
+                        let (d, nib) = blk.split_at_mut(2 * TILE);
+                        for (r, row) in src.iter().enumerate() {
+                            let g = &row[b * bb..(b + 1) * bb];
+                            d[2 * r..2 * r + 2].copy_from_slice(&g[..2]);
+                            layout::put_q4_0_ggml(nib, r, g[2..].try_into().expect("an 18-byte block"));
+                        }
                     }
                     Ok(())
                 })?;
@@ -140,10 +138,9 @@ impl QuantMatrix {
                         let src: Vec<&[u8]> =
                             (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
                         for (b, blk) in tile.chunks_exact_mut(layout::Q4K_BYTES).enumerate() {
-                            let blocks = std::array::from_fn(|r| {
-                                src.get(r).map(|row| Q4KBlock::from_bytes(&row[b * bb..(b + 1) * bb]))
-                            });
-                            layout::q4k_pack(blk, &blocks);
+                            for (r, row) in src.iter().enumerate() {
+                                layout::q4k_put(blk, r, &Q4KBlock::from_bytes(&row[b * bb..(b + 1) * bb]));
+                            }
                         }
                         Ok(())
                     },

@@ -54,22 +54,28 @@ pub(super) fn put_nibbles(nib: &mut [u8], r: usize, q: &[u8; BLOCK]) {
     }
 }
 
-/// Writes a whole block's nibbles from the eight rows' values (0..16): what [`put_nibbles`]
-/// does row by row, in one pass of plain byte stores (the load repacks gigabytes this way).
-pub(super) fn pack_nibbles(nib: &mut [u8], vals: &[[u8; BLOCK]; TILE]) {
-    for (j, vec) in nib[..NIBBLES].chunks_exact_mut(BLOCK).enumerate() {
-        for (r, v) in vals.iter().enumerate() {
-            for t in 0..4 {
-                vec[4 * r + t] = (v[8 * j + t] & 0x0F) | ((v[8 * j + 4 + t] & 0x0F) << 4);
-            }
-        }
-    }
+/// GGML's nibble packing to ours, four bytes at a time. `lo` holds values `v..v + 4` of two
+/// sequences (first: low nibbles, second: high), `hi` values `v + 4..v + 8`; returns the tile
+/// word of row `r` holding values `v..v + 8` of the first sequence and that of the second.
+fn split_words(lo: u32, hi: u32) -> (u32, u32) {
+    ((lo & 0x0F0F_0F0F) | ((hi & 0x0F0F_0F0F) << 4), ((lo >> 4) & 0x0F0F_0F0F) | (hi & 0xF0F0_F0F0))
 }
 
-/// Stores eight f16 values (one per tile row) at the start of `b`.
-pub(super) fn put_f16s(b: &mut [u8], vals: &[f16; TILE]) {
-    for (o, v) in b.chunks_exact_mut(2).zip(vals) {
-        o.copy_from_slice(&v.to_le_bytes());
+fn word(q: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes([q[i], q[i + 1], q[i + 2], q[i + 3]])
+}
+
+fn put_word(nib: &mut [u8], vector: usize, r: usize, w: u32) {
+    nib[BLOCK * vector + 4 * r..][..4].copy_from_slice(&w.to_le_bytes());
+}
+
+/// Sets row `r` of a Q4_0 tile block's nibbles from GGML's 16 quant bytes (byte `j`: value `j`
+/// in the low nibble, value `j + 16` in the high): [`put_nibbles`] without unpacking.
+pub(super) fn put_q4_0_ggml(nib: &mut [u8], r: usize, q: &[u8; 16]) {
+    for j in 0..2 {
+        let (first, second) = split_words(word(q, 8 * j), word(q, 8 * j + 4));
+        put_word(nib, j, r, first);
+        put_word(nib, j + 2, r, second);
     }
 }
 
@@ -174,30 +180,14 @@ pub(super) fn q4k_put(blk: &mut [u8], r: usize, src: &Q4KBlock) {
         blk[Q4K_SC + TILE * j + r] = sc[j];
         blk[Q4K_MN + TILE * j + r] = mn[j];
     }
-    for sub in 0..8 {
-        let q = std::array::from_fn(|j| (src.qs[32 * (sub / 2) + j] >> (4 * (sub % 2))) & 0x0F);
-        put_nibbles(&mut blk[Q4K_QS + sub * NIBBLES..], r, &q);
-    }
-}
-
-/// Fills a Q4_K tile super-block from its eight rows' GGML blocks in one pass (`None`: a
-/// padding row, all zero).
-pub(super) fn q4k_pack(blk: &mut [u8], rows: &[Option<Q4KBlock>; TILE]) {
-    let zero = Q4KBlock { d: f16::ZERO, dmin: f16::ZERO, scales: [0; 12], qs: [0; 128] };
-    let rows: [&Q4KBlock; TILE] = std::array::from_fn(|r| rows[r].as_ref().unwrap_or(&zero));
-    put_f16s(blk, &std::array::from_fn(|r| rows[r].d));
-    put_f16s(&mut blk[Q4K_DMIN..], &std::array::from_fn(|r| rows[r].dmin));
-    for (r, src) in rows.iter().enumerate() {
-        let (sc, mn) = src.scales_mins();
-        for j in 0..8 {
-            blk[Q4K_SC + TILE * j + r] = sc[j];
-            blk[Q4K_MN + TILE * j + r] = mn[j];
+    // GGML byte `32p + v`: value `v` of sub-block `2p` (low nibble) and of `2p + 1` (high).
+    for p in 0..4 {
+        let q = &src.qs[32 * p..];
+        for j in 0..4 {
+            let (first, second) = split_words(word(q, 8 * j), word(q, 8 * j + 4));
+            put_word(&mut blk[Q4K_QS + 2 * p * NIBBLES..], j, r, first);
+            put_word(&mut blk[Q4K_QS + (2 * p + 1) * NIBBLES..], j, r, second);
         }
-    }
-    for sub in 0..8 {
-        let (p, shift) = (32 * (sub / 2), 4 * (sub % 2));
-        let vals = std::array::from_fn(|r| std::array::from_fn(|v| rows[r].qs[p + v] >> shift));
-        pack_nibbles(&mut blk[Q4K_QS + sub * NIBBLES..], &vals);
     }
 }
 
@@ -255,18 +245,12 @@ mod tests {
         for (r, b) in blocks.iter().enumerate() {
             assert_eq!(q4k_get(&tile, r), *b, "row {r}");
         }
-        let mut packed = vec![0xAAu8; Q4K_BYTES];
-        q4k_pack(&mut packed, &std::array::from_fn(|r| (r != 5).then(|| blocks[r])));
-        for (r, b) in blocks.iter().enumerate() {
-            let want =
-                if r == 5 { Q4KBlock { d: f16::ZERO, dmin: f16::ZERO, scales: [0; 12], qs: [0; 128] } } else { *b };
-            assert_eq!(q4k_get(&packed, r), want, "packed row {r}");
-        }
-        let vals: [[u8; BLOCK]; TILE] = std::array::from_fn(|r| std::array::from_fn(|v| ((3 * v + r) % 16) as u8));
-        let mut nib = vec![0x55u8; NIBBLES];
-        pack_nibbles(&mut nib, &vals);
-        for (r, v) in vals.iter().enumerate() {
-            assert_eq!(&nibbles(&nib, r), v, "pack_nibbles row {r}");
+        let mut q40 = vec![0u8; Q4_0_BYTES];
+        for r in 0..TILE {
+            let q: [u8; 16] = std::array::from_fn(|j| (r * 37 + j * 11) as u8);
+            put_q4_0_ggml(&mut q40[2 * TILE..], r, &q);
+            let want: [u8; BLOCK] = std::array::from_fn(|v| if v < 16 { q[v] & 0x0F } else { q[v - 16] >> 4 });
+            assert_eq!(q4_0_get(&q40, r).1, want, "GGML row {r}");
         }
         let mut q40 = vec![0u8; Q4_0_BYTES];
         for r in 0..TILE {

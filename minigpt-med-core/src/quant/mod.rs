@@ -33,7 +33,7 @@ use candle_core::quantized::k_quants::{BlockQ4K, GgmlType, QK_K};
 use half::f16;
 use rayon::prelude::*;
 
-use crate::cpu::{Isa, OutPtr};
+use crate::cpu::{Isa, OutPtr, Pages};
 use crate::error::{Error, Result};
 use layout::TILE;
 
@@ -121,11 +121,11 @@ impl QuantFormat {
 /// formats hold tiles of eight rows, one stream each (see `layout`).
 enum Data {
     /// `qs: [quad][block][row of 4][32]`, `d: [quad][group of 8 blocks][row of 4][8]`.
-    Q8_0 { qs: Vec<i8>, d: Vec<f16> },
+    Q8_0 { qs: Pages<i8>, d: Pages<f16> },
     /// `[tile][block]` of [`layout::Q4_0_BYTES`].
-    Q4_0(Vec<u8>),
+    Q4_0(Pages<u8>),
     /// `[tile][super-block]` of [`layout::Q4K_BYTES`].
-    Q4K(Vec<u8>),
+    Q4K(Pages<u8>),
 }
 
 /// A weight matrix `[rows, cols]` (rows = outputs) held quantized.
@@ -196,8 +196,8 @@ impl QuantMatrix {
         let data = match format {
             QuantFormat::Q8_0 => {
                 let (quads, groups) = (rows.div_ceil(4), nb.div_ceil(8));
-                let mut qs = vec![0i8; quads * 4 * kp];
-                let mut d = vec![f16::ZERO; quads * groups * 32];
+                let mut qs = Pages::<i8>::zeroed(quads * 4 * kp);
+                let mut d = Pages::<f16>::zeroed(quads * groups * 32);
                 qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
                     let mut w = Vec::new();
                     for r in 0..4 {
@@ -292,14 +292,13 @@ impl QuantMatrix {
     }
 
     /// A zeroed buffer for the tiles of a 4-bit matrix with `kp` stored columns. Padding rows
-    /// stay zero: a zero scale makes them zero whatever their nibbles. Zeroed memory comes from
-    /// the allocator untouched (`calloc`), so the repack is the only pass over it.
-    fn tile_bytes(format: QuantFormat, rows: usize, kp: usize) -> Vec<u8> {
+    /// stay zero: a zero scale makes them zero whatever their nibbles.
+    fn tile_bytes(format: QuantFormat, rows: usize, kp: usize) -> Pages<u8> {
         let per_tile = match format {
             QuantFormat::Q4K => kp / QK_K * layout::Q4K_BYTES,
             _ => kp / BLOCK * layout::Q4_0_BYTES,
         };
-        vec![0u8; rows.div_ceil(TILE) * per_tile]
+        Pages::zeroed(rows.div_ceil(TILE) * per_tile)
     }
 
     /// Tile `t` (a quad for Q8_0): its weights and scales.
