@@ -26,7 +26,8 @@ mkdir -p "$OUT" "$WORK"
     echo "date: $(date -u +%FT%TZ)"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
     echo "minigpt-med: $(git rev-parse --short HEAD) $("$BIN" --version)"
-    "$PY" -c 'import llama_cpp, torch; print("llama-cpp-python:", llama_cpp.__version__); print("torch:", torch.__version__)'
+    "$PY" -c 'import llama_cpp; print("llama-cpp-python:", llama_cpp.__version__)'
+    if [ "$TORCH" = 1 ]; then "$PY" -c 'import torch; print("torch:", torch.__version__)'; fi
     rustc --version
 } | tee "$OUT/versions.txt"
 

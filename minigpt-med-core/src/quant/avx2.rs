@@ -1,15 +1,11 @@
 //! AVX2 + FMA + F16C kernels (x86-64 since Haswell / Zen 1), chosen at run time.
 //!
-//! The Q8_0 kernel takes a quad of four weight rows against one activation row: each activation
-//! block is loaded once for four rows, and the four accumulators are independent chains, so the
-//! FMA latency is hidden. The 4-bit kernels take a tile of eight rows against up to four
-//! activation rows (see `layout` and [`block_dots`]): one accumulator per activation row, lane
-//! `r` for weight row `r`, so a block costs one conversion and two FMAs per activation row for
-//! all eight weight rows.
+//! Every kernel takes a tile of eight weight rows against up to four activation rows (see
+//! `layout`, [`block_dots`] and [`q8_block_dots`]): one accumulator per activation row, lane `r`
+//! for weight row `r`, so a block costs one conversion and one or two FMAs per activation row
+//! for all eight weight rows, and each weight vector loaded serves every activation row.
 
 use std::arch::x86_64::*;
-
-use half::f16;
 
 use super::{layout, ActRow, BLOCK, TILE};
 
@@ -31,76 +27,6 @@ unsafe fn prefetch<T>(p: *const T, lines: usize) {
         for l in 0..lines {
             _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(64 * l));
         }
-    }
-}
-
-/// The sum of the eight lanes of `v`.
-///
-/// # Safety
-/// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
-/// pointers and slices cover what the calling kernel's contract names.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-}
-
-/// See `portable::q8_0_dot4`. Products use `vpmaddubsw`, which wants one unsigned operand:
-/// |w| times y with w's sign moved onto y (Q8_0 never holds -128, so |w| fits in a byte and a
-/// pair sums to at most 2 * 127 * 127, within i16).
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C; `w` and `d` form one quad of a matrix whose rows hold
-/// `yq.len()` values.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_0_dot4(w: &[i8], d: &[f16], y: ActRow) -> [f32; 4] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
-    unsafe {
-        let (yq, yd, _) = y;
-        let nb = yd.len();
-        assert!(yq.len() == nb * BLOCK && w.len() == 4 * nb * BLOCK && d.len() >= nb / 8 * 32);
-        let (wp, dp, yq, yd) = (w.as_ptr(), d.as_ptr() as *const __m128i, yq.as_ptr(), yd.as_ptr());
-        let ones = _mm256_set1_epi16(1);
-        let (mut a0, mut a1, mut a2, mut a3) =
-            (_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
-        for g in 0..nb / 8 {
-            let dy = _mm256_loadu_ps(yd.add(8 * g));
-            let s = |r: usize| _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128(dp.add(4 * g + r))), dy);
-            let (s0, s1, s2, s3) = (s(0), s(1), s(2), s(3));
-            macro_rules! block {
-                ($j:literal) => {{
-                    let b = 8 * g + $j;
-                    let yv = _mm256_loadu_si256(yq.add(b * BLOCK) as *const __m256i);
-                    let lane = _mm256_set1_epi32($j);
-                    prefetch(wp.add(4 * b * BLOCK), 2);
-                    let dot = |r: usize| {
-                        let x = _mm256_loadu_si256(wp.add((4 * b + r) * BLOCK) as *const __m256i);
-                        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(yv, x));
-                        _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones))
-                    };
-                    a0 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s0, lane), dot(0), a0);
-                    a1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s1, lane), dot(1), a1);
-                    a2 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s2, lane), dot(2), a2);
-                    a3 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(s3, lane), dot(3), a3);
-                }};
-            }
-            block!(0);
-            block!(1);
-            block!(2);
-            block!(3);
-            block!(4);
-            block!(5);
-            block!(6);
-            block!(7);
-        }
-        // The last (fewer than eight) blocks of rows that are not a multiple of 256 long.
-        let tail = super::portable::q8_0_dot4(w, d, y, nb / 8 * 8);
-        [hsum(a0) + tail[0], hsum(a1) + tail[1], hsum(a2) + tail[2], hsum(a3) + tail[3]]
     }
 }
 
@@ -135,6 +61,62 @@ unsafe fn block_dots<const N: usize>(nib: *const u8, y: [*const i8; N]) -> [__m2
         }
         let ones = _mm256_set1_epi16(1);
         std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_madd_epi16(s[i], ones)))
+    }
+}
+
+/// The dots of one Q8_0 tile block (`q`: [`TILE`] * [`BLOCK`] quants, see `layout`) with `N`
+/// activation rows, as i32 with lane `r` for row `r`. `vpmaddubsw` wants one unsigned operand:
+/// |w| times y with w's sign moved onto y (Q8_0 never holds -128, so |w| fits in a byte and a
+/// pair sums to at most 2 * 127 * 127, within i16; two pairs would not, so each vector widens
+/// to i32 at once).
+///
+/// # Safety
+/// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
+/// pointers cover one tile block and `N` activation blocks.
+#[inline(always)]
+unsafe fn q8_block_dots<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m256; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut s = [_mm256_setzero_si256(); N];
+        for j in 0..BLOCK / 4 {
+            let x = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+            let ax = _mm256_sign_epi8(x, x);
+            for i in 0..N {
+                let yv = _mm256_set1_epi32((y[i].add(4 * j) as *const i32).read_unaligned());
+                let p = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(yv, x));
+                s[i] = _mm256_add_epi32(s[i], _mm256_madd_epi16(p, ones));
+            }
+        }
+        std::array::from_fn(|i| _mm256_cvtepi32_ps(s[i]))
+    }
+}
+
+/// See `portable::q8_0_tile`, for `N` activation rows.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q8_0_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
+    unsafe {
+        let nb = y[0].1.len();
+        for (yq, yd, _) in y {
+            assert!(yq.len() == nb * BLOCK && yd.len() == nb);
+        }
+        assert!(w.len() == nb * layout::Q8_0_BYTES);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let blk = w.as_ptr().add(b * layout::Q8_0_BYTES);
+            prefetch(blk, 5);
+            let dots = q8_block_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+            for i in 0..N {
+                let dy = _mm256_set1_ps(*y[i].1.get_unchecked(b));
+                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), dots[i], acc[i]);
+            }
+        }
+        lanes(acc)
     }
 }
 

@@ -1,4 +1,4 @@
-//! llama.cpp's block layout (what a GGUF file holds) to and from our quad-interleaved layout.
+//! llama.cpp's block layout (what a GGUF file holds) to and from our tiles of eight rows.
 //! Both hold the same numbers, so a matrix written and read back is the matrix that was
 //! quantized: converted files answer bit-identically, with no requantization at load.
 //!
@@ -11,8 +11,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::layout::{self, Q4KBlock, TILE};
-use super::{scale_index, Data, QuantFormat, QuantMatrix, BLOCK};
-use crate::cpu::Pages;
+use super::{Data, QuantFormat, QuantMatrix, BLOCK};
 use crate::error::{Error, Result};
 
 /// Bytes of one GGML block of `format` (of [`QuantFormat::block_size`] values).
@@ -47,12 +46,13 @@ impl QuantMatrix {
         }
         let kp = self.kp;
         match &self.data {
-            Data::Q8_0 { qs, d } => {
-                let (quad, i, groups) = (r / 4, r % 4, (kp / BLOCK).div_ceil(8));
-                let (qs, d) = (&qs[quad * 4 * kp..], &d[quad * groups * 32..]);
-                for b in 0..self.cols / BLOCK {
-                    out.extend_from_slice(&d[scale_index(b, i)].to_le_bytes());
-                    out.extend(qs[(4 * b + i) * BLOCK..][..BLOCK].iter().map(|&q| q as u8));
+            Data::Q8_0(bytes) => {
+                let per_tile = kp / BLOCK * layout::Q8_0_BYTES;
+                let tile = &bytes[r / TILE * per_tile..][..per_tile];
+                for blk in tile.chunks_exact(layout::Q8_0_BYTES) {
+                    let (d, q) = layout::q8_0_get(blk, r % TILE);
+                    out.extend_from_slice(&d.to_le_bytes());
+                    out.extend(q.iter().map(|&q| q as u8));
                 }
             }
             Data::Q4_0(bytes) => {
@@ -96,22 +96,19 @@ impl QuantMatrix {
         let kp = Self::padded_cols(format, cols);
         let data = match format {
             QuantFormat::Q8_0 => {
-                let (quads, groups) = (rows.div_ceil(4), (kp / BLOCK).div_ceil(8));
-                let mut d = Pages::<f16>::zeroed(quads * groups * 32);
-                let mut qs = Pages::<i8>::zeroed(quads * 4 * kp);
-                qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().try_for_each(
-                    |(q, (qs, d))| -> Result<()> {
-                        for r in (0..4).filter(|r| 4 * q + r < rows) {
-                            for (b, src) in checked(4 * q + r)?.chunks_exact(block_bytes(format)).enumerate() {
-                                d[scale_index(b, r)] = read_f16(src);
-                                let o = (4 * b + r) * BLOCK;
-                                qs[o..o + BLOCK].iter_mut().zip(&src[2..]).for_each(|(q, &v)| *q = v as i8);
-                            }
+                let (nb, bb) = (kp / BLOCK, block_bytes(format));
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(nb * layout::Q8_0_BYTES).enumerate().try_for_each(|(t, tile)| -> Result<()> {
+                    let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
+                    for (b, blk) in tile.chunks_exact_mut(layout::Q8_0_BYTES).enumerate() {
+                        for (r, row) in src.iter().enumerate() {
+                            let g = &row[b * bb..(b + 1) * bb];
+                            layout::q8_0_put(blk, r, read_f16(g), &g[2..]);
                         }
-                        Ok(())
-                    },
-                )?;
-                Data::Q8_0 { qs, d }
+                    }
+                    Ok(())
+                })?;
+                Data::Q8_0(bytes)
             }
             QuantFormat::Q4_0 => {
                 let (nb, bb) = (kp / BLOCK, block_bytes(format));

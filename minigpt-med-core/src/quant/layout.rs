@@ -9,6 +9,8 @@
 //! row, sums the block in 16-bit lanes and converts once per block for eight rows (where a
 //! row-major layout converts once per block and row).
 //!
+//! - Q8_0, per tile and block ([`Q8_0_BYTES`]): the eight rows' f16 scales, then 256 quants in
+//!   eight vectors: byte `4r + t` of vector `j` is value `4j + t` of row `r`.
 //! - Q4_0, per tile and block ([`Q4_0_BYTES`]): the eight rows' f16 scales, then the nibbles.
 //! - Q4_K, per tile and super-block of 256 ([`Q4K_BYTES`]): eight f16 `d`, eight f16 `dmin`,
 //!   the 6-bit sub-block scales and mins unpacked to bytes (`[sub-block][row]`, 64 each), then
@@ -23,6 +25,8 @@ use super::BLOCK;
 pub(super) const TILE: usize = 8;
 /// Bytes of one block's nibbles across a tile's rows.
 pub(super) const NIBBLES: usize = TILE * BLOCK / 2;
+/// Bytes per tile and block of Q8_0: scales, then quants.
+pub(super) const Q8_0_BYTES: usize = 2 * TILE + TILE * BLOCK;
 /// Bytes per tile and block of Q4_0: scales, then nibbles.
 pub(super) const Q4_0_BYTES: usize = 2 * TILE + NIBBLES;
 /// Offsets inside a Q4_K tile super-block.
@@ -85,6 +89,21 @@ fn f16_at(b: &[u8], i: usize) -> f16 {
 
 fn put_f16(b: &mut [u8], i: usize, v: f16) {
     b[2 * i..2 * i + 2].copy_from_slice(&v.to_le_bytes());
+}
+
+/// Row `r` of a Q8_0 tile block ([`Q8_0_BYTES`]): its scale and quants.
+pub(super) fn q8_0_get(blk: &[u8], r: usize) -> (f16, [i8; BLOCK]) {
+    let q = &blk[2 * TILE..];
+    (f16_at(blk, r), std::array::from_fn(|v| q[BLOCK * (v / 4) + 4 * r + v % 4] as i8))
+}
+
+/// Sets row `r` of a Q8_0 tile block from its scale and quants, a word at a time (GGML's block
+/// holds the same quants in column order).
+pub(super) fn q8_0_put(blk: &mut [u8], r: usize, d: f16, q: &[u8]) {
+    put_f16(blk, r, d);
+    for j in 0..BLOCK / 4 {
+        put_word(&mut blk[2 * TILE..], j, r, word(q, 4 * j));
+    }
 }
 
 /// Row `r` of a Q4_0 tile block ([`Q4_0_BYTES`]): its scale and nibbles.
@@ -244,6 +263,16 @@ mod tests {
         }
         for (r, b) in blocks.iter().enumerate() {
             assert_eq!(q4k_get(&tile, r), *b, "row {r}");
+        }
+        let mut q8 = vec![0u8; Q8_0_BYTES];
+        for r in 0..TILE {
+            let q: [u8; BLOCK] = std::array::from_fn(|v| (r * 41 + v * 7) as u8);
+            q8_0_put(&mut q8, r, f16::from_f32(r as f32), &q);
+        }
+        for r in 0..TILE {
+            let (d, q) = q8_0_get(&q8, r);
+            assert_eq!(d.to_f32(), r as f32);
+            assert_eq!(q, std::array::from_fn(|v| (r * 41 + v * 7) as u8 as i8), "Q8_0 row {r}");
         }
         let mut q40 = vec![0u8; Q4_0_BYTES];
         for r in 0..TILE {

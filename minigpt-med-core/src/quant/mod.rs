@@ -8,13 +8,12 @@
 //! compares) is the layout and the kernels:
 //!
 //! - Each matrix is held once, quantized from the loaded tensor (or repacked from a GGUF
-//!   file's blocks) in place. Q8_0 rows are interleaved by four ("quads"), quants and scales in
-//!   separate arrays so eight block scales widen with one F16C instruction. The 4-bit formats
-//!   hold tiles of eight rows (`layout`): per block of 32 columns, the eight rows' nibbles in
-//!   128 bytes, ordered so one `maddubs` multiplies four values of all eight rows at once, with
-//!   the tile's scales beside them. A kernel reads one contiguous stream per tile and each
-//!   unpacked weight vector serves up to four activation rows, so prefill runs near the FMA
-//!   peak and decode near the memory bound.
+//!   file's blocks) in place, in tiles of eight rows (`layout`): per block of 32 columns, the
+//!   eight rows' quants ordered so one `maddubs` multiplies four values of all eight rows at
+//!   once, with the tile's f16 scales beside them (one F16C instruction widens all eight). A
+//!   kernel reads one contiguous stream per tile and each weight vector it loads serves up to
+//!   four activation rows, so prefill runs near the arithmetic peak and decode near the
+//!   memory bound.
 //! - Activations are quantized once per call to 8-bit blocks with f32 scales (finer than
 //!   llama.cpp's 256-value Q8_K blocks for Q4_K).
 //!
@@ -62,8 +61,6 @@ pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 
 /// Values per Q8_0 / Q4_0 block.
 pub const BLOCK: usize = 32;
-/// Rows of `Q8_0` matrices are padded with zeros to a multiple of this many values.
-const PAIR: usize = 2 * BLOCK;
 
 /// Runs `$call` with `$y` (1 to [`MAX_ROWS`] activation rows) bound as an array of its own
 /// length, writing the results into `$out`: const row counts, so each kernel keeps its
@@ -115,13 +112,13 @@ impl QuantFormat {
     }
 }
 
-/// The weights. Q8_0 rows are interleaved by four ("quads", the last one zero-padded): a kernel
-/// computing four outputs reads one contiguous stream, which the hardware prefetcher follows at
-/// full speed (four separate row streams reached only ~60 % of the memory bandwidth). The 4-bit
-/// formats hold tiles of eight rows, one stream each (see `layout`).
+/// The weights, in tiles of eight rows (the last one zero-padded), each tile one contiguous
+/// stream (see `layout`): a kernel computing eight outputs reads one stream, which the hardware
+/// prefetcher follows at full speed (separate row streams reached only ~60 % of the memory
+/// bandwidth).
 enum Data {
-    /// `qs: [quad][block][row of 4][32]`, `d: [quad][group of 8 blocks][row of 4][8]`.
-    Q8_0 { qs: Pages<i8>, d: Pages<f16> },
+    /// `[tile][block]` of [`layout::Q8_0_BYTES`].
+    Q8_0(Pages<u8>),
     /// `[tile][block]` of [`layout::Q4_0_BYTES`].
     Q4_0(Pages<u8>),
     /// `[tile][super-block]` of [`layout::Q4K_BYTES`].
@@ -132,7 +129,7 @@ enum Data {
 pub struct QuantMatrix {
     rows: usize,
     cols: usize,
-    /// `cols` rounded up to [`PAIR`] for Q8_0/Q4_0; `cols` for Q4_K.
+    /// `cols` rounded up to [`BLOCK`] for Q8_0/Q4_0; `cols` for Q4_K.
     kp: usize,
     data: Data,
 }
@@ -195,23 +192,20 @@ impl QuantMatrix {
         };
         let data = match format {
             QuantFormat::Q8_0 => {
-                let (quads, groups) = (rows.div_ceil(4), nb.div_ceil(8));
-                let mut qs = Pages::<i8>::zeroed(quads * 4 * kp);
-                let mut d = Pages::<f16>::zeroed(quads * groups * 32);
-                qs.par_chunks_mut(4 * kp).zip(d.par_chunks_mut(groups * 32)).enumerate().for_each(|(q, (qs, d))| {
-                    let mut w = Vec::new();
-                    for r in 0..4 {
-                        if !row(4 * q + r, &mut w) {
+                let mut bytes = Self::tile_bytes(format, rows, kp);
+                bytes.par_chunks_mut(nb * layout::Q8_0_BYTES).enumerate().for_each(|(t, tile)| {
+                    let (mut w, mut q) = (Vec::new(), [0i8; BLOCK]);
+                    for r in 0..TILE {
+                        if !row(TILE * t + r, &mut w) {
                             continue;
                         }
-                        for b in 0..nb {
-                            let o = (4 * b + r) * BLOCK;
-                            d[scale_index(b, r)] =
-                                f16::from_f32(quantize_q8_block(padded_block(&w, b), &mut qs[o..o + BLOCK]));
+                        for (b, blk) in tile.chunks_exact_mut(layout::Q8_0_BYTES).enumerate() {
+                            let d = quantize_q8_block(padded_block(&w, b), &mut q);
+                            layout::q8_0_put(blk, r, f16::from_f32(d), &q.map(|v| v as u8));
                         }
                     }
                 });
-                Data::Q8_0 { qs, d }
+                Data::Q8_0(bytes)
             }
             QuantFormat::Q4_0 => {
                 let mut bytes = Self::tile_bytes(format, rows, kp);
@@ -254,7 +248,7 @@ impl QuantMatrix {
     /// The storage format.
     pub fn format(&self) -> QuantFormat {
         match self.data {
-            Data::Q8_0 { .. } => QuantFormat::Q8_0,
+            Data::Q8_0(_) => QuantFormat::Q8_0,
             Data::Q4_0 { .. } => QuantFormat::Q4_0,
             Data::Q4K(_) => QuantFormat::Q4K,
         }
@@ -268,68 +262,55 @@ impl QuantMatrix {
     /// Bytes held (padding included).
     pub fn bytes(&self) -> usize {
         match &self.data {
-            Data::Q8_0 { qs, d } => qs.len() + 2 * d.len(),
-            Data::Q4_0(b) | Data::Q4K(b) => b.len(),
+            Data::Q8_0(b) | Data::Q4_0(b) | Data::Q4K(b) => b.len(),
         }
     }
 
-    /// Columns as stored: `cols` rounded up to a block (Q4_0), to a block pair (Q8_0, whose
-    /// kernel takes blocks in pairs), or `cols` (Q4_K, whose rows are whole super-blocks).
+    /// Columns as stored: `cols` rounded up to a block (Q8_0, Q4_0), or `cols` (Q4_K, whose
+    /// rows are whole super-blocks).
     fn padded_cols(format: QuantFormat, cols: usize) -> usize {
         match format {
-            QuantFormat::Q8_0 => cols.div_ceil(PAIR) * PAIR,
-            QuantFormat::Q4_0 => cols.div_ceil(BLOCK) * BLOCK,
+            QuantFormat::Q8_0 | QuantFormat::Q4_0 => cols.div_ceil(BLOCK) * BLOCK,
             QuantFormat::Q4K => cols,
         }
     }
 
-    /// Rows per tile: four for Q8_0's quads, eight for the 4-bit formats.
-    fn tile_rows(&self) -> usize {
-        match self.data {
-            Data::Q8_0 { .. } => 4,
-            _ => TILE,
+    /// Bytes per tile of a matrix of `format` with `kp` stored columns.
+    fn per_tile(format: QuantFormat, kp: usize) -> usize {
+        match format {
+            QuantFormat::Q8_0 => kp / BLOCK * layout::Q8_0_BYTES,
+            QuantFormat::Q4_0 => kp / BLOCK * layout::Q4_0_BYTES,
+            QuantFormat::Q4K => kp / QK_K * layout::Q4K_BYTES,
         }
     }
 
-    /// A zeroed buffer for the tiles of a 4-bit matrix with `kp` stored columns. Padding rows
+    /// A zeroed buffer for the tiles of a matrix with `kp` stored columns. Padding rows
     /// stay zero: a zero scale makes them zero whatever their nibbles.
     fn tile_bytes(format: QuantFormat, rows: usize, kp: usize) -> Pages<u8> {
-        let per_tile = match format {
-            QuantFormat::Q4K => kp / QK_K * layout::Q4K_BYTES,
-            _ => kp / BLOCK * layout::Q4_0_BYTES,
-        };
-        Pages::zeroed(rows.div_ceil(TILE) * per_tile)
+        Pages::zeroed(rows.div_ceil(TILE) * Self::per_tile(format, kp))
     }
 
-    /// Tile `t` (a quad for Q8_0): its weights and scales.
+    /// Tile `t`: its weights and scales.
     fn tile(&self, t: usize) -> Tile<'_> {
-        let (kp, groups) = (self.kp, (self.kp / BLOCK).div_ceil(8));
+        let per = Self::per_tile(self.format(), self.kp);
         match &self.data {
-            Data::Q8_0 { qs, d } => {
-                Tile::Q8_0(&qs[t * 4 * kp..(t + 1) * 4 * kp], &d[t * groups * 32..(t + 1) * groups * 32])
-            }
-            Data::Q4_0(b) => {
-                let per = kp / BLOCK * layout::Q4_0_BYTES;
-                Tile::Q4_0(&b[t * per..(t + 1) * per])
-            }
-            Data::Q4K(b) => {
-                let per = kp / QK_K * layout::Q4K_BYTES;
-                Tile::Q4K(&b[t * per..(t + 1) * per])
-            }
+            Data::Q8_0(b) => Tile::Q8_0(&b[t * per..(t + 1) * per]),
+            Data::Q4_0(b) => Tile::Q4_0(&b[t * per..(t + 1) * per]),
+            Data::Q4K(b) => Tile::Q4K(&b[t * per..(t + 1) * per]),
         }
     }
 
     /// The weights as f32 `[rows, cols]`: what the quantized numbers stand for.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        let n = self.tile_rows();
         for (i, row) in out.chunks_mut(self.cols).enumerate() {
-            let (tile, r) = (self.tile(i / n), i % n);
+            let (tile, r) = (self.tile(i / TILE), i % TILE);
             for (b, vals) in row.chunks_mut(BLOCK).enumerate() {
                 match tile {
-                    Tile::Q8_0(qs, d) => {
-                        for (j, v) in vals.iter_mut().enumerate() {
-                            *v = qs[(4 * b + r) * BLOCK + j] as f32 * d[scale_index(b, r)].to_f32();
+                    Tile::Q8_0(bytes) => {
+                        let (d, q) = layout::q8_0_get(&bytes[b * layout::Q8_0_BYTES..], r);
+                        for (v, q) in vals.iter_mut().zip(q) {
+                            *v = q as f32 * d.to_f32();
                         }
                     }
                     Tile::Q4_0(bytes) => {
@@ -370,7 +351,7 @@ impl QuantMatrix {
         }
         let act = self.quantize_rows(x, m);
         let (kp, nb) = (self.kp, self.kp / BLOCK);
-        let n = self.tile_rows();
+        let n = TILE;
         // Decode (m = 1) is bound by reading the weights: small chunks (32 rows) keep both cores
         // busy to the end. Prefill is bound by arithmetic: a chunk's 16 rows stay in cache
         // across all m.
@@ -381,7 +362,7 @@ impl QuantMatrix {
             (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
         };
         // Activation rows per kernel call: each unpacked weight vector serves all of them.
-        let step = if self.format() == QuantFormat::Q8_0 { 1 } else { MAX_ROWS };
+        let step = MAX_ROWS;
         (0..tiles.div_ceil(chunk)).into_par_iter().for_each(|c| {
             for i in (0..m).step_by(step) {
                 let y: Vec<ActRow> = (i..(i + step).min(m)).map(row).collect();
@@ -409,20 +390,12 @@ impl QuantMatrix {
             (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, |y| unsafe { avx2::q4_0_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, |y| unsafe { avx2::q4k_tile(w, y) }),
-            // SAFETY: as for the first arm.
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q8_0(w, d)) => {
-                for (o, &y) in out.iter_mut().zip(y) {
-                    o[..4].copy_from_slice(&unsafe { avx2::q8_0_dot4(w, d, y) });
-                }
-            }
+            (Isa::Avx2(_), Tile::Q8_0(w)) => with_rows!(y, out, |y| unsafe { avx2::q8_0_tile(w, y) }),
             (_, tile) => {
                 for (o, &y) in out.iter_mut().zip(y) {
                     *o = match tile {
-                        Tile::Q8_0(w, d) => {
-                            let q = portable::q8_0_dot4(w, d, y, 0);
-                            std::array::from_fn(|r| if r < 4 { q[r] } else { 0.0 })
-                        }
+                        Tile::Q8_0(w) => portable::q8_0_tile(w, y),
                         Tile::Q4_0(w) => portable::q4_0_tile(w, y),
                         Tile::Q4K(w) => portable::q4k_tile(w, y),
                     };
@@ -461,19 +434,13 @@ impl QuantMatrix {
 /// One tile of weight rows (see [`Data`]).
 #[derive(Clone, Copy)]
 pub(super) enum Tile<'a> {
-    Q8_0(&'a [i8], &'a [f16]),
+    Q8_0(&'a [u8]),
     Q4_0(&'a [u8]),
     Q4K(&'a [u8]),
 }
 
 /// Activation rows one 4-bit kernel call takes.
 const MAX_ROWS: usize = 4;
-
-/// Where the scale of block `b` of row `r` sits in its quad's scales: groups of eight blocks,
-/// each holding four rows' eight scales (`[group][row][8]`), so one load widens a row's group.
-pub(super) fn scale_index(b: usize, r: usize) -> usize {
-    (b / 8 * 4 + r) * 8 + b % 8
-}
 
 /// Writes `vals[..n]` at `ptr + at`.
 ///
@@ -596,12 +563,12 @@ mod tests {
                 for b in 0..nb {
                     let blk = &theirs[(i * nb + b) * block_bytes..(i * nb + b + 1) * block_bytes];
                     let d = f16::from_le_bytes([blk[0], blk[1]]);
-                    match ours.tile(i / ours.tile_rows()) {
-                        Tile::Q8_0(qs, ds) => {
-                            let r = i % 4;
-                            assert_eq!(ds[scale_index(b, r)], d, "{format:?} scale of block {i},{b}");
-                            let q: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
-                            assert_eq!(&qs[(4 * b + r) * BLOCK..][..BLOCK], &q[..], "{format:?} block {i},{b}");
+                    match ours.tile(i / TILE) {
+                        Tile::Q8_0(tile) => {
+                            let (ds, q) = layout::q8_0_get(&tile[b * layout::Q8_0_BYTES..], i % TILE);
+                            assert_eq!(ds, d, "{format:?} scale of block {i},{b}");
+                            let want: Vec<i8> = blk[2..].iter().map(|&v| v as i8).collect();
+                            assert_eq!(&q[..], &want[..], "{format:?} block {i},{b}");
                         }
                         Tile::Q4_0(tile) => {
                             let (ds, q) = layout::q4_0_get(&tile[b * layout::Q4_0_BYTES..], i % TILE);

@@ -1,22 +1,20 @@
 //! Plain-Rust kernels: the reference the SIMD ones are tested against, and the path on CPUs
-//! without AVX2. Each computes the outputs of one tile of weight rows (see `Data`) for one
+//! without AVX2. Each computes the outputs of one tile of eight weight rows (see `layout`) for one
 //! activation row ([`ActRow`]).
 
-use half::f16;
+use super::{layout, ActRow, BLOCK, TILE};
 
-use super::{layout, scale_index, ActRow, BLOCK, TILE};
-
-/// A Q8_0 quad (`w: [block][4][32]`, scales `d` at [`scale_index`]), over blocks `from..`.
-pub(super) fn q8_0_dot4(w: &[i8], d: &[f16], (yq, yd, _): ActRow, from: usize) -> [f32; 4] {
-    std::array::from_fn(|r| {
-        let mut acc = 0f32;
-        for (b, (&dy, y)) in yd.iter().zip(yq.chunks_exact(BLOCK)).enumerate().skip(from) {
-            let x = &w[(4 * b + r) * BLOCK..(4 * b + r + 1) * BLOCK];
-            let isum: i32 = x.iter().zip(y).map(|(&a, &b)| a as i32 * b as i32).sum();
-            acc += d[scale_index(b, r)].to_f32() * dy * isum as f32;
+/// A Q8_0 tile (see `layout`): its eight outputs.
+pub(super) fn q8_0_tile(w: &[u8], (yq, yd, _): ActRow) -> [f32; TILE] {
+    let mut acc = [0f32; TILE];
+    for (b, (&dy, y)) in yd.iter().zip(yq.chunks_exact(BLOCK)).enumerate() {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let (d, q) = layout::q8_0_get(&w[b * layout::Q8_0_BYTES..], r);
+            let isum: i32 = q.iter().zip(y).map(|(&q, &v)| q as i32 * v as i32).sum();
+            *acc += d.to_f32() * dy * isum as f32;
         }
-        acc
-    })
+    }
+    acc
 }
 
 /// A Q4_0 tile (see `layout`): its eight outputs.
