@@ -187,6 +187,11 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     let (dec_best, dec_med) = best_median(decode, true);
     let peak = peak_rss();
     let weights = model.info().llm_weight_bytes;
+    // Decode's ceiling, measured in the same run: the weights a step reads at the machine's
+    // read bandwidth.
+    let bandwidth = read_bandwidth(minigpt_med::threads());
+    let step_gb = model.info().llm_step_bytes as f64 / 1e9;
+    let (decode_gbps, bound) = (dec_best * step_gb, bandwidth / step_gb);
     if a.json {
         println!(
             "{}",
@@ -201,7 +206,11 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                 "prefill_tokens_per_s": {"best": pre_best, "median": pre_med},
                 "decode_tokens": a.decode_tokens,
                 "decode_tokens_per_s": {"best": dec_best, "median": dec_med},
+                "memory_read_gbps": bandwidth,
+                "decode_read_gbps": decode_gbps,
+                "decode_bound_tokens_per_s": bound,
                 "llm_weight_bytes": weights,
+                "llm_step_bytes": model.info().llm_step_bytes,
                 "peak_rss_bytes": peak,
                 "peak_rss_after_load_bytes": rss_after_load,
                 "study": study,
@@ -217,6 +226,10 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         println!("image encode     min {enc_min:.0} ms, median {enc_med:.0} ms");
         println!("prefill          best {pre_best:.2} tok/s, median {pre_med:.2} tok/s ({prompt_len} tokens)");
         println!("decode           best {dec_best:.2} tok/s, median {dec_med:.2} tok/s ({} tokens)", a.decode_tokens);
+        println!(
+            "memory           reads {bandwidth:.1} GB/s; decode reads {decode_gbps:.1} GB/s ({:.0} % of the bound of {bound:.2} tok/s)",
+            100.0 * dec_best / bound
+        );
         println!("LLM weights      {}", gib(Some(weights as u64)));
         println!("peak RSS         {} (after load {})", gib(peak), gib(rss_after_load));
         if let Some(s) = &study {
@@ -238,6 +251,41 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         }
     }
     Ok(())
+}
+
+/// The machine's memory read bandwidth in GB/s, the ceiling of decode (which reads every
+/// weight once per token): `threads` threads each sum their contiguous share of a 1 GiB
+/// buffer, best of five passes. One stream per thread reads fastest here (measured: 2 threads
+/// 32.5 GB/s with one stream each, 24-29 GB/s with two to eight interleaved streams each), as
+/// the hardware prefetcher follows one stream best.
+fn read_bandwidth(threads: usize) -> f64 {
+    let buf = vec![1u64; 1 << 27];
+    let per = buf.len().div_ceil(threads.max(1));
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let total = std::thread::scope(|s| {
+            let parts: Vec<_> = buf
+                .chunks(per)
+                .map(|part| {
+                    s.spawn(move || {
+                        // Eight independent sums: the adds keep up with the loads.
+                        let mut acc = [0u64; 8];
+                        for line in part.chunks_exact(8) {
+                            for (a, &v) in acc.iter_mut().zip(line) {
+                                *a = a.wrapping_add(v);
+                            }
+                        }
+                        acc.iter().fold(0u64, |s, &v| s.wrapping_add(v))
+                    })
+                })
+                .collect();
+            parts.into_iter().map(|h| h.join().unwrap_or(0)).fold(0u64, u64::wrapping_add)
+        });
+        std::hint::black_box(total);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 8) as f64 / 1e9 / best
 }
 
 /// The six tasks of the study row, one per MiniGPT-Med task.
@@ -369,6 +417,27 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
             }
         }
     }
+    // Decode as it runs in the model: one row against matrices that do not fit in any cache
+    // (a layer's weights are read once per token), so the weights come from memory. Copies of
+    // gate_proj totalling >= 512 MB, one pass over all of them per repeat.
+    let (rows, cols) = (11008, 4096);
+    let wt = Tensor::rand(-1f32, 1.0, (rows, cols), &CDevice::Cpu)?;
+    let w = wt.flatten_all()?.to_vec1::<f32>()?;
+    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
+    for (format, _) in formats {
+        let one = QuantMatrix::quantize(&w, rows, cols, format)?;
+        let copies = (512_000_000usize).div_ceil(one.bytes());
+        let mats: Vec<QuantMatrix> = std::iter::once(Ok(one))
+            .chain((1..copies).map(|_| QuantMatrix::quantize(&w, rows, cols, format)))
+            .collect::<Result<_, _>>()?;
+        let bytes: usize = mats.iter().map(|q| q.bytes()).sum();
+        let t = time(&mut || mats.iter().try_for_each(|q| q.matmul(&x, 1).map(drop)))?;
+        let name = format!("decode stream ({copies} x gate)");
+        let mut row = kernel_row((&name, rows * copies, cols, 1), &format!("{format:?}"), t, f64::NAN, bytes);
+        row["candle_ms"] = serde_json::Value::Null;
+        row["candle_gflops"] = serde_json::Value::Null;
+        rows_out.push(row);
+    }
     // The ViT-g's layers for one 448 px image (1025 tokens) in f32 and f16: our packed GEMM
     // beside candle's matmul (the `gemm` crate; f16 activations for its f16 product).
     let vit = [("vit qkv", 4224, 1408), ("vit proj", 1408, 1408), ("vit fc1", 6144, 1408), ("vit fc2", 1408, 6144)];
@@ -386,7 +455,11 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
         rows_out.push(kernel_row((name, rows, cols, m), &format!("{precision:?}"), t_ours, t_theirs, ours.bytes()));
     }
     if a.json {
-        println!("{}", json!({"threads": minigpt_med::threads(), "repeats": a.repeats, "kernels": rows_out}));
+        let bandwidth = read_bandwidth(minigpt_med::threads());
+        println!(
+            "{}",
+            json!({"threads": minigpt_med::threads(), "repeats": a.repeats, "memory_read_gbps": bandwidth, "kernels": rows_out})
+        );
     } else {
         println!("threads {}, best of {}", minigpt_med::threads(), a.repeats);
         println!(

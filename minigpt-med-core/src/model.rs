@@ -127,6 +127,9 @@ pub struct ModelInfo {
     pub vit_dtype: WeightDType,
     /// Bytes of LLM weights in memory.
     pub llm_weight_bytes: usize,
+    /// Bytes of LLM weights one decode step reads: all but the embedding table, of which a
+    /// step reads one row. Divided by a step's time, the memory bandwidth decode reaches.
+    pub llm_step_bytes: usize,
     /// Milliseconds spent in [`Model::load`].
     pub load_ms: f64,
 }
@@ -261,6 +264,7 @@ impl Model {
             llm_dtype: opts.llm_dtype,
             vit_dtype: opts.vit_dtype,
             llm_weight_bytes: llama.weight_bytes(),
+            llm_step_bytes: llama.step_bytes(),
             load_ms: start.elapsed().as_secs_f64() * 1e3,
         };
         Ok(Self { cfg, vit, connector, llama, codec, device, info })

@@ -195,6 +195,44 @@ impl Linear {
         self.forward_act(x, Epilogue::Identity)
     }
 
+    /// [`Self::forward`] of several layers over one input `x: [.., in]` (a decoder layer's q, k
+    /// and v; gate and up). Quantized CPU layers without bias share one quantization of `x`
+    /// and one parallel pass ([`QuantMatrix::matmul_many`]), with results bit-identical to
+    /// separate calls; other layers run one after the other.
+    pub(crate) fn forward_many<const N: usize>(layers: [&Linear; N], x: &Tensor) -> Result<[Tensor; N]> {
+        let packed: Option<Vec<&QuantMatrix>> = layers
+            .iter()
+            .map(|l| match (&l.weight, &l.bias) {
+                (Weight::Packed(q), None) => Some(&**q),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::with_capacity(N);
+        match packed {
+            Some(mats) if mats.iter().all(|q| q.dims().1 == mats[0].dims().1) => {
+                let k = mats[0].dims().1;
+                let mut shape = x.dims().to_vec();
+                if shape.last() != Some(&k) {
+                    return Err(Error::Tensor(candle_core::Error::Msg(format!(
+                        "input of shape {shape:?} for matrices of {k} inputs"
+                    ))));
+                }
+                let m = x.elem_count() / k.max(1);
+                let ys = with_f32_slice(x, |x| QuantMatrix::matmul_many(&mats, x, m))?;
+                for (y, q) in ys.into_iter().zip(&mats) {
+                    *shape.last_mut().expect("checked above") = q.dims().0;
+                    out.push(Tensor::from_vec(y, shape.clone(), x.device())?);
+                }
+            }
+            _ => {
+                for l in layers {
+                    out.push(l.forward(x)?);
+                }
+            }
+        }
+        out.try_into().map_err(|_| Error::InvalidOption("one output per layer".into()))
+    }
+
     /// `epilogue(x W^T + b)`: the GELU is fused into the f32 CPU product's store.
     pub(crate) fn forward_act(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
         let y = match &self.weight {

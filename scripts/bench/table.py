@@ -51,9 +51,12 @@ def main(d):
         print("| matrix | format | rows m | ours ms | candle ms | ours GFLOP/s | candle GFLOP/s | ours weight GB/s |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in k["kernels"]:
+            c = lambda v, f: "-" if v is None else format(v, f)
             print(f"| {r['matrix']} {r['rows']}x{r['cols']} | {r['format']} | {r['m']} | {r['ours_ms']:.2f} | "
-                  f"{r['candle_ms']:.2f} | {r['ours_gflops']:.1f} | {r['candle_gflops']:.1f} | "
+                  f"{c(r['candle_ms'], '.2f')} | {r['ours_gflops']:.1f} | {c(r['candle_gflops'], '.1f')} | "
                   f"{r['ours_weight_gbps']:.1f} |")
+        if "memory_read_gbps" in k:
+            print(f"\nMemory read bandwidth in the same run: {k['memory_read_gbps']:.1f} GB/s")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,14 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// The feed-forward block, `down(silu(gate(h)) * up(h))`, gate and up in one pass.
+    fn mlp(&self, h: &Tensor) -> Result<Tensor> {
+        let [gate, up] = Linear::forward_many([&self.gate, &self.up], h)?;
+        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+    }
+}
+
 /// The language model: embeddings, decoder layers, final norm and `lm_head`.
 pub(crate) struct Llama {
     cfg: LlamaConfig,
@@ -216,6 +224,11 @@ impl Llama {
         layers + t(&self.embed) + t(&self.norm) + self.lm_head.bytes()
     }
 
+    /// Bytes of weights a decode step reads: everything but the embedding table.
+    pub(crate) fn step_bytes(&self) -> usize {
+        self.weight_bytes() - self.embed.elem_count() * self.embed.dtype().size_in_bytes()
+    }
+
     /// Runs `x: [n, hidden]` at positions `cache.len()..cache.len() + n` and returns the logits
     /// `[vocab]` (f32) of the last position. On error the cache is left as it was.
     pub(crate) fn forward(&self, x: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
@@ -239,9 +252,7 @@ impl Llama {
             let att = self.attention(li, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
             x = (x + att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            let mlp =
-                layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
-            x = (x + mlp)?;
+            x = (x + layer.mlp(&h)?)?;
         }
         cache.advance(n);
         let last = x.narrow(0, n - 1, 1)?;
@@ -282,7 +293,7 @@ impl Llama {
         let mut x = x.clone();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
-            let (q, k, v) = (layer.q.forward(&h)?, layer.k.forward(&h)?, layer.v.forward(&h)?);
+            let [q, k, v] = Linear::forward_many([&layer.q, &layer.k, &layer.v], &h)?;
             let mut rows = Vec::with_capacity(b);
             if cpu {
                 let q = candle_nn::rotary_emb::rope(&split(q, heads)?, &cos, &sin)?.squeeze(0)?;
@@ -310,9 +321,7 @@ impl Llama {
             let att = layer.o.forward(&Tensor::cat(&rows, 0)?)?;
             x = (x + att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            let mlp =
-                layer.down.forward(&(candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?)?;
-            x = (x + mlp)?;
+            x = (x + layer.mlp(&h)?)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
@@ -332,7 +341,7 @@ impl Llama {
         mask: Option<&Tensor>,
         cache: &mut KvCache,
     ) -> Result<Tensor> {
-        let (q, k, v) = (layer.q.forward(h)?, layer.k.forward(h)?, layer.v.forward(h)?);
+        let [q, k, v] = Linear::forward_many([&layer.q, &layer.k, &layer.v], h)?;
         layer.o.forward(&self.attend(li, q, k, v, cos, sin, mask, cache)?)
     }
 

@@ -341,45 +341,87 @@ impl QuantMatrix {
     /// [`Self::matmul`] on the given instruction set (one of [`Isa::available`]).
     #[doc(hidden)]
     pub fn matmul_with(&self, kernels: Isa, x: &[f32], m: usize) -> Result<Vec<f32>> {
-        if x.len() != m * self.cols {
-            return Err(Error::InvalidOption(format!("{} input values for [{m}, {}]", x.len(), self.cols)));
+        let mut out = Self::matmul_many_with(kernels, &[self], x, m)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// `x W_i^T` for several matrices over the same input (a decoder layer's q, k and v; gate
+    /// and up), `x: [m, cols]`; returns one `[m, rows_i]` per matrix. The activations are
+    /// quantized once and every product shares one parallel pass, so no core idles at the end
+    /// of one matrix before the next starts. Each result is bit-identical to [`Self::matmul`].
+    pub fn matmul_many(mats: &[&QuantMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+        Self::matmul_many_with(Isa::detect(), mats, x, m)
+    }
+
+    /// [`Self::matmul_many`] on the given instruction set (one of [`Isa::available`]).
+    #[doc(hidden)]
+    pub fn matmul_many_with(kernels: Isa, mats: &[&QuantMatrix], x: &[f32], m: usize) -> Result<Vec<Vec<f32>>> {
+        let Some(first) = mats.first() else { return Ok(Vec::new()) };
+        if let Some(q) = mats.iter().find(|q| q.cols != first.cols) {
+            return Err(Error::InvalidOption(format!(
+                "matrices of {} and {} inputs cannot share one input",
+                first.cols, q.cols
+            )));
         }
-        let rows = self.rows;
-        let mut out = vec![0f32; m * rows];
-        if m == 0 || rows == 0 {
-            return Ok(out);
+        if x.len() != m * first.cols {
+            return Err(Error::InvalidOption(format!("{} input values for [{m}, {}]", x.len(), first.cols)));
         }
-        let act = self.quantize_rows(x, m);
-        let (kp, nb) = (self.kp, self.kp / BLOCK);
-        let n = TILE;
+        let mut outs: Vec<Vec<f32>> = mats.iter().map(|q| vec![0f32; m * q.rows]).collect();
+        if m == 0 {
+            return Ok(outs);
+        }
+        // Q4_K stores `cols` columns, the 32-blocked formats `cols` rounded up to a block: one
+        // quantization of the activations per stored width.
+        let mut acts: Vec<(usize, Q8Rows)> = Vec::new();
+        for q in mats {
+            if !acts.iter().any(|(kp, _)| *kp == q.kp) {
+                acts.push((q.kp, q.quantize_rows(x, m)));
+            }
+        }
+        let act_of = |q: &QuantMatrix| &acts.iter().find(|(kp, _)| *kp == q.kp).expect("quantized above").1;
         // Decode (m = 1) is bound by reading the weights: small chunks (32 rows) keep both cores
         // busy to the end. Prefill is bound by arithmetic: a chunk's 16 rows stay in cache
         // across all m.
-        let chunk = if m == 1 { 32 / n } else { 16 / n };
-        let tiles = rows.div_ceil(n);
-        let ptr = OutPtr(out.as_mut_ptr());
+        let chunk = if m == 1 { 32 / TILE } else { 16 / TILE };
+        let ptrs: Vec<OutPtr> = outs.iter_mut().map(|o| OutPtr(o.as_mut_ptr())).collect();
+        let jobs: Vec<(usize, usize)> = mats
+            .iter()
+            .enumerate()
+            .flat_map(|(i, q)| (0..q.rows.div_ceil(TILE).div_ceil(chunk)).map(move |c| (i, c)))
+            .collect();
+        jobs.into_par_iter().for_each(|(i, c)| {
+            let q = mats[i];
+            let tiles = c * chunk..((c + 1) * chunk).min(q.rows.div_ceil(TILE));
+            // SAFETY: job `(i, c)` alone writes the columns of tiles `tiles` of output `i`.
+            unsafe { q.run_tiles(kernels, act_of(q), m, tiles, ptrs[i]) };
+        });
+        Ok(outs)
+    }
+
+    /// Computes the outputs of `tiles` for all `m` activation rows into `out: [m, rows]`.
+    ///
+    /// # Safety
+    /// `out` must point to `m * rows` values whose columns of `tiles` no other worker writes.
+    unsafe fn run_tiles(&self, kernels: Isa, act: &Q8Rows, m: usize, tiles: std::ops::Range<usize>, out: OutPtr) {
+        let (kp, nb, rows) = (self.kp, self.kp / BLOCK, self.rows);
         let row = |i: usize| -> ActRow<'_> {
             (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
         };
-        // Activation rows per kernel call: each unpacked weight vector serves all of them.
-        let step = MAX_ROWS;
-        (0..tiles.div_ceil(chunk)).into_par_iter().for_each(|c| {
-            for i in (0..m).step_by(step) {
-                let y: Vec<ActRow> = (i..(i + step).min(m)).map(row).collect();
-                for t in c * chunk..((c + 1) * chunk).min(tiles) {
-                    let dots = self.tile_dots(kernels, t, &y);
-                    for (k, dots) in dots.iter().take(y.len()).enumerate() {
-                        // SAFETY: row `i + k`, columns `n t..n t + n` (clipped to `rows`)
-                        // belong to this chunk only, and lie inside `out`.
-                        unsafe { store(ptr, (i + k) * rows + n * t, dots, (rows - n * t).min(n)) };
-                    }
+        // Activation rows per kernel call: each weight vector loaded serves all of them.
+        for i in (0..m).step_by(MAX_ROWS) {
+            let y: Vec<ActRow> = (i..(i + MAX_ROWS).min(m)).map(row).collect();
+            for t in tiles.clone() {
+                let dots = self.tile_dots(kernels, t, &y);
+                for (k, dots) in dots.iter().take(y.len()).enumerate() {
+                    // SAFETY: row `i + k`, columns `8 t..8 t + 8` (clipped to `rows`) lie inside
+                    // `out` and belong to this caller only, per the contract.
+                    unsafe { store(out, (i + k) * rows + TILE * t, dots, (rows - TILE * t).min(TILE)) };
                 }
             }
-        });
-        Ok(out)
+        }
     }
 
-    /// The outputs of tile `t` (its first [`Self::tile_rows`] lanes) for each activation row
+    /// The outputs of tile `t` (its eight lanes) for each activation row
     /// of `y` (at most [`MAX_ROWS`]).
     fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> [[f32; TILE]; MAX_ROWS] {
         let mut out = [[0f32; TILE]; MAX_ROWS];
@@ -583,6 +625,32 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Products sharing one input in one pass give each matrix's own product, bit for bit.
+    #[test]
+    fn shared_input_products_equal_single_ones() {
+        let cols = 512;
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4K] {
+            let mats: Vec<QuantMatrix> = [(40, 2), (9, 3), (17, 4)]
+                .iter()
+                .map(|&(rows, seed)| QuantMatrix::quantize(&random(rows * cols, seed), rows, cols, format).unwrap())
+                .collect();
+            let refs: Vec<&QuantMatrix> = mats.iter().collect();
+            for m in [1, 3, 6] {
+                let x = random(m * cols, 11 + m as u64);
+                for kernels in Isa::available() {
+                    let many = QuantMatrix::matmul_many_with(kernels, &refs, &x, m).unwrap();
+                    for (q, y) in mats.iter().zip(&many) {
+                        let one = q.matmul_with(kernels, &x, m).unwrap();
+                        assert!(one.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits()), "{format:?} m {m}");
+                    }
+                }
+            }
+        }
+        let a = QuantMatrix::quantize(&random(8 * 64, 1), 8, 64, QuantFormat::Q8_0).unwrap();
+        let b = QuantMatrix::quantize(&random(8 * 96, 1), 8, 96, QuantFormat::Q8_0).unwrap();
+        assert!(QuantMatrix::matmul_many(&[&a, &b], &[0.0; 64], 1).is_err());
     }
 
     /// Quantizing fp16 rows (a checkpoint's own dtype) gives the same matrix as quantizing
