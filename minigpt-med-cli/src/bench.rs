@@ -423,7 +423,6 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
     let (rows, cols) = (11008, 4096);
     let wt = Tensor::rand(-1f32, 1.0, (rows, cols), &CDevice::Cpu)?;
     let w = wt.flatten_all()?.to_vec1::<f32>()?;
-    let x: Vec<f32> = (0..cols).map(|i| (i as f32 * 0.37).sin()).collect();
     for (format, _) in formats {
         let one = QuantMatrix::quantize(&w, rows, cols, format)?;
         let copies = (512_000_000usize).div_ceil(one.bytes());
@@ -431,12 +430,16 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
             .chain((1..copies).map(|_| QuantMatrix::quantize(&w, rows, cols, format)))
             .collect::<Result<_, _>>()?;
         let bytes: usize = mats.iter().map(|q| q.bytes()).sum();
-        let t = time(&mut || mats.iter().try_for_each(|q| q.matmul(&x, 1).map(drop)))?;
-        let name = format!("decode stream ({copies} x gate)");
-        let mut row = kernel_row((&name, rows * copies, cols, 1), &format!("{format:?}"), t, f64::NAN, bytes);
-        row["candle_ms"] = serde_json::Value::Null;
-        row["candle_gflops"] = serde_json::Value::Null;
-        rows_out.push(row);
+        // One sequence, and the batched decode of 4 and 8 (issue 15's batch sizes).
+        for m in [1usize, 4, 8] {
+            let x: Vec<f32> = (0..m * cols).map(|i| (i as f32 * 0.37).sin()).collect();
+            let t = time(&mut || mats.iter().try_for_each(|q| q.matmul(&x, m).map(drop)))?;
+            let name = format!("decode stream ({copies} x gate)");
+            let mut row = kernel_row((&name, rows * copies, cols, m), &format!("{format:?}"), t, f64::NAN, bytes);
+            row["candle_ms"] = serde_json::Value::Null;
+            row["candle_gflops"] = serde_json::Value::Null;
+            rows_out.push(row);
+        }
     }
     // The ViT-g's layers for one 448 px image (1025 tokens) in f32 and f16: our packed GEMM
     // beside candle's matmul (the `gemm` crate; f16 activations for its f16 product).

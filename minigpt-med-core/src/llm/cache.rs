@@ -116,18 +116,45 @@ impl KvCache {
     /// key and value once, straight from the buffers, where the general path would copy the
     /// values and run three small GEMMs per layer. `None` off the CPU.
     pub(crate) fn attend_one(&self, layer: usize, q: &Tensor, heads: usize) -> Result<Option<Tensor>> {
-        let (kc, vc) = &self.layers[layer];
-        let (ks, kl) = kc.storage_and_layout();
-        let (vs, vl) = vc.storage_and_layout();
-        let (Storage::Cpu(k), Storage::Cpu(v)) = (&*ks, &*vs) else { return Ok(None) };
-        let (k, v) = (&k.as_slice::<f32>()?[kl.start_offset()..], &v.as_slice::<f32>()?[vl.start_offset()..]);
         let q = q.flatten_all()?.to_vec1::<f32>()?;
-        let (hd, cap, len) = (self.head_dim, self.capacity, self.len + 1);
-        let group = heads / self.kv_heads;
+        let out = Self::attend_rows(&[self], layer, &q, heads)?;
+        out.map(|out| Ok(Tensor::from_vec(out, (1, heads * self.head_dim), &self.device)?)).transpose()
+    }
+
+    /// [`Self::attend_one`] for a batched decode step: row `b` of `q: [B, heads * head_dim]`
+    /// attends over `caches[b]` (all of one model), in one parallel pass over every (sequence,
+    /// head) pair rather than one per sequence. Returns `[B, heads * head_dim]`; `None` off
+    /// the CPU.
+    pub(crate) fn attend_rows(caches: &[&KvCache], layer: usize, q: &[f32], heads: usize) -> Result<Option<Vec<f32>>> {
+        let Some(first) = caches.first() else { return Ok(Some(Vec::new())) };
+        let (hd, kv_heads) = (first.head_dim, first.kv_heads);
+        if q.len() != caches.len() * heads * hd || caches.iter().any(|c| c.head_dim != hd || c.kv_heads != kv_heads) {
+            return Err(crate::error::Error::InvalidOption(format!(
+                "{} query values for {} sequences of {heads} heads of {hd}",
+                q.len(),
+                caches.len()
+            )));
+        }
+        let guards: Vec<_> = caches
+            .iter()
+            .map(|c| {
+                let (k, v) = &c.layers[layer];
+                (k.storage_and_layout(), v.storage_and_layout())
+            })
+            .collect();
+        let mut views = Vec::with_capacity(caches.len());
+        for (c, ((ks, kl), (vs, vl))) in caches.iter().zip(&guards) {
+            let (Storage::Cpu(k), Storage::Cpu(v)) = (&**ks, &**vs) else { return Ok(None) };
+            let (k, v) = (&k.as_slice::<f32>()?[kl.start_offset()..], &v.as_slice::<f32>()?[vl.start_offset()..]);
+            views.push((k, v, c.capacity, c.len + 1));
+        }
+        let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let mut out = vec![0f32; heads * hd];
-        out.par_chunks_mut(hd).enumerate().for_each(|(h, out)| {
-            let q = &q[h * hd..(h + 1) * hd];
+        let mut out = vec![0f32; q.len()];
+        out.par_chunks_mut(hd).enumerate().for_each(|(j, out)| {
+            let (b, h) = (j / heads, j % heads);
+            let (k, v, cap, len) = views[b];
+            let q = &q[j * hd..(j + 1) * hd];
             let base = (h / group) * cap * hd;
             let (k, v) = (&k[base..base + len * hd], &v[base..base + len * hd]);
             let scores: Vec<f32> = k.chunks_exact(hd).map(|k| dot(q, k) * scale).collect();
@@ -140,7 +167,7 @@ impl KvCache {
             }
             out.iter_mut().for_each(|o| *o /= sum);
         });
-        Ok(Some(Tensor::from_vec(out, (1, heads * hd), &self.device)?))
+        Ok(Some(out))
     }
 
     /// Marks `n` positions (just appended in every layer) as valid.

@@ -294,31 +294,35 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let [q, k, v] = Linear::forward_many([&layer.q, &layer.k, &layer.v], &h)?;
-            let mut rows = Vec::with_capacity(b);
-            if cpu {
+            let att = if cpu {
                 let q = candle_nn::rotary_emb::rope(&split(q, heads)?, &cos, &sin)?.squeeze(0)?;
                 let k = candle_nn::rotary_emb::rope(&split(k, kv_heads)?, &cos, &sin)?.squeeze(0)?;
                 let v = split(v, kv_heads)?.squeeze(0)?;
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.contiguous()?) };
                     cache.append(li, &row(&k)?, &row(&v)?)?;
-                    // A CPU model's caches are CPU tensors; `None` would mean a cache from
-                    // another device, refused rather than attended wrongly.
-                    let out = cache.attend_one(li, &row(&q)?, heads)?.ok_or_else(|| {
-                        Error::InvalidOption(
-                            "a KV cache on another device than the model: use the model's own caches".into(),
-                        )
-                    })?;
-                    rows.push(out);
                 }
+                // `[heads, B, hd]` -> `[B, heads * hd]`: every sequence's heads in one pass.
+                let q = q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+                let shared: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
+                // A CPU model's caches are CPU tensors; `None` would mean a cache from another
+                // device, refused rather than attended wrongly.
+                let out = KvCache::attend_rows(&shared, li, &q, heads)?.ok_or_else(|| {
+                    Error::InvalidOption(
+                        "a KV cache on another device than the model: use the model's own caches".into(),
+                    )
+                })?;
+                Tensor::from_vec(out, (b, heads * hd), &self.device)?
             } else {
+                let mut rows = Vec::with_capacity(b);
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let (c, s) = (cos.narrow(0, i, 1)?, sin.narrow(0, i, 1)?);
                     let row = |t: &Tensor| t.narrow(0, i, 1);
                     rows.push(self.attend(li, row(&q)?, row(&k)?, row(&v)?, &c, &s, None, cache)?);
                 }
-            }
-            let att = layer.o.forward(&Tensor::cat(&rows, 0)?)?;
+                Tensor::cat(&rows, 0)?
+            };
+            let att = layer.o.forward(&att)?;
             x = (x + att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
             x = (x + layer.mlp(&h)?)?;
