@@ -58,6 +58,10 @@ pub struct BenchArgs {
     /// B sequences sharing each decode step.
     #[arg(long, value_name = "B,B,...", value_delimiter = ',')]
     batch: Vec<usize>,
+    /// Also time one whole answer as a user sees it: the image file's bytes to 20 new tokens
+    /// (a VQA question), split by stage (image decoding, ViT encode, prefill, decode steps).
+    #[arg(long)]
+    end_to_end: bool,
 }
 
 /// Peak resident memory of this process in bytes (Linux `VmHWM`), if known.
@@ -180,6 +184,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         decode.push(steps as f64 / (answer.timings.decode_ms / 1e3));
     }
     let study = if a.study { Some(bench_study(&model, &image, a.repeats)?) } else { None };
+    let end_to_end = if a.end_to_end { Some(bench_end_to_end(&model, &a)?) } else { None };
     let batch =
         a.batch.iter().map(|&b| bench_batch(&model, &image, b, a.decode_tokens)).collect::<Result<Vec<_>, _>>()?;
     let (enc_min, enc_med) = best_median(encode, false);
@@ -215,6 +220,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                 "peak_rss_after_load_bytes": rss_after_load,
                 "study": study,
                 "batch": batch,
+                "end_to_end": end_to_end,
             })
         );
     } else {
@@ -238,6 +244,18 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                 s["study_ms"].as_f64().unwrap_or(0.0),
                 s["independent_ms"].as_f64().unwrap_or(0.0),
                 s["ratio"].as_f64().unwrap_or(0.0)
+            );
+        }
+        if let Some(e) = &end_to_end {
+            let ms = |k: &str| e[k]["median"].as_f64().unwrap_or(0.0);
+            println!(
+                "one answer       median {:.0} ms: image {:.0}, encode {:.0}, prefill {:.0}, decode {:.0} ms ({} tokens)",
+                ms("total_ms"),
+                ms("image_ms"),
+                ms("encode_ms"),
+                ms("prefill_ms"),
+                ms("decode_ms"),
+                e["new_tokens"]
             );
         }
         for b in &batch {
@@ -286,6 +304,44 @@ fn read_bandwidth(threads: usize) -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     (buf.len() * 8) as f64 / 1e9 / best
+}
+
+/// `bench --end-to-end`: one answer from the image file's bytes (decoded as a user's file
+/// would be) to 20 greedy tokens of a VQA answer, `repeats` times; min and median of the whole
+/// and of each stage.
+fn bench_end_to_end(model: &Model, a: &BenchArgs) -> Result<serde_json::Value, minigpt_med::Error> {
+    use minigpt_med::{Task, TaskKind};
+    let bytes = match &a.image {
+        Some(p) => std::fs::read(p).map_err(|e| {
+            minigpt_med::Error::InvalidOption(format!("--image {}: {e}; give a readable image file", p.display()))
+        })?,
+        None => crate::demo::CT_IMAGE.to_vec(),
+    };
+    let task =
+        Task::new(TaskKind::Vqa, Some("Which region of the lung is affected and how large is the lesion?"), None)?;
+    let opts = GenerateOptions::greedy(20);
+    let mut stages: [Vec<f64>; 5] = Default::default();
+    let mut new_tokens = 0;
+    for _ in 0..a.repeats {
+        let t = Instant::now();
+        let image = Image::from_bytes(&bytes)?;
+        let image_ms = t.elapsed().as_secs_f64() * 1e3;
+        let answer = model.generate(&image, &task, &opts)?;
+        let total = t.elapsed().as_secs_f64() * 1e3;
+        new_tokens = answer.token_ids.len();
+        let tm = &answer.timings;
+        for (v, x) in stages.iter_mut().zip([total, image_ms, tm.encode_ms, tm.prefill_ms, tm.decode_ms]) {
+            v.push(x);
+        }
+    }
+    let names = ["total_ms", "image_ms", "encode_ms", "prefill_ms", "decode_ms"];
+    let mut out = serde_json::Map::new();
+    for (name, v) in names.iter().zip(stages) {
+        let (min, median) = best_median(v, false);
+        out.insert(name.to_string(), json!({"min": min, "median": median}));
+    }
+    out.insert("new_tokens".into(), json!(new_tokens));
+    Ok(serde_json::Value::Object(out))
 }
 
 /// The six tasks of the study row, one per MiniGPT-Med task.

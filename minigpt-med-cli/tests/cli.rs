@@ -173,10 +173,23 @@ fn preprocess_reads_dicom_with_windows() {
 
 #[test]
 fn bench_smoke_test_on_the_tiny_model() {
-    let out = bin().args(["bench", "--repeats", "2", "--decode-tokens", "4", "--json"]).output().unwrap();
+    let out =
+        bin().args(["bench", "--repeats", "2", "--decode-tokens", "4", "--end-to-end", "--json"]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["repeats"], 2);
+    // One whole answer: 20 new tokens (the tiny model has no early EOS on this prompt), and the
+    // fastest whole at least the sum of each stage's fastest (every repeat's stages sum to at
+    // most its whole).
+    let e = &v["end_to_end"];
+    assert_eq!(e["new_tokens"], 20);
+    let ms = |k: &str| e[k]["min"].as_f64().unwrap();
+    assert!(ms("encode_ms") > 0.0 && ms("prefill_ms") > 0.0 && ms("decode_ms") > 0.0);
+    let parts: f64 =
+        ["image_ms", "encode_ms", "prefill_ms", "decode_ms"].iter().map(|k| e[k]["median"].as_f64().unwrap()).sum();
+    assert!(e["total_ms"]["median"].as_f64().unwrap() >= parts * 0.99, "{e}");
+    // The machine's read bandwidth is stated beside decode's.
+    assert!(v["memory_read_gbps"].as_f64().unwrap() > 0.1);
     for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v[k]["best"].as_f64().unwrap() >= v[k]["median"].as_f64().unwrap(), "{k}");
     }

@@ -42,7 +42,7 @@ fi
 for pair in $PAIRS; do
     "$PY" scripts/bench/llama_cpp_bench.py run "$WORK/${pair%%:*}.gguf" --threads "$THREADS" --repeats "$REPEATS" \
         | tee "$OUT/llama_cpp_${pair%%:*}.json"
-    "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --repeats "$REPEATS" --decode-tokens 64 --json \
+    "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --repeats "$REPEATS" --decode-tokens 64 --end-to-end --json \
         | tee "$OUT/minigpt_med_${pair##*:}.json"
 done
 "$BIN" --threads "$THREADS" bench --kernels --repeats 3 --json | tee "$OUT/kernels.json"

@@ -45,6 +45,29 @@ def main(d):
             print(f"| minigpt-med (run with {fmt.split()[0]}) | {o['encode_ms']['min'] / 1e3:.1f} s | "
                   f"{o['encode_ms']['median'] / 1e3:.1f} s |")
 
+    # One answer (image -> 20 tokens) as a user sees it, beside the same pipeline made of
+    # PyTorch's ViT and llama.cpp's LLM (its prefill of the same 298 positions and 19 steps).
+    rows = []
+    for fmt, ours, theirs in pairs:
+        o, t = load(d, ours), load(d, theirs)
+        e = o and o.get("end_to_end")
+        if not e:
+            continue
+        ms = lambda k: e[k]["median"] / 1e3
+        peer = "-"
+        if t and tv:
+            n = e["new_tokens"]
+            s = (tv["encode_ms"]["median"] / 1e3 + t["prompt_tokens"] / t["prefill_tokens_per_s"]["median"]
+                 + max(n - 1, 0) / t["decode_tokens_per_s"]["median"])
+            peer = f"{s:.1f} s"
+        rows.append(f"| {fmt} | {ms('total_ms'):.1f} s | {ms('encode_ms'):.1f} s | {ms('prefill_ms'):.1f} s | "
+                    f"{ms('decode_ms'):.1f} s ({e['new_tokens']} tokens) | {peer} |")
+    if rows:
+        print()
+        print("| one answer (median) | minigpt-med total | encode | prefill | decode | PyTorch ViT + llama.cpp |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        print("\n".join(rows))
+
     k = load(d, "kernels.json")
     if k:
         print()
