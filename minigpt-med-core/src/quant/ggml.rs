@@ -6,12 +6,11 @@
 //! `{f16 d; u8 q[16]}` (18 bytes; byte `j` holds values `j` (low nibble) and `j + 16`), Q4_K
 //! `{f16 d; f16 dmin; u8 scales[12]; u8 q[128]}` (144 bytes, candle's `BlockQ4K`).
 
-use candle_core::quantized::k_quants::QK_K;
 use half::f16;
 use rayon::prelude::*;
 
 use super::layout::{self, Q4KBlock, TILE};
-use super::{Data, QuantFormat, QuantMatrix, BLOCK};
+use super::{Data, QuantFormat, QuantMatrix, Tile, BLOCK};
 use crate::error::{Error, Result};
 
 /// Bytes of one GGML block of `format` (of [`QuantFormat::block_size`] values).
@@ -44,32 +43,20 @@ impl QuantMatrix {
                 self.rows, self.cols
             )));
         }
-        let kp = self.kp;
-        match &self.data {
-            Data::Q8_0(bytes) => {
-                let per_tile = kp / BLOCK * layout::Q8_0_BYTES;
-                let tile = &bytes[r / TILE * per_tile..][..per_tile];
-                for blk in tile.chunks_exact(layout::Q8_0_BYTES) {
+        let (Tile::Q8_0(tile) | Tile::Q4_0(tile) | Tile::Q4K(tile)) = self.tile(r / TILE);
+        for blk in tile.chunks_exact(Self::tile_block_bytes(format)) {
+            match format {
+                QuantFormat::Q8_0 => {
                     let (d, q) = layout::q8_0_get(blk, r % TILE);
                     out.extend_from_slice(&d.to_le_bytes());
                     out.extend(q.iter().map(|&q| q as u8));
                 }
-            }
-            Data::Q4_0(bytes) => {
-                let per_tile = kp / BLOCK * layout::Q4_0_BYTES;
-                let tile = &bytes[r / TILE * per_tile..][..per_tile];
-                for blk in tile.chunks_exact(layout::Q4_0_BYTES) {
+                QuantFormat::Q4_0 => {
                     let (d, q) = layout::q4_0_get(blk, r % TILE);
                     out.extend_from_slice(&d.to_le_bytes());
                     out.extend((0..BLOCK / 2).map(|j| q[j] | (q[j + BLOCK / 2] << 4)));
                 }
-            }
-            Data::Q4K(bytes) => {
-                let per_tile = kp / QK_K * layout::Q4K_BYTES;
-                let tile = &bytes[r / TILE * per_tile..][..per_tile];
-                for blk in tile.chunks_exact(layout::Q4K_BYTES) {
-                    out.extend_from_slice(&layout::q4k_get(blk, r % TILE).to_bytes());
-                }
+                QuantFormat::Q4K => out.extend_from_slice(&layout::q4k_get(blk, r % TILE).to_bytes()),
             }
         }
         Ok(())
@@ -94,56 +81,30 @@ impl QuantMatrix {
             Ok(bytes)
         };
         let kp = Self::padded_cols(format, cols);
-        let data = match format {
-            QuantFormat::Q8_0 => {
-                let (nb, bb) = (kp / BLOCK, block_bytes(format));
-                let mut bytes = Self::tile_bytes(format, rows, kp);
-                bytes.par_chunks_mut(nb * layout::Q8_0_BYTES).enumerate().try_for_each(|(t, tile)| -> Result<()> {
-                    let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
-                    for (b, blk) in tile.chunks_exact_mut(layout::Q8_0_BYTES).enumerate() {
-                        for (r, row) in src.iter().enumerate() {
-                            let g = &row[b * bb..(b + 1) * bb];
-                            layout::q8_0_put(blk, r, read_f16(g), &g[2..]);
-                        }
-                    }
-                    Ok(())
-                })?;
-                Data::Q8_0(bytes)
-            }
+        let (bb, tb) = (block_bytes(format), Self::tile_block_bytes(format));
+        // Row `r` of a tile block from GGML block `g` of that row.
+        let put = |blk: &mut [u8], r: usize, g: &[u8]| match format {
+            QuantFormat::Q8_0 => layout::q8_0_put(blk, r, read_f16(g), &g[2..]),
             QuantFormat::Q4_0 => {
-                let (nb, bb) = (kp / BLOCK, block_bytes(format));
-                let mut bytes = Self::tile_bytes(format, rows, kp);
-                bytes.par_chunks_mut(nb * layout::Q4_0_BYTES).enumerate().try_for_each(|(t, tile)| -> Result<()> {
-                    let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
-                    for (b, blk) in tile.chunks_exact_mut(layout::Q4_0_BYTES).enumerate() {
-                        let (d, nib) = blk.split_at_mut(2 * TILE);
-                        for (r, row) in src.iter().enumerate() {
-                            let g = &row[b * bb..(b + 1) * bb];
-                            d[2 * r..2 * r + 2].copy_from_slice(&g[..2]);
-                            layout::put_q4_0_ggml(nib, r, g[2..].try_into().expect("an 18-byte block"));
-                        }
-                    }
-                    Ok(())
-                })?;
-                Data::Q4_0(bytes)
+                blk[2 * r..2 * r + 2].copy_from_slice(&g[..2]);
+                layout::put_q4_0_ggml(&mut blk[2 * TILE..], r, g[2..].try_into().expect("an 18-byte block"));
             }
-            QuantFormat::Q4K => {
-                let bb = block_bytes(format);
-                let mut bytes = Self::tile_bytes(format, rows, kp);
-                bytes.par_chunks_mut(kp / QK_K * layout::Q4K_BYTES).enumerate().try_for_each(
-                    |(t, tile)| -> Result<()> {
-                        let src: Vec<&[u8]> =
-                            (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
-                        for (b, blk) in tile.chunks_exact_mut(layout::Q4K_BYTES).enumerate() {
-                            for (r, row) in src.iter().enumerate() {
-                                layout::q4k_put(blk, r, &Q4KBlock::from_bytes(&row[b * bb..(b + 1) * bb]));
-                            }
-                        }
-                        Ok(())
-                    },
-                )?;
-                Data::Q4K(bytes)
+            QuantFormat::Q4K => layout::q4k_put(blk, r, &Q4KBlock::from_bytes(g)),
+        };
+        let mut bytes = Self::tile_bytes(format, rows, kp);
+        bytes.par_chunks_mut(Self::per_tile(format, kp)).enumerate().try_for_each(|(t, tile)| -> Result<()> {
+            let src: Vec<&[u8]> = (TILE * t..rows.min(TILE * (t + 1))).map(checked).collect::<Result<_>>()?;
+            for (b, blk) in tile.chunks_exact_mut(tb).enumerate() {
+                for (r, row) in src.iter().enumerate() {
+                    put(blk, r, &row[b * bb..(b + 1) * bb]);
+                }
             }
+            Ok(())
+        })?;
+        let data = match format {
+            QuantFormat::Q8_0 => Data::Q8_0(bytes),
+            QuantFormat::Q4_0 => Data::Q4_0(bytes),
+            QuantFormat::Q4K => Data::Q4K(bytes),
         };
         Ok(Self { rows, cols, kp, data })
     }

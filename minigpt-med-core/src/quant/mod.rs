@@ -275,13 +275,18 @@ impl QuantMatrix {
         }
     }
 
+    /// Bytes of one tile block (a block of [`QuantFormat::block_size`] columns of eight rows).
+    fn tile_block_bytes(format: QuantFormat) -> usize {
+        match format {
+            QuantFormat::Q8_0 => layout::Q8_0_BYTES,
+            QuantFormat::Q4_0 => layout::Q4_0_BYTES,
+            QuantFormat::Q4K => layout::Q4K_BYTES,
+        }
+    }
+
     /// Bytes per tile of a matrix of `format` with `kp` stored columns.
     fn per_tile(format: QuantFormat, kp: usize) -> usize {
-        match format {
-            QuantFormat::Q8_0 => kp / BLOCK * layout::Q8_0_BYTES,
-            QuantFormat::Q4_0 => kp / BLOCK * layout::Q4_0_BYTES,
-            QuantFormat::Q4K => kp / QK_K * layout::Q4K_BYTES,
-        }
+        kp / format.block_size() * Self::tile_block_bytes(format)
     }
 
     /// A zeroed buffer for the tiles of a matrix with `kp` stored columns. Padding rows
