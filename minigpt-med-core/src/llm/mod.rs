@@ -12,7 +12,7 @@ pub(crate) use lora::LoraDeltas;
 
 use crate::config::LlamaConfig;
 use crate::error::{Error, Result};
-use crate::nn::{Linear, WeightDType};
+use crate::nn::{with_f32_slice, Linear, WeightDType};
 use crate::weights::TensorSource;
 
 /// The seven projections of a decoder layer: module path and `[out, in]` shape.
@@ -89,8 +89,38 @@ impl Layer {
     /// The feed-forward block, `down(silu(gate(h)) * up(h))`, gate and up in one pass.
     fn mlp(&self, h: &Tensor) -> Result<Tensor> {
         let [gate, up] = Linear::forward_many([&self.gate, &self.up], h)?;
-        self.down.forward(&(candle_nn::ops::silu(&gate)? * up)?)
+        self.down.forward(&elementwise(
+            &gate,
+            &up,
+            |g, u| g / (1.0 + (-g).exp()) * u,
+            |g, u| candle_nn::ops::silu(g)? * u,
+        )?)
     }
+}
+
+/// `f` of two same-shaped f32 tensors, element by element, in one plain pass on the CPU
+/// (`fallback` elsewhere). candle's elementwise ops hand even a decode step's small tensors to
+/// its own spinning thread pool, which then competes with the matrix kernels' threads for the
+/// cores (~3 % of a batched decode step in `perf`). `f` repeats candle's arithmetic (its
+/// `silu` is `v / (1 + exp(-v))`), so the results are the same bits.
+fn elementwise(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32,
+    fallback: impl FnOnce(&Tensor, &Tensor) -> candle_core::Result<Tensor>,
+) -> Result<Tensor> {
+    if !matches!(a.device(), Device::Cpu) || a.dims() != b.dims() {
+        return Ok(fallback(a, b)?);
+    }
+    let out = with_f32_slice(a, |a| {
+        with_f32_slice(b, |b| Ok(a.iter().zip(b).map(|(&a, &b)| f(a, b)).collect::<Vec<f32>>()))
+    })?;
+    Ok(Tensor::from_vec(out, a.dims(), a.device())?)
+}
+
+/// `x + y` (the residual adds), as [`elementwise`].
+fn residual(x: &Tensor, y: &Tensor) -> Result<Tensor> {
+    elementwise(x, y, |a, b| a + b, |a, b| a + b)
 }
 
 /// The language model: embeddings, decoder layers, final norm and `lm_head`.
@@ -250,9 +280,9 @@ impl Llama {
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let att = self.attention(li, layer, &h, &cos, &sin, mask.as_ref(), cache)?;
-            x = (x + att)?;
+            x = residual(&x, &att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + layer.mlp(&h)?)?;
+            x = residual(&x, &layer.mlp(&h)?)?;
         }
         cache.advance(n);
         let last = x.narrow(0, n - 1, 1)?;
@@ -323,9 +353,9 @@ impl Llama {
                 Tensor::cat(&rows, 0)?
             };
             let att = layer.o.forward(&att)?;
-            x = (x + att)?;
+            x = residual(&x, &att)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.post_norm, eps)?;
-            x = (x + layer.mlp(&h)?)?;
+            x = residual(&x, &layer.mlp(&h)?)?;
         }
         for cache in caches.iter_mut() {
             cache.advance(1);
