@@ -85,10 +85,7 @@ impl QuantMatrix {
         // Row `r` of a tile block from GGML block `g` of that row.
         let put = |blk: &mut [u8], r: usize, g: &[u8]| match format {
             QuantFormat::Q8_0 => layout::q8_0_put(blk, r, read_f16(g), &g[2..]),
-            QuantFormat::Q4_0 => {
-                blk[2 * r..2 * r + 2].copy_from_slice(&g[..2]);
-                layout::put_q4_0_ggml(&mut blk[2 * TILE..], r, g[2..].try_into().expect("an 18-byte block"));
-            }
+            QuantFormat::Q4_0 => layout::q4_0_put_ggml(blk, r, g),
             QuantFormat::Q4K => layout::q4k_put(blk, r, &Q4KBlock::from_bytes(g)),
         };
         let mut bytes = Self::tile_bytes(format, rows, kp);

@@ -73,9 +73,12 @@ fn put_word(nib: &mut [u8], vector: usize, r: usize, w: u32) {
     nib[BLOCK * vector + 4 * r..][..4].copy_from_slice(&w.to_le_bytes());
 }
 
-/// Sets row `r` of a Q4_0 tile block's nibbles from GGML's 16 quant bytes (byte `j`: value `j`
-/// in the low nibble, value `j + 16` in the high): [`put_nibbles`] without unpacking.
-pub(super) fn put_q4_0_ggml(nib: &mut [u8], r: usize, q: &[u8; 16]) {
+/// Sets row `r` of a Q4_0 tile block ([`Q4_0_BYTES`]) from GGML's 18-byte block: the f16
+/// scale, then 16 bytes whose byte `j` holds value `j` in the low nibble and value `j + 16` in
+/// the high: [`q4_0_put`] without unpacking the nibbles.
+pub(super) fn q4_0_put_ggml(blk: &mut [u8], r: usize, g: &[u8]) {
+    blk[2 * r..2 * r + 2].copy_from_slice(&g[..2]);
+    let (q, nib) = (&g[2..18], &mut blk[2 * TILE..]);
     for j in 0..2 {
         let (first, second) = split_words(word(q, 8 * j), word(q, 8 * j + 4));
         put_word(nib, j, r, first);
@@ -276,10 +279,10 @@ mod tests {
         }
         let mut q40 = vec![0u8; Q4_0_BYTES];
         for r in 0..TILE {
-            let q: [u8; 16] = std::array::from_fn(|j| (r * 37 + j * 11) as u8);
-            put_q4_0_ggml(&mut q40[2 * TILE..], r, &q);
-            let want: [u8; BLOCK] = std::array::from_fn(|v| if v < 16 { q[v] & 0x0F } else { q[v - 16] >> 4 });
-            assert_eq!(q4_0_get(&q40, r).1, want, "GGML row {r}");
+            let g: [u8; 18] = std::array::from_fn(|j| (r * 37 + j * 11) as u8);
+            q4_0_put_ggml(&mut q40, r, &g);
+            let want: [u8; BLOCK] = std::array::from_fn(|v| if v < 16 { g[2 + v] & 0x0F } else { g[v - 14] >> 4 });
+            assert_eq!(q4_0_get(&q40, r), (f16::from_le_bytes([g[0], g[1]]), want), "GGML row {r}");
         }
         let mut q40 = vec![0u8; Q4_0_BYTES];
         for r in 0..TILE {

@@ -375,15 +375,9 @@ impl QuantMatrix {
         if m == 0 {
             return Ok(outs);
         }
-        // Q4_K stores `cols` columns, the 32-blocked formats `cols` rounded up to a block: one
-        // quantization of the activations per stored width.
-        let mut acts: Vec<(usize, Q8Rows)> = Vec::new();
-        for q in mats {
-            if !acts.iter().any(|(kp, _)| *kp == q.kp) {
-                acts.push((q.kp, q.quantize_rows(x, m)));
-            }
-        }
-        let act_of = |q: &QuantMatrix| &acts.iter().find(|(kp, _)| *kp == q.kp).expect("quantized above").1;
+        // Equal column counts mean equal stored widths (Q4_K needs whole super-blocks, which are
+        // whole 32-blocks too), so one quantization of the activations serves every matrix.
+        let act = first.quantize_rows(x, m);
         // Decode (m = 1) is bound by reading the weights: small chunks (32 rows) keep both cores
         // busy to the end. Prefill is bound by arithmetic: a chunk's 16 rows stay in cache
         // across all m.
@@ -398,7 +392,7 @@ impl QuantMatrix {
             let q = mats[i];
             let tiles = c * chunk..((c + 1) * chunk).min(q.rows.div_ceil(TILE));
             // SAFETY: job `(i, c)` alone writes the columns of tiles `tiles` of output `i`.
-            unsafe { q.run_tiles(kernels, act_of(q), m, tiles, ptrs[i]) };
+            unsafe { q.run_tiles(kernels, &act, m, tiles, ptrs[i]) };
         });
         Ok(outs)
     }
