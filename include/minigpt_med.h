@@ -723,6 +723,11 @@ typedef struct mgm_ModelParams {
    * Passed to `progress` unchanged.
    */
   void *progress_user_data;
+  /**
+   * How the KV cache holds keys and values (an `mgm_Dtype`: F32, exact, the default; or
+   * F16, half the attention's memory traffic on long chats).
+   */
+  mgm_Dtype kv_dtype;
 } mgm_ModelParams;
 
 #ifdef __cplusplus

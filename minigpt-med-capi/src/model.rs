@@ -48,6 +48,7 @@ fn load(source: Source, p: &ModelParams, out: &mut *mut Model) -> Result<(), Fai
         device: params::device(p.device, p.device_index)?,
         llm_dtype: params::dtype(p.llm_dtype, "llm_dtype")?,
         vit_dtype: params::dtype(p.vit_dtype, "vit_dtype")?,
+        kv_dtype: params::kv_dtype(p.kv_dtype)?,
         progress: progress_hook(p.progress, p.progress_user_data),
     };
     let model = match source {

@@ -163,6 +163,10 @@ pub(crate) fn dtype(raw: DtypeValue, what: &str) -> Result<engine::WeightDType, 
     lookup(raw, &[(0, W::F32), (1, W::F16), (2, W::BF16), (3, W::Q8_0), (4, W::Q4_0), (5, W::Q4K)], what)
 }
 
+pub(crate) fn kv_dtype(raw: DtypeValue) -> Result<engine::KvDType, Failure> {
+    lookup(raw, &[(0, engine::KvDType::F32), (1, engine::KvDType::F16)], "kv_dtype (MGM_DTYPE_F32 or MGM_DTYPE_F16)")
+}
+
 fn dtype_value(d: engine::WeightDType) -> DtypeValue {
     use engine::WeightDType as W;
     (match d {
@@ -266,6 +270,9 @@ pub struct ModelParams {
     pub progress: ProgressCallback,
     /// Passed to `progress` unchanged.
     pub progress_user_data: *mut c_void,
+    /// How the KV cache holds keys and values (an `mgm_Dtype`: F32, exact, the default; or
+    /// F16, half the attention's memory traffic on long chats).
+    pub kv_dtype: DtypeValue,
 }
 
 /// The defaults of `ModelParams`, taken from the engine's `LoadOptions::default()`.
@@ -287,6 +294,10 @@ pub(crate) fn model_params_default() -> ModelParams {
         config: std::ptr::null(),
         progress: None,
         progress_user_data: std::ptr::null_mut(),
+        kv_dtype: match d.kv_dtype {
+            engine::KvDType::F32 => Dtype::F32,
+            engine::KvDType::F16 => Dtype::F16,
+        } as u32,
     }
 }
 

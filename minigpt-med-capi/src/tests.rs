@@ -157,6 +157,7 @@ fn defaults_come_from_the_engine() {
     assert!(g.on_text.is_none() && g.stop_strings.is_null());
     let m = mgm_model_params_default();
     assert_eq!((m.device, m.llm_dtype, m.vit_dtype), (Device::Cpu as u32, Dtype::F32 as u32, Dtype::F32 as u32));
+    assert_eq!(m.kv_dtype, Dtype::F32 as u32);
     assert!(m.llama_dir.is_null() && m.progress.is_none());
 }
 
@@ -285,10 +286,11 @@ fn out_of_range_values_are_errors() {
     let mut p = mgm_model_params_default();
     let dir = cpath(fixtures());
     let mut m = null_mut();
-    for (device, llm, vit) in [(9, 0, 0), (0, 6, 0), (0, 0, 42)] {
+    for (device, llm, vit, kv) in [(9, 0, 0, 0), (0, 6, 0, 0), (0, 0, 42, 0), (0, 0, 0, Dtype::Q4_0 as u32)] {
         p.device = device;
         p.llm_dtype = llm;
         p.vit_dtype = vit;
+        p.kv_dtype = kv;
         // SAFETY: valid pointers.
         expect(unsafe { mgm_model_load_dir(dir.as_ptr(), &p, &mut m) }, Status::InvalidArgument, "not one of");
     }
@@ -365,6 +367,23 @@ fn generate_matches_the_reference_ids() {
     assert_eq!(unsafe { mgm_answer_stop_reason(a, &mut reason) }, Status::Ok);
     assert_eq!(reason, StopReason::MaxTokens);
     assert_eq!(take(a).0, golden_ids("p4_report"));
+}
+
+#[test]
+fn an_f16_kv_cache_keeps_the_reference_ids() {
+    let dir = cpath(fixtures());
+    let p = ModelParams { kv_dtype: Dtype::F16 as u32, ..mgm_model_params_default() };
+    let (mut m, mut answer) = (null_mut(), null_mut());
+    let gradient = open_image("synthetic_gradient.png");
+    // SAFETY: valid arguments; the model is freed once, after its answer.
+    unsafe {
+        assert_eq!(mgm_model_load_dir(dir.as_ptr(), &p, &mut m), Status::Ok, "{}", last_error());
+        let s = mgm_generate(m, gradient.0, Task::Report as u32, null(), null(), &greedy(20), &mut answer);
+        assert_eq!(s, Status::Ok, "{}", last_error());
+        // p4_report's top two logits stay >= 0.14 apart, beyond an f16 cache's error.
+        assert_eq!(take(answer).0, golden_ids("p4_report"));
+        mgm_model_free(m);
+    }
 }
 
 #[test]

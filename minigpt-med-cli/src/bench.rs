@@ -4,7 +4,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Args;
-use minigpt_med::{Device, GenerateOptions, Image, LlamaConfig, LoadOptions, MiniGptMedConfig, Model, WeightDType};
+use minigpt_med::{
+    Device, GenerateOptions, Image, KvDType, LlamaConfig, LoadOptions, MiniGptMedConfig, Model, WeightDType,
+};
 use serde_json::json;
 
 #[derive(Args)]
@@ -28,6 +30,9 @@ pub struct BenchArgs {
     /// ViT weights: f32 or f16.
     #[arg(long, default_value = "f32")]
     vit_dtype: WeightDType,
+    /// KV cache: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_dtype: KvDType,
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     device: Device,
@@ -94,6 +99,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         device: a.device,
         llm_dtype: a.llm_dtype.unwrap_or(default),
         vit_dtype: a.vit_dtype,
+        kv_dtype: a.kv_dtype,
         progress: None,
     };
     let (model, what) = match (&a.synthetic, &a.model_dir) {
@@ -202,6 +208,7 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
             "{}",
             json!({
                 "model": what,
+                "kv_dtype": model.info().kv_dtype.to_string(),
                 "threads": minigpt_med::threads(),
                 "jpeg_decoder": minigpt_med::image::jpeg_decoder(),
                 "repeats": a.repeats,

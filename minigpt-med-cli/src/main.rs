@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
-    ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, LoadOptions, LoadProgress, Model,
+    ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, KvDType, LoadOptions, LoadProgress, Model,
     ModelFiles, Preset, Region, Task, TaskKind, WeightDType, Window, WindowPreset,
 };
 use serde_json::json;
@@ -80,6 +80,9 @@ pub(crate) struct ModelArgs {
     /// ViT weights: f32 or f16.
     #[arg(long, default_value = "f32")]
     vit_dtype: WeightDType,
+    /// KV cache: f32 (exact) or f16 (half the attention's memory traffic on long chats).
+    #[arg(long, default_value = "f32")]
+    kv_dtype: KvDType,
 }
 
 impl ModelArgs {
@@ -100,7 +103,13 @@ impl ModelArgs {
 
     fn options(&self, quiet: bool) -> LoadOptions {
         let progress = (!quiet).then(|| progress_bar("loading"));
-        LoadOptions { device: self.device, llm_dtype: self.llm_dtype, vit_dtype: self.vit_dtype, progress }
+        LoadOptions {
+            device: self.device,
+            llm_dtype: self.llm_dtype,
+            vit_dtype: self.vit_dtype,
+            kv_dtype: self.kv_dtype,
+            progress,
+        }
     }
 
     /// The model: a converted file when `--model` is given, else the original files.

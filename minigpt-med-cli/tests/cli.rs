@@ -185,8 +185,7 @@ fn bench_smoke_test_on_the_tiny_model() {
     assert_eq!(e["new_tokens"], 20);
     let ms = |k: &str| e[k]["min"].as_f64().unwrap();
     assert!(ms("encode_ms") > 0.0 && ms("prefill_ms") > 0.0 && ms("decode_ms") > 0.0);
-    let parts: f64 =
-        ["image_ms", "encode_ms", "prefill_ms", "decode_ms"].iter().map(|k| ms(k)).sum();
+    let parts: f64 = ["image_ms", "encode_ms", "prefill_ms", "decode_ms"].iter().map(|k| ms(k)).sum();
     assert!(ms("total_ms") >= parts * 0.999, "{e}");
     // The machine's read bandwidth is stated beside decode's.
     assert!(v["memory_read_gbps"].as_f64().unwrap() > 0.1);

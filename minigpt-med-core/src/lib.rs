@@ -61,7 +61,7 @@ pub use draw::{draw_boxes, PALETTE};
 pub use error::{Error, Result};
 pub use generate::Detokenizer;
 pub use image::{ColorMode, DicomInfo, Image, ImageOptions, ModelView, Pixels, VoiFunction, Window, WindowPreset};
-pub use llm::KvCache;
+pub use llm::{KvCache, KvDType};
 pub use model::{EncodeStages, ImageEmbeddings, LoadOptions, LoadProgress, Model, ModelInfo, ProgressFn};
 pub use model_file::{convert, convert_synthetic, ConvertOptions, ConvertSummary, FORMAT_VERSION};
 pub use nn::WeightDType;

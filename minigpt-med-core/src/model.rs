@@ -15,7 +15,7 @@ use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::generate::{fit_context, Fit};
 use crate::image::{Image, ModelView};
-use crate::llm::{Llama, LoraDeltas};
+use crate::llm::{KvDType, Llama, LoraDeltas};
 use crate::model_file::GgufView;
 use crate::nn::WeightDType;
 use crate::options::GenerateOptions;
@@ -99,6 +99,9 @@ pub struct LoadOptions {
     pub llm_dtype: WeightDType,
     /// How the ViT's matrices are held (f32 or f16).
     pub vit_dtype: WeightDType,
+    /// How every KV cache of the model holds keys and values (f32 = exact; f16 halves the
+    /// attention's memory traffic on long prompts and chats).
+    pub kv_dtype: KvDType,
     /// Called after each loading step; may cancel the load.
     pub progress: Option<ProgressFn>,
 }
@@ -109,6 +112,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("device", &self.device)
             .field("llm_dtype", &self.llm_dtype)
             .field("vit_dtype", &self.vit_dtype)
+            .field("kv_dtype", &self.kv_dtype)
             .field("progress", &self.progress.is_some())
             .finish()
     }
@@ -125,6 +129,8 @@ pub struct ModelInfo {
     pub llm_dtype: WeightDType,
     /// ViT weight storage.
     pub vit_dtype: WeightDType,
+    /// KV cache storage.
+    pub kv_dtype: KvDType,
     /// Bytes of LLM weights in memory.
     pub llm_weight_bytes: usize,
     /// Bytes of LLM weights one decode step reads: all but the embedding table, of which a
@@ -257,12 +263,14 @@ impl Model {
         EvaVit::validate(vit_src, &cfg.vision)?;
         let connector = Connector::load(ckpt, &cfg, &llama_cfg, &device)?;
         let vit = EvaVit::load(vit_src, &cfg.vision, opts.vit_dtype, &device, &mut step)?;
-        let llama = Llama::load(llama_src, &llama_cfg, lora, opts.llm_dtype, &device, &mut step)?;
+        let mut llama = Llama::load(llama_src, &llama_cfg, lora, opts.llm_dtype, &device, &mut step)?;
+        llama.kv_dtype = opts.kv_dtype;
         let info = ModelInfo {
             config: cfg.clone(),
             llama: llama_cfg,
             llm_dtype: opts.llm_dtype,
             vit_dtype: opts.vit_dtype,
+            kv_dtype: opts.kv_dtype,
             llm_weight_bytes: llama.weight_bytes(),
             llm_step_bytes: llama.step_bytes(),
             load_ms: start.elapsed().as_secs_f64() * 1e3,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use common::*;
 use minigpt_med::{
-    Answer, ColorMode, DecodeBatch, Exchange, GenerateOptions, Image, LoadOptions, Model, Request, Sampling,
+    Answer, ColorMode, DecodeBatch, Exchange, GenerateOptions, Image, KvDType, LoadOptions, Model, Request, Sampling,
     StopReason, Task, TaskKind, WeightDType,
 };
 
@@ -104,6 +104,12 @@ fn batched_answers_equal_sequential_ones_with_quantized_weights() {
         let opts = LoadOptions { llm_dtype: dtype, ..LoadOptions::default() };
         check_batch_equals_sequential(&Model::load_dir(fixtures(), &opts).unwrap());
     }
+}
+
+#[test]
+fn batched_answers_equal_sequential_ones_with_an_f16_kv_cache() {
+    let opts = LoadOptions { kv_dtype: KvDType::F16, ..LoadOptions::default() };
+    check_batch_equals_sequential(&Model::load_dir(fixtures(), &opts).unwrap());
 }
 
 #[test]

@@ -275,6 +275,16 @@ def test_model_info(model):
     assert "Model(" in repr(model)
 
 
+def test_an_f16_kv_cache_keeps_the_golden_tokens():
+    # p4_report on the gradient PNG: its top two logits never come closer than 0.14, far more
+    # than an f16 cache moves them (<= 0.05 on the tiny model; tests/kv_dtype.rs).
+    m = mm.Model.load_dir(TINY, kv_dtype="f16", progress=False)
+    assert m.info["kv_dtype"] == "f16"
+    p = PROMPTS["p4_report"]
+    ans = m.generate(TINY / IMAGES[p["image"]]["file"], max_new_tokens=20, **task_args(p))
+    assert ans.token_ids == golden_ids("p4_report")
+
+
 def test_load_with_files_dtypes_and_progress():
     calls = []
     m = mm.Model.load(
@@ -292,6 +302,8 @@ def test_load_with_files_dtypes_and_progress():
     # The default bar (tqdm when installed) and no progress.
     mm.Model.load_dir(TINY, progress=True)
     mm.Model.load_dir(TINY, progress=False, dtype="q8_0")
+    with pytest.raises(mm.OptionsError, match="use f32 or f16"):
+        mm.Model.load_dir(TINY, progress=False, kv_dtype="q4_0")
 
     def boom(done, total):
         raise RuntimeError("progress failed")

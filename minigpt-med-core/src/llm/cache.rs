@@ -3,11 +3,56 @@
 //! turn fails or is cancelled.
 
 use candle_core::{DType, Device, Storage, Tensor};
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
-/// Per-layer keys and values `[kv_heads, capacity, head_dim]` and the number of valid positions.
+/// How a KV cache holds its keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvDType {
+    /// 32-bit floats: the reference's numbers.
+    #[default]
+    F32,
+    /// 16-bit floats: half the cache's memory and half the bytes each decode step's attention
+    /// reads (which grows with the conversation). Keys and values are rounded to f16 once, when
+    /// written; the arithmetic stays f32. On the fixtures the greedy tokens are unchanged
+    /// (`tests/kv_dtype.rs` states the logits' error).
+    F16,
+}
+
+impl KvDType {
+    fn dtype(self) -> DType {
+        match self {
+            Self::F32 => DType::F32,
+            Self::F16 => DType::F16,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" | "half" => Ok(Self::F16),
+            other => Err(Error::InvalidOption(format!("KV cache dtype {other:?}: use f32 or f16"))),
+        }
+    }
+}
+
+impl std::fmt::Display for KvDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+        })
+    }
+}
+
+/// Per-layer keys and values `[kv_heads, capacity, head_dim]` (in the cache's [`KvDType`]) and
+/// the number of valid positions.
 #[derive(Debug)]
 pub struct KvCache {
     layers: Vec<(Tensor, Tensor)>,
@@ -15,6 +60,7 @@ pub struct KvCache {
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
+    dtype: KvDType,
     device: Device,
 }
 
@@ -24,15 +70,21 @@ impl KvCache {
         kv_heads: usize,
         head_dim: usize,
         capacity: usize,
+        dtype: KvDType,
         device: &Device,
     ) -> Result<Self> {
         let layers = (0..layers)
             .map(|_| {
-                let z = || Tensor::zeros((kv_heads, capacity, head_dim), DType::F32, device);
+                let z = || Tensor::zeros((kv_heads, capacity, head_dim), dtype.dtype(), device);
                 Ok((z()?, z()?))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, len: 0, capacity, kv_heads, head_dim, device: device.clone() })
+        Ok(Self { layers, len: 0, capacity, kv_heads, head_dim, dtype, device: device.clone() })
+    }
+
+    /// How keys and values are held.
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
     }
 
     /// Positions currently held.
@@ -59,7 +111,7 @@ impl KvCache {
             .iter()
             .map(|(k, v)| {
                 let copy = |t: &Tensor| -> Result<Tensor> {
-                    let out = Tensor::zeros((self.kv_heads, capacity, self.head_dim), DType::F32, &self.device)?;
+                    let out = Tensor::zeros((self.kv_heads, capacity, self.head_dim), t.dtype(), &self.device)?;
                     if self.len > 0 {
                         out.slice_set(&t.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                     }
@@ -74,6 +126,7 @@ impl KvCache {
             capacity,
             kv_heads: self.kv_heads,
             head_dim: self.head_dim,
+            dtype: self.dtype,
             device: self.device.clone(),
         })
     }
@@ -92,7 +145,7 @@ impl KvCache {
         let new_cap = needed.max(self.capacity * 2);
         for (k, v) in &mut self.layers {
             for t in [k, v] {
-                let grown = Tensor::zeros((self.kv_heads, new_cap, self.head_dim), DType::F32, &self.device)?;
+                let grown = Tensor::zeros((self.kv_heads, new_cap, self.head_dim), t.dtype(), &self.device)?;
                 grown.slice_set(&t.narrow(1, 0, self.len)?.contiguous()?, 1, 0)?;
                 *t = grown;
             }
@@ -101,14 +154,25 @@ impl KvCache {
         Ok(())
     }
 
-    /// Writes `k, v: [kv_heads, n, head_dim]` of `layer` at the current end and returns views
-    /// of everything held for that layer, `[kv_heads, len + n, head_dim]`.
+    /// Writes `k, v: [kv_heads, n, head_dim]` (f32) of `layer` at the current end and returns
+    /// everything held for that layer, `[kv_heads, len + n, head_dim]` f32 (views of an f32
+    /// cache; an f16 cache's values widened).
     pub(crate) fn append(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        self.write(layer, k, v)?;
         let n = k.dim(1)?;
         let (kc, vc) = &self.layers[layer];
-        kc.slice_set(k, 1, self.len)?;
-        vc.slice_set(v, 1, self.len)?;
-        Ok((kc.narrow(1, 0, self.len + n)?, vc.narrow(1, 0, self.len + n)?))
+        let held = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, 0, self.len + n)?.to_dtype(DType::F32)?) };
+        Ok((held(kc)?, held(vc)?))
+    }
+
+    /// Writes `k, v: [kv_heads, n, head_dim]` (f32) of `layer` at the current end, rounded to
+    /// the cache's dtype.
+    pub(crate) fn write(&mut self, layer: usize, k: &Tensor, v: &Tensor) -> Result<()> {
+        let dtype = self.dtype.dtype();
+        let (kc, vc) = &self.layers[layer];
+        kc.slice_set(&k.to_dtype(dtype)?, 1, self.len)?;
+        vc.slice_set(&v.to_dtype(dtype)?, 1, self.len)?;
+        Ok(())
     }
 
     /// Attention of one new position (just appended to `layer`, not yet advanced) over the
@@ -129,7 +193,7 @@ impl KvCache {
         let Some(first) = caches.first() else { return Ok(Some(Vec::new())) };
         let (hd, kv_heads) = (first.head_dim, first.kv_heads);
         if q.len() != caches.len() * heads * hd || caches.iter().any(|c| c.head_dim != hd || c.kv_heads != kv_heads) {
-            return Err(crate::error::Error::InvalidOption(format!(
+            return Err(Error::InvalidOption(format!(
                 "{} query values for {} sequences of {heads} heads of {hd}",
                 q.len(),
                 caches.len()
@@ -145,26 +209,36 @@ impl KvCache {
         let mut views = Vec::with_capacity(caches.len());
         for (c, ((ks, kl), (vs, vl))) in caches.iter().zip(&guards) {
             let (Storage::Cpu(k), Storage::Cpu(v)) = (&**ks, &**vs) else { return Ok(None) };
-            let (k, v) = (&k.as_slice::<f32>()?[kl.start_offset()..], &v.as_slice::<f32>()?[vl.start_offset()..]);
+            let (k, v) = match c.dtype {
+                KvDType::F32 => (
+                    Held::F32(&k.as_slice::<f32>()?[kl.start_offset()..]),
+                    Held::F32(&v.as_slice::<f32>()?[vl.start_offset()..]),
+                ),
+                KvDType::F16 => (
+                    Held::F16(&k.as_slice::<f16>()?[kl.start_offset()..]),
+                    Held::F16(&v.as_slice::<f16>()?[vl.start_offset()..]),
+                ),
+            };
             views.push((k, v, c.capacity, c.len + 1));
         }
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each(|(j, out)| {
+        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |buf, (j, out)| {
             let (b, h) = (j / heads, j % heads);
             let (k, v, cap, len) = views[b];
             let q = &q[j * hd..(j + 1) * hd];
-            let base = (h / group) * cap * hd;
-            let (k, v) = (&k[base..base + len * hd], &v[base..base + len * hd]);
-            let scores: Vec<f32> = k.chunks_exact(hd).map(|k| dot(q, k) * scale).collect();
+            let rows = (h / group) * cap..(h / group) * cap + len;
+            let mut scores = Vec::with_capacity(len);
+            k.for_rows(rows.clone(), hd, buf, |k| scores.push(dot(q, k) * scale));
             let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
             let mut sum = 0f32;
-            for (s, v) in scores.iter().zip(v.chunks_exact(hd)) {
-                let p = (s - max).exp();
+            let mut s = scores.iter();
+            v.for_rows(rows, hd, buf, |v| {
+                let p = (s.next().expect("one score per row") - max).exp();
                 sum += p;
                 out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
-            }
+            });
             out.iter_mut().for_each(|o| *o /= sum);
         });
         Ok(Some(out))
@@ -173,6 +247,34 @@ impl KvCache {
     /// Marks `n` positions (just appended in every layer) as valid.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+/// One layer's keys or values as the cache holds them, `[kv_heads, capacity, head_dim]` flat.
+#[derive(Clone, Copy)]
+enum Held<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16]),
+}
+
+impl Held<'_> {
+    /// Rows widened to f32 per conversion step: 32 rows of 128 values are 16 KiB, in L1.
+    const ROWS_PER_STEP: usize = 32;
+
+    /// `f` of rows `rows` (each `hd` values) in order, as f32: an f32 cache's own memory, an f16
+    /// cache's widened a few rows at a time into `buf` (F16C where the CPU has it).
+    fn for_rows(self, rows: std::ops::Range<usize>, hd: usize, buf: &mut Vec<f32>, mut f: impl FnMut(&[f32])) {
+        let span = rows.start * hd..rows.end * hd;
+        match self {
+            Self::F32(t) => t[span].chunks_exact(hd).for_each(f),
+            Self::F16(t) => {
+                for chunk in t[span].chunks(Self::ROWS_PER_STEP * hd) {
+                    buf.resize(chunk.len(), 0.0);
+                    chunk.convert_to_f32_slice(buf);
+                    buf.chunks_exact(hd).for_each(&mut f);
+                }
+            }
+        }
     }
 }
 
@@ -185,4 +287,73 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         acc.iter_mut().zip(x.iter().zip(y)).for_each(|(a, (x, y))| *a += x * y);
     }
     acc.iter().sum::<f32>() + rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `kv` written piece by piece into a cache of `dtype` that starts small (so it grows) and
+    /// is forked, then `last` appended as the new position that `q` attends from.
+    fn attend(dtype: KvDType, kv: &[(Tensor, Tensor)], last: &(Tensor, Tensor), q: &[f32], heads: usize) -> Vec<f32> {
+        let (kv_heads, _, hd) = kv[0].0.dims3().unwrap();
+        let mut c = KvCache::new(1, kv_heads, hd, 2, dtype, &Device::Cpu).unwrap();
+        for (k, v) in kv {
+            c.reserve(k.dim(1).unwrap()).unwrap();
+            c.write(0, k, v).unwrap();
+            c.advance(k.dim(1).unwrap());
+        }
+        let mut c = c.fork(c.len() + 1).unwrap();
+        assert_eq!(c.layers[0].0.dtype(), dtype.dtype());
+        c.write(0, &last.0, &last.1).unwrap();
+        KvCache::attend_rows(&[&c], 0, q, heads).unwrap().unwrap()
+    }
+
+    #[test]
+    fn an_f16_cache_attends_over_its_rounded_values_in_f32() {
+        let (heads, kv_heads, hd) = (4, 2, 40);
+        let dev = &Device::Cpu;
+        let r = |n| Tensor::randn(0f32, 1.0, (kv_heads, n, hd), dev).unwrap();
+        // 71 positions in pieces of 30, 1, 39 and the new one: past one 32-row conversion step.
+        let kv: Vec<(Tensor, Tensor)> = [30, 1, 39].iter().map(|&n| (r(n), r(n))).collect();
+        let last = (r(1), r(1));
+        let q = Tensor::randn(0f32, 1.0, heads * hd, dev).unwrap().to_vec1::<f32>().unwrap();
+        let exact = attend(KvDType::F32, &kv, &last, &q, heads);
+        let half = attend(KvDType::F16, &kv, &last, &q, heads);
+        // The attention over f16-rounded keys and values, computed here in f64.
+        let all = |i: usize, round: bool| -> Vec<Vec<Vec<f32>>> {
+            let pieces: Vec<Tensor> =
+                kv.iter().chain([&last]).map(|p| if i == 0 { p.0.clone() } else { p.1.clone() }).collect();
+            let t = Tensor::cat(&pieces, 1).unwrap();
+            let t = if round { t.to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap() } else { t };
+            t.to_vec3::<f32>().unwrap()
+        };
+        let oracle = |round: bool| -> Vec<f64> {
+            let (keys, values) = (all(0, round), all(1, round));
+            let mut out = vec![0f64; heads * hd];
+            for h in 0..heads {
+                let g = h / (heads / kv_heads);
+                let qh = &q[h * hd..(h + 1) * hd];
+                let scores: Vec<f64> = keys[g]
+                    .iter()
+                    .map(|k| k.iter().zip(qh).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() / (hd as f64).sqrt())
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let p: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f64 = p.iter().sum();
+                for d in 0..hd {
+                    out[h * hd + d] = p.iter().zip(&values[g]).map(|(p, v)| p * v[d] as f64).sum::<f64>() / sum;
+                }
+            }
+            out
+        };
+        let dist = |a: &[f32], b: &[f64]| a.iter().zip(b).map(|(a, b)| (*a as f64 - b).abs()).fold(0f64, f64::max);
+        let (rounded, unrounded) = (oracle(true), oracle(false));
+        // Each cache computes its own values' attention to f32 accuracy...
+        assert!(dist(&exact, &unrounded) < 1e-5, "f32 cache: {}", dist(&exact, &unrounded));
+        assert!(dist(&half, &rounded) < 1e-5, "f16 cache: {}", dist(&half, &rounded));
+        // ...and f16's rounding (11 bits: <= 2^-12 on values ~1) moves the result measurably.
+        let moved = dist(&half, &unrounded);
+        assert!(moved > 1e-5 && moved < 1e-2, "f16 rounding moved attention by {moved}");
+    }
 }

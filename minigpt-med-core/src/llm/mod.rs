@@ -7,7 +7,7 @@ mod lora;
 use candle_core::{DType, Device, Tensor};
 use rayon::prelude::*;
 
-pub use cache::KvCache;
+pub use cache::{KvCache, KvDType};
 pub(crate) use lora::LoraDeltas;
 
 use crate::config::LlamaConfig;
@@ -132,6 +132,8 @@ pub(crate) struct Llama {
     lm_head: Linear,
     cos: Tensor,
     sin: Tensor,
+    /// How new caches hold keys and values.
+    pub(crate) kv_dtype: KvDType,
     device: Device,
 }
 
@@ -199,7 +201,17 @@ impl Llama {
         })?;
         let (cos, sin) = rope_tables(cfg, device)?;
         progress()?;
-        Ok(Self { cfg: cfg.clone(), embed, layers, norm, lm_head, cos, sin, device: device.clone() })
+        Ok(Self {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            kv_dtype: KvDType::default(),
+            device: device.clone(),
+        })
     }
 
     /// The layer of matrix `name`: quantized as the source holds it (a converted model file),
@@ -224,7 +236,14 @@ impl Llama {
 
     /// A cache with room for `capacity` positions.
     pub(crate) fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        KvCache::new(self.cfg.num_hidden_layers, self.cfg.kv_heads(), self.cfg.head_dim(), capacity, &self.device)
+        KvCache::new(
+            self.cfg.num_hidden_layers,
+            self.cfg.kv_heads(),
+            self.cfg.head_dim(),
+            capacity,
+            self.kv_dtype,
+            &self.device,
+        )
     }
 
     /// Token embeddings `[ids.len(), hidden]` f32.
@@ -330,7 +349,7 @@ impl Llama {
                 let v = split(v, kv_heads)?.squeeze(0)?;
                 for (i, cache) in caches.iter_mut().enumerate() {
                     let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.contiguous()?) };
-                    cache.append(li, &row(&k)?, &row(&v)?)?;
+                    cache.write(li, &row(&k)?, &row(&v)?)?;
                 }
                 // `[heads, B, hd]` -> `[B, heads * hd]`: every sequence's heads in one pass.
                 let q = q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
@@ -401,12 +420,13 @@ impl Llama {
         let q = candle_nn::rotary_emb::rope(&shape(q, heads)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&shape(k, kv_heads)?, cos, sin)?.squeeze(0)?;
         let v = shape(v, kv_heads)?.squeeze(0)?;
-        let (k, v) = cache.append(li, &k, &v)?;
-        if n == 1 {
+        if n == 1 && matches!(self.device, Device::Cpu) {
+            cache.write(li, &k, &v)?;
             if let Some(out) = cache.attend_one(li, &q, heads)? {
                 return Ok(out);
             }
         }
+        let (k, v) = cache.append(li, &k, &v)?;
         let (k, v) = if heads != kv_heads {
             let rep = heads / kv_heads;
             let expand = |t: Tensor| -> Result<Tensor> {

@@ -190,6 +190,7 @@ class Model:
         device: str = "cpu",
         dtype: str = "f32",
         vit_dtype: str = "f32",
+        kv_dtype: Literal["f32", "f16"] = "f32",
         progress: _Progress = True,
     ) -> "Model":
         """A converted model file (``Model.load("x.gguf")``) or the three original files."""
@@ -201,6 +202,7 @@ class Model:
         device: str = "cpu",
         dtype: str = "f32",
         vit_dtype: str = "f32",
+        kv_dtype: Literal["f32", "f16"] = "f32",
         progress: _Progress = True,
     ) -> "Model": ...
     def generate(

@@ -59,7 +59,7 @@ class Predictor:
         model_dir: or a model directory (``llama-2-7b-chat-hf/``, ``eva_vit_g.pth``,
             ``minigpt_med.pth``).
         llama, vit, checkpoint, config: or the original files, as :meth:`Model.load`.
-        dtype, vit_dtype, device: as :meth:`Model.load`.
+        dtype, vit_dtype, kv_dtype, device: as :meth:`Model.load`.
         threads: CPU threads of the actor's matrix work (default: the actor's ``num_cpus``).
         task, prompt: the task of rows that name none (default ``"report"``).
         batch_size: rows decoding together inside the actor (default: the whole batch).
@@ -78,6 +78,7 @@ class Predictor:
         config: Optional[str] = None,
         dtype: str = "f32",
         vit_dtype: str = "f32",
+        kv_dtype: str = "f32",
         device: str = "cpu",
         threads: Optional[int] = None,
         task: str = "report",
@@ -91,7 +92,7 @@ class Predictor:
         threads = threads or _actor_cpus()
         if threads:
             set_threads(threads)
-        load = {"device": device, "dtype": dtype, "vit_dtype": vit_dtype, "progress": False}
+        load = {"device": device, "dtype": dtype, "vit_dtype": vit_dtype, "kv_dtype": kv_dtype, "progress": False}
         if model is not None:
             self.model = Model.load(model, **load)
         elif model_dir is not None:

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Builds and links the workspace with `--features cuda` on a machine without a GPU (issue 18):
+# the CLI, the C library and the Python wheel, for one GPU architecture.
+#
+#   1. installs NVIDIA's CUDA wheels from PyPI (nvcc, CCCL, the runtime, cuBLAS, cuRAND, NVRTC)
+#      into a private venv, target/cuda/venv;
+#   2. lays out a toolkit prefix, target/cuda/toolkit: the wheels' bin/include/nvvm, their
+#      libraries under the unversioned names the linker asks for, and a link stub of the driver
+#      (lib/stubs/libcuda.so, soname libcuda.so.1) generated from cuda.h's own declarations:
+#      the driver itself only exists on a GPU machine, where the same soname resolves to it;
+#   3. `cargo build --release --features cuda` of minigpt-med-cli and minigpt-med-capi, then
+#      `maturin build --release --features cuda` of the wheel, all in target/cuda/sm_$CAP so the
+#      CPU build's target/ is untouched; the binaries carry an rpath to the toolkit's lib/.
+#
+# Usage: scripts/build-cuda.sh [CAP]   CAP: compute capability, 90 (H100/H200, default) or 80
+#        (A100); any value nvcc knows works. Run it once per architecture.
+# Env:   MGM_CUDA_PREFIX  where the venv and toolkit go (default target/cuda)
+#        MGM_CUDA_SKIP_WHEEL=1  skip the Python wheel
+# Cost on this project's 2-core CI machine: see docs/perf.md ("CUDA build"); it is run by hand
+# before any change to device code is submitted (too long for every CI run).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+cap="${1:-90}"
+prefix="${MGM_CUDA_PREFIX:-$root/target/cuda}"
+venv="$prefix/venv"
+tk="$prefix/toolkit"
+mkdir -p "$prefix"
+start=$(date +%s)
+stamp() { echo "[build-cuda $(($(date +%s) - start)) s] $*"; }
+
+if [ ! -x "$venv/bin/nvcc-installed" ]; then
+  stamp "installing the CUDA wheels into $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip
+  # The cu13 wheels: nvcc 13.x with its crt and nvvm, CCCL (nv/target), and the libraries the
+  # engine links (candle's cudarc links cuBLAS, cuBLASLt, cuRAND, NVRTC and the runtime).
+  "$venv/bin/pip" install -q "nvidia-cuda-nvcc>=13,<14" "nvidia-cuda-cccl>=13,<14" \
+    "nvidia-cuda-runtime>=13,<14" "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" \
+    "nvidia-cuda-nvrtc>=13,<14" maturin
+  touch "$venv/bin/nvcc-installed"
+fi
+cu="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
+[ -x "$cu/bin/nvcc" ] || { echo "no nvcc under $cu: the nvidia-cuda-nvcc wheel changed layout" >&2; exit 1; }
+
+stamp "laying out the toolkit prefix $tk"
+rm -rf "$tk"
+mkdir -p "$tk/lib/stubs"
+for d in bin include nvvm; do ln -s "$cu/$d" "$tk/$d"; done
+for so in "$cu"/lib/lib*.so.*; do
+  base="$(basename "$so")"
+  ln -s "$so" "$tk/lib/$base"
+  ln -sf "$so" "$tk/lib/${base%%.so.*}.so"
+done
+# The driver API's link stub: every function cuda.h declares (after its macros pick the
+# versioned names, e.g. cuMemAlloc -> cuMemAlloc_v2). Linking records only the soname. Loaded
+# in place of a driver (LD_LIBRARY_PATH, as the check below does) every call answers
+# CUDA_ERROR_NO_DEVICE (100), so the build's CPU path and its no-GPU error can be run here.
+gcc -E -P -I"$cu/include" -x c - <<<'#include <cuda.h>' \
+  | grep -oE '\bcu[A-Z][A-Za-z0-9_]*[[:space:]]*\(' | tr -d '( \t' | sort -u \
+  | sed 's/.*/int &(void) { return 100; }/' >"$tk/lib/stubs/libcuda.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$tk/lib/stubs/libcuda.so" "$tk/lib/stubs/libcuda.c"
+ln -s libcuda.so "$tk/lib/stubs/libcuda.so.1"
+stamp "driver stub with $(wc -l <"$tk/lib/stubs/libcuda.c") symbols"
+
+nvcc_version="$("$tk/bin/nvcc" --version | sed -n 's/.*release \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')"
+read -r major minor <<<"$nvcc_version"
+# cudarc 0.19 knows CUDA up to 13.4; newer 13.x toolkits keep its ABI, so its newest bindings serve.
+if [ "$major" -eq 13 ] && [ "$minor" -gt 4 ]; then minor=4; fi
+export CUDARC_CUDA_VERSION="$((major * 1000 + minor * 10))"
+export PATH="$tk/bin:$PATH" CUDA_PATH="$tk" CUDA_ROOT="$tk" CUDA_HOME="$tk" CUDA_COMPUTE_CAP="$cap"
+export CARGO_TARGET_DIR="$prefix/sm_$cap"
+export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,-rpath,$tk/lib"
+
+stamp "cargo build --release --features cuda (sm_$cap, CUDA $major.$minor)"
+cargo build --release --locked -p minigpt-med-cli -p minigpt-med-capi \
+  --features minigpt-med-cli/cuda,minigpt-med-capi/cuda
+if [ "${MGM_CUDA_SKIP_WHEEL:-0}" != 1 ]; then
+  stamp "maturin build --release --features cuda"
+  # No auditwheel repair: the CUDA libraries come from NVIDIA's own wheels (or the driver) on
+  # the user's machine and must not be copied into ours.
+  "$venv/bin/maturin" build --release --locked -m minigpt-med-py/Cargo.toml --features cuda \
+    --auditwheel skip --out "$prefix/wheels-sm_$cap"
+fi
+
+bin="$CARGO_TARGET_DIR/release/minigpt-med"
+# The link is the point: every CUDA library resolves (the driver by soname, to the stub here).
+libs="$(LD_LIBRARY_PATH="$tk/lib/stubs" ldd "$bin")"
+grep -E 'cuda|cublas|curand|nvrtc' <<<"$libs"
+if grep -q 'not found' <<<"$libs"; then
+  grep 'not found' <<<"$libs" >&2
+  exit 1
+fi
+# The CUDA build's CPU path answers as the CPU build does, and asking for a GPU where none is
+# visible is the typed error, not a crash.
+stamp "the CUDA build on the bundled tiny model, without a GPU"
+fx=tests/fixtures/tiny
+LD_LIBRARY_PATH="$tk/lib/stubs" "$bin" generate --model-dir "$fx" --image "$fx/images/synthetic_gradient.png" \
+  --task report --max-new-tokens 20 --json >"$prefix/cpu-answer-sm_$cap.json"
+python3 - "$fx/golden.json" "$prefix/cpu-answer-sm_$cap.json" <<'PY'
+import json, sys
+golden = json.load(open(sys.argv[1]))
+want = next(p for p in golden["prompts"] if p["name"] == "p4_report")["generated_ids"]
+got = json.load(open(sys.argv[2]))["token_ids"]
+assert got == want, f"the CUDA build's CPU answer {got} differs from the reference {want}"
+print(f"CPU path of the CUDA build: the reference's {len(want)} greedy ids")
+PY
+if LD_LIBRARY_PATH="$tk/lib/stubs" "$bin" generate --device cuda --model-dir "$fx" \
+  --image "$fx/images/synthetic_gradient.png" --max-new-tokens 1 2>"$prefix/no-gpu-sm_$cap.txt"; then
+  echo "--device cuda succeeded against the driver stub" >&2
+  exit 1
+fi
+cat "$prefix/no-gpu-sm_$cap.txt"
+stamp "done: $bin, $CARGO_TARGET_DIR/release/libminigpt_med.so, wheels in $prefix/wheels-sm_$cap"
