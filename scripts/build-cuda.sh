@@ -30,7 +30,7 @@ mkdir -p "$prefix"
 start=$(date +%s)
 stamp() { echo "[build-cuda $(($(date +%s) - start)) s] $*"; }
 
-if [ ! -x "$venv/bin/nvcc-installed" ]; then
+if [ ! -f "$venv/bin/nvcc-installed" ]; then
   stamp "installing the CUDA wheels into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
