@@ -3,18 +3,23 @@
 # the CLI, the C library and the Python wheel, for one GPU architecture.
 #
 #   1. installs NVIDIA's CUDA wheels from PyPI (nvcc, CCCL, the runtime, cuBLAS, cuRAND, NVRTC)
-#      into a private venv, target/cuda/venv;
-#   2. lays out a toolkit prefix, target/cuda/toolkit: the wheels' bin/include/nvvm, their
+#      into a private venv, target/cuda/venv-$MGM_CUDA;
+#   2. lays out a toolkit prefix, target/cuda/toolkit-$MGM_CUDA: the wheels' bin/include/nvvm, their
 #      libraries under the unversioned names the linker asks for, and a link stub of the driver
 #      (lib/stubs/libcuda.so, soname libcuda.so.1) generated from cuda.h's own declarations:
 #      the driver itself only exists on a GPU machine, where the same soname resolves to it;
 #   3. `cargo build --release --features cuda` of minigpt-med-cli and minigpt-med-capi, then
-#      `maturin build --release --features cuda` of the wheel, all in target/cuda/sm_$CAP so the
+#      `maturin build --release --features cuda` of the wheel, all in target/cuda/cu$MGM_CUDA-sm_$CAP so the
 #      CPU build's target/ is untouched; the binaries carry an rpath to the toolkit's lib/.
 #
 # Usage: scripts/build-cuda.sh [CAP]   CAP: compute capability, 90 (H100/H200, default) or 80
 #        (A100); any value nvcc knows works. Run it once per architecture.
-# Env:   MGM_CUDA_PREFIX  where the venv and toolkit go (default target/cuda)
+# Env:   MGM_CUDA=13.0  the CUDA release to build with (default 13.0): candle's kernels are
+#          PTX that the driver compiles at the first launch, and a driver runs the PTX of its own
+#          CUDA release and older ones only (driver 580 is CUDA 13.0: a 13.5 build fails there
+#          with CUDA_ERROR_UNSUPPORTED_PTX_VERSION). Pick the oldest release your GPUs' drivers
+#          run; `MGM_CUDA=13` takes the newest 13.x.
+#        MGM_CUDA_PREFIX  where the venv and toolkit go (default target/cuda)
 #        MGM_CUDA_SKIP_WHEEL=1  skip the Python wheel
 # Cost on this project's 2-core CI machine: see docs/perf.md ("CUDA build"); it is run by hand
 # before any change to device code is submitted (too long for every CI run).
@@ -24,8 +29,19 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 cap="${1:-90}"
 prefix="${MGM_CUDA_PREFIX:-$root/target/cuda}"
-venv="$prefix/venv"
-tk="$prefix/toolkit"
+cuda="${MGM_CUDA:-13.0}"
+case "$cuda" in
+  13) pins=("nvidia-cuda-nvcc>=13,<14" "nvidia-cuda-cccl>=13,<14" "nvidia-cuda-runtime>=13,<14"
+    "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-cuda-nvrtc>=13,<14") ;;
+  # cuRAND keeps its own numbering: 10.4.0 shipped with CUDA 13.0.
+  13.0) pins=("nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
+    "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*" "nvidia-cuda-nvrtc==13.0.*") ;;
+  13.[1-9]) pins=("nvidia-cuda-nvcc==$cuda.*" "nvidia-cuda-cccl==$cuda.*" "nvidia-cuda-runtime==$cuda.*"
+    "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-cuda-nvrtc==$cuda.*") ;;
+  *) echo "MGM_CUDA=$cuda: use 13 (the newest 13.x) or a release 13.0 to 13.9" >&2; exit 2 ;;
+esac
+venv="$prefix/venv-$cuda"
+tk="$prefix/toolkit-$cuda"
 mkdir -p "$prefix"
 start=$(date +%s)
 stamp() { echo "[build-cuda $(($(date +%s) - start)) s] $*"; }
@@ -36,9 +52,7 @@ if [ ! -f "$venv/bin/nvcc-installed" ]; then
   "$venv/bin/pip" install -q --upgrade pip
   # The cu13 wheels: nvcc 13.x with its crt and nvvm, CCCL (nv/target), and the libraries the
   # engine links (candle's cudarc links cuBLAS, cuBLASLt, cuRAND, NVRTC and the runtime).
-  "$venv/bin/pip" install -q "nvidia-cuda-nvcc>=13,<14" "nvidia-cuda-cccl>=13,<14" \
-    "nvidia-cuda-runtime>=13,<14" "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" \
-    "nvidia-cuda-nvrtc>=13,<14" maturin
+  "$venv/bin/pip" install -q "${pins[@]}" maturin
   touch "$venv/bin/nvcc-installed"
 fi
 cu="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
@@ -70,7 +84,7 @@ read -r major minor <<<"$nvcc_version"
 if [ "$major" -eq 13 ] && [ "$minor" -gt 4 ]; then minor=4; fi
 export CUDARC_CUDA_VERSION="$((major * 1000 + minor * 10))"
 export PATH="$tk/bin:$PATH" CUDA_PATH="$tk" CUDA_ROOT="$tk" CUDA_HOME="$tk" CUDA_COMPUTE_CAP="$cap"
-export CARGO_TARGET_DIR="$prefix/sm_$cap"
+export CARGO_TARGET_DIR="$prefix/cu$cuda-sm_$cap"
 export RUSTFLAGS="${RUSTFLAGS:-} -C link-arg=-Wl,-rpath,$tk/lib"
 
 stamp "cargo build --release --features cuda (sm_$cap, CUDA $major.$minor)"
@@ -81,7 +95,7 @@ if [ "${MGM_CUDA_SKIP_WHEEL:-0}" != 1 ]; then
   # No auditwheel repair: the CUDA libraries come from NVIDIA's own wheels (or the driver) on
   # the user's machine and must not be copied into ours.
   "$venv/bin/maturin" build --release --locked -m minigpt-med-py/Cargo.toml --features cuda \
-    --auditwheel skip --out "$prefix/wheels-sm_$cap"
+    --auditwheel skip --out "$prefix/wheels-cu$cuda-sm_$cap"
 fi
 
 bin="$CARGO_TARGET_DIR/release/minigpt-med"
@@ -97,8 +111,8 @@ fi
 stamp "the CUDA build on the bundled tiny model, without a GPU"
 fx=tests/fixtures/tiny
 LD_LIBRARY_PATH="$tk/lib/stubs" "$bin" generate --model-dir "$fx" --image "$fx/images/synthetic_gradient.png" \
-  --task report --max-new-tokens 20 --json >"$prefix/cpu-answer-sm_$cap.json"
-python3 - "$fx/golden.json" "$prefix/cpu-answer-sm_$cap.json" <<'PY'
+  --task report --max-new-tokens 20 --json >"$prefix/cpu-answer-cu$cuda-sm_$cap.json"
+python3 - "$fx/golden.json" "$prefix/cpu-answer-cu$cuda-sm_$cap.json" <<'PY'
 import json, sys
 golden = json.load(open(sys.argv[1]))
 want = next(p for p in golden["prompts"] if p["name"] == "p4_report")["generated_ids"]
@@ -107,9 +121,9 @@ assert got == want, f"the CUDA build's CPU answer {got} differs from the referen
 print(f"CPU path of the CUDA build: the reference's {len(want)} greedy ids")
 PY
 if LD_LIBRARY_PATH="$tk/lib/stubs" "$bin" generate --device cuda --model-dir "$fx" \
-  --image "$fx/images/synthetic_gradient.png" --max-new-tokens 1 2>"$prefix/no-gpu-sm_$cap.txt"; then
+  --image "$fx/images/synthetic_gradient.png" --max-new-tokens 1 2>"$prefix/no-gpu-cu$cuda-sm_$cap.txt"; then
   echo "--device cuda succeeded against the driver stub" >&2
   exit 1
 fi
-cat "$prefix/no-gpu-sm_$cap.txt"
-stamp "done: $bin, $CARGO_TARGET_DIR/release/libminigpt_med.so, wheels in $prefix/wheels-sm_$cap"
+cat "$prefix/no-gpu-cu$cuda-sm_$cap.txt"
+stamp "done: $bin, $CARGO_TARGET_DIR/release/libminigpt_med.so, wheels in $prefix/wheels-cu$cuda-sm_$cap"

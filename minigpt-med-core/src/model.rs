@@ -248,6 +248,7 @@ impl Model {
         if matches!(opts.vit_dtype, WeightDType::Q8_0 | WeightDType::Q4_0 | WeightDType::Q4K) {
             return Err(Error::InvalidOption("the ViT runs in f32, f16 or bf16; quantize only the LLM".into()));
         }
+        crate::cpu::keep_freed_memory();
         let device = opts.device.candle()?;
         let total = 1 + cfg.vision.depth + llama_cfg.num_hidden_layers + 2;
         let mut done = 0;

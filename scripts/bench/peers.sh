@@ -20,10 +20,14 @@ REPEATS=${REPEATS:-2}
 # Which llama.cpp GGUF runs beside which of our formats; TORCH=0 skips the PyTorch ViT.
 PAIRS=${PAIRS:-q4_0:q4_0 q8_0:q8_0 q4_k_m:q4k}
 TORCH=${TORCH:-1}
+# Our KV cache's dtype: f16 by default here, as llama.cpp's own default (type_k = type_v = f16),
+# so both read the same cache bytes per step; KV=f32 gives our exact default instead.
+KV=${KV:-f16}
 mkdir -p "$OUT" "$WORK"
 
 {
     echo "date: $(date -u +%FT%TZ)"
+    echo "our KV cache: $KV"
     echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2) x $(nproc)"
     echo "minigpt-med: $(git rev-parse --short HEAD) $("$BIN" --version)"
     "$PY" -c 'import llama_cpp; print("llama-cpp-python:", llama_cpp.__version__)'
@@ -42,7 +46,7 @@ fi
 for pair in $PAIRS; do
     "$PY" scripts/bench/llama_cpp_bench.py run "$WORK/${pair%%:*}.gguf" --threads "$THREADS" --repeats "$REPEATS" \
         | tee "$OUT/llama_cpp_${pair%%:*}.json"
-    "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --repeats "$REPEATS" --decode-tokens 64 --end-to-end --json \
+    "$BIN" --threads "$THREADS" bench --synthetic 7b --llm-dtype "${pair##*:}" --kv-dtype "$KV" --repeats "$REPEATS" --decode-tokens 64 --end-to-end --json \
         | tee "$OUT/minigpt_med_${pair##*:}.json"
 done
 "$BIN" --threads "$THREADS" bench --kernels --repeats 3 --json | tee "$OUT/kernels.json"

@@ -1,11 +1,13 @@
 //! What every CPU kernel module builds on: the instruction set the kernels may use, known only
-//! by asking the CPU, and the output pointer parallel tasks share.
+//! by asking the CPU, the output pointer parallel tasks share, and how memory is held.
 //!
 //! [`Isa::Avx2`] carries an [`Avx2`] token that only [`Isa::detect`] can make, so holding one
 //! proves the CPU runs AVX2, FMA and F16C: a kernel that matches it may call the AVX2 code
 //! without checking again, and no caller can hand it a wrong value.
 
+mod malloc;
 mod pages;
+pub use malloc::keep_freed_memory;
 pub(crate) use pages::{Pages, Zeroable};
 
 /// Proof that this CPU runs AVX2, FMA and F16C. Made only by [`Isa::detect`].
