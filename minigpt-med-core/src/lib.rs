@@ -24,6 +24,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod answer;
+mod attention;
 pub mod batch;
 mod batch_decode;
 mod chat;

@@ -426,23 +426,33 @@ pub(crate) struct Out<'a> {
 /// `out.ptr` must be valid for writes of `a.rows` rows at stride `out.ld` over columns `cols`,
 /// and no other thread may touch those elements meanwhile.
 pub(crate) unsafe fn gemm_on_thread(isa: Isa, a: Lhs, b: &PackedB, cols: Range<usize>, out: Out) {
+    // SAFETY: the caller upholds this function's `# Safety` contract, which is `gemm_to_depth`'s.
+    unsafe { gemm_to_depth(isa, a, b, b.k, cols, out) }
+}
+
+/// [`gemm_on_thread`] over the first `depth` rows of `B` only (`depth <= k`; `A` needs `depth`
+/// columns): a causal attention's later keys, whose probabilities are zero, are skipped.
+///
+/// # Safety
+/// As [`gemm_on_thread`].
+pub(crate) unsafe fn gemm_to_depth(isa: Isa, a: Lhs, b: &PackedB, depth: usize, cols: Range<usize>, out: Out) {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
         debug_assert_eq!(cols.start % NR, 0);
-        assert!(cols.end <= b.n && out.bias.is_none_or(|bias| bias.len() >= b.n));
+        assert!(cols.end <= b.n && depth <= b.k && out.bias.is_none_or(|bias| bias.len() >= b.n));
         let rows = a.rows();
         match a {
             Lhs::Rows { data, ld, .. } => {
-                assert!(rows == 0 || data.len() >= (rows - 1) * ld + b.k, "gemm: A too short for [{rows}, {}]", b.k)
+                assert!(rows == 0 || data.len() >= (rows - 1) * ld + depth, "gemm: A too short for [{rows}, {depth}]")
             }
             Lhs::Packed { a, first, .. } => {
-                assert!(first % MR == 0 && first + rows <= a.mp && a.k == b.k, "gemm: packed A does not match")
+                assert!(first % MR == 0 && first + rows <= a.mp && a.k == depth, "gemm: packed A does not match")
             }
         }
         if rows == 0 || cols.is_empty() {
             return;
         }
-        if b.k == 0 {
+        if depth == 0 {
             // No depth: C is the bias alone (through the epilogue).
             let zero = [0f32; MR * NR];
             for i in (0..rows).step_by(MR) {
@@ -455,9 +465,9 @@ pub(crate) unsafe fn gemm_on_thread(isa: Isa, a: Lhs, b: &PackedB, cols: Range<u
         }
         A_PACK.with(|pack| {
             let pack = &mut *pack.borrow_mut();
-            for p0 in (0..b.k).step_by(KC) {
-                let kc = KC.min(b.k - p0);
-                let (first, last) = (p0 == 0, p0 + kc == b.k);
+            for p0 in (0..depth).step_by(KC) {
+                let kc = KC.min(depth - p0);
+                let (first, last) = (p0 == 0, p0 + kc == depth);
                 for i0 in (0..rows).step_by(MC) {
                     let mc = MC.min(rows - i0);
                     let block = match a {

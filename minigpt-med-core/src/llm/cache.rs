@@ -7,6 +7,8 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::attention::{attention, row, Heads, Mask, Rows, Shape};
+use crate::cpu::Isa;
 use crate::error::{Error, Result};
 
 /// How a KV cache holds its keys and values.
@@ -211,82 +213,75 @@ impl KvCache {
             let (Storage::Cpu(k), Storage::Cpu(v)) = (&**ks, &**vs) else { return Ok(None) };
             let (k, v) = match c.dtype {
                 KvDType::F32 => (
-                    Held::F32(&k.as_slice::<f32>()?[kl.start_offset()..]),
-                    Held::F32(&v.as_slice::<f32>()?[vl.start_offset()..]),
+                    Rows::F32(&k.as_slice::<f32>()?[kl.start_offset()..]),
+                    Rows::F32(&v.as_slice::<f32>()?[vl.start_offset()..]),
                 ),
                 KvDType::F16 => (
-                    Held::F16(&k.as_slice::<f16>()?[kl.start_offset()..]),
-                    Held::F16(&v.as_slice::<f16>()?[vl.start_offset()..]),
+                    Rows::F16(&k.as_slice::<f16>()?[kl.start_offset()..]),
+                    Rows::F16(&v.as_slice::<f16>()?[vl.start_offset()..]),
                 ),
             };
             views.push((k, v, c.capacity, c.len + 1));
         }
         let group = heads / kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        let kernels = Isa::detect();
         let mut out = vec![0f32; q.len()];
-        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |buf, (j, out)| {
+        out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (j, out)| {
             let (b, h) = (j / heads, j % heads);
             let (k, v, cap, len) = views[b];
-            let q = &q[j * hd..(j + 1) * hd];
             let rows = (h / group) * cap..(h / group) * cap + len;
-            let mut scores = Vec::with_capacity(len);
-            k.for_rows(rows.clone(), hd, buf, |k| scores.push(dot(q, k) * scale));
-            let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-            let mut sum = 0f32;
-            let mut s = scores.iter();
-            v.for_rows(rows, hd, buf, |v| {
-                let p = (s.next().expect("one score per row") - max).exp();
-                sum += p;
-                out.iter_mut().zip(v).for_each(|(o, v)| *o += p * v);
-            });
-            out.iter_mut().for_each(|o| *o /= sum);
+            let q = &q[j * hd..(j + 1) * hd];
+            row::attend(kernels, q, k.span(rows.clone(), hd), v.span(rows, hd), scale, scores, out);
         });
         Ok(Some(out))
+    }
+
+    /// Causal attention of `n` new positions (just written to `layer`, not yet advanced) over
+    /// the whole cache, fused on the CPU (`crate::attention`): `q: [heads, n, head_dim]` ->
+    /// `[n, heads * head_dim]`. An f32 cache is read in place; an f16 cache's held positions
+    /// are widened once per call. `None` off the CPU.
+    pub(crate) fn attend_causal(&self, layer: usize, q: &[f32], n: usize, heads: usize) -> Result<Option<Vec<f32>>> {
+        let (hd, kv_heads, held) = (self.head_dim, self.kv_heads, self.len + n);
+        if q.len() != heads * n * hd || kv_heads == 0 || heads % kv_heads != 0 || held > self.capacity {
+            return Err(Error::InvalidOption(format!(
+                "{} query values for {n} positions of {heads} heads of {hd} over {kv_heads} key/value heads",
+                q.len()
+            )));
+        }
+        let (k, v) = &self.layers[layer];
+        let ((ks, kl), (vs, vl)) = (k.storage_and_layout(), v.storage_and_layout());
+        let (Storage::Cpu(ks), Storage::Cpu(vs)) = (&*ks, &*vs) else { return Ok(None) };
+        let shape = Shape { queries: n, keys: held, heads, kv_heads, head_dim: hd };
+        let scale = 1.0 / (hd as f32).sqrt();
+        let q = Heads::stacked(q, n, hd);
+        let mask = Mask::Causal { offset: self.len };
+        let kernels = Isa::detect();
+        Ok(Some(match self.dtype {
+            KvDType::F32 => {
+                let k = Heads::stacked(&ks.as_slice::<f32>()?[kl.start_offset()..], self.capacity, hd);
+                let v = Heads::stacked(&vs.as_slice::<f32>()?[vl.start_offset()..], self.capacity, hd);
+                attention(kernels, q, k, v, shape, scale, mask)
+            }
+            KvDType::F16 => {
+                let widen = |t: &[f16]| -> Vec<f32> {
+                    let mut out = vec![0f32; kv_heads * held * hd];
+                    out.par_chunks_mut(held * hd).enumerate().for_each(|(g, out)| {
+                        t[g * self.capacity * hd..][..held * hd].convert_to_f32_slice(out);
+                    });
+                    out
+                };
+                let k = widen(&ks.as_slice::<f16>()?[kl.start_offset()..]);
+                let v = widen(&vs.as_slice::<f16>()?[vl.start_offset()..]);
+                attention(kernels, q, Heads::stacked(&k, held, hd), Heads::stacked(&v, held, hd), shape, scale, mask)
+            }
+        }))
     }
 
     /// Marks `n` positions (just appended in every layer) as valid.
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
-}
-
-/// One layer's keys or values as the cache holds them, `[kv_heads, capacity, head_dim]` flat.
-#[derive(Clone, Copy)]
-enum Held<'a> {
-    F32(&'a [f32]),
-    F16(&'a [f16]),
-}
-
-impl Held<'_> {
-    /// Rows widened to f32 per conversion step: 32 rows of 128 values are 16 KiB, in L1.
-    const ROWS_PER_STEP: usize = 32;
-
-    /// `f` of rows `rows` (each `hd` values) in order, as f32: an f32 cache's own memory, an f16
-    /// cache's widened a few rows at a time into `buf` (F16C where the CPU has it).
-    fn for_rows(self, rows: std::ops::Range<usize>, hd: usize, buf: &mut Vec<f32>, mut f: impl FnMut(&[f32])) {
-        let span = rows.start * hd..rows.end * hd;
-        match self {
-            Self::F32(t) => t[span].chunks_exact(hd).for_each(f),
-            Self::F16(t) => {
-                for chunk in t[span].chunks(Self::ROWS_PER_STEP * hd) {
-                    buf.resize(chunk.len(), 0.0);
-                    chunk.convert_to_f32_slice(buf);
-                    buf.chunks_exact(hd).for_each(&mut f);
-                }
-            }
-        }
-    }
-}
-
-/// `a . b` over eight independent lanes, which the compiler turns into SIMD.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        acc.iter_mut().zip(x.iter().zip(y)).for_each(|(a, (x, y))| *a += x * y);
-    }
-    acc.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

@@ -293,7 +293,9 @@ impl Llama {
         cache.reserve(n)?;
         let cos = self.cos.narrow(0, pos, n)?;
         let sin = self.sin.narrow(0, pos, n)?;
-        let mask = if n > 1 { Some(causal_mask(n, pos, &self.device)?) } else { None };
+        // The CPU's fused attention masks as it goes (`KvCache::attend_causal`).
+        let mask =
+            if n > 1 && !matches!(self.device, Device::Cpu) { Some(causal_mask(n, pos, &self.device)?) } else { None };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = x.clone();
         for (li, layer) in self.layers.iter().enumerate() {
@@ -420,10 +422,14 @@ impl Llama {
         let q = candle_nn::rotary_emb::rope(&shape(q, heads)?, cos, sin)?.squeeze(0)?;
         let k = candle_nn::rotary_emb::rope(&shape(k, kv_heads)?, cos, sin)?.squeeze(0)?;
         let v = shape(v, kv_heads)?.squeeze(0)?;
-        if n == 1 && matches!(self.device, Device::Cpu) {
+        if matches!(self.device, Device::Cpu) {
             cache.write(li, &k, &v)?;
-            if let Some(out) = cache.attend_one(li, &q, heads)? {
-                return Ok(out);
+            if n == 1 {
+                if let Some(out) = cache.attend_one(li, &q, heads)? {
+                    return Ok(out);
+                }
+            } else if let Some(out) = with_f32_slice(&q, |q| cache.attend_causal(li, q, n, heads))? {
+                return Ok(Tensor::from_vec(out, (n, heads * hd), &self.device)?);
             }
         }
         let (k, v) = cache.append(li, &k, &v)?;

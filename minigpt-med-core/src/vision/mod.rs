@@ -1,7 +1,6 @@
 //! EVA ViT-g/14 (EVA01-CLIP-g as used by BLIP-2 and MiniGPT-v2/Med) and the connector that
 //! turns its patch tokens into LLaMA input embeddings.
 
-mod attention;
 mod connector;
 mod pos_embed;
 
@@ -10,6 +9,7 @@ use candle_core::{DType, Device, Tensor};
 pub(crate) use connector::Connector;
 pub use pos_embed::interpolate_pos_embed;
 
+use crate::attention::{attention, Heads, Mask, Shape};
 use crate::config::VisionConfig;
 use crate::cpu::Isa;
 use crate::error::{Error, Result};
@@ -224,7 +224,9 @@ impl EvaVit {
             let qkv = blk.qkv.forward(&h)?;
             let o = if matches!(qkv.device(), Device::Cpu) {
                 let o = with_f32_slice(&qkv, |qkv| {
-                    Ok(attention::attention(Isa::detect(), qkv, n, heads, hd, scale as f32))
+                    let view = |part: usize| Heads::interleaved(&qkv[part * d..], hd, 3 * d);
+                    let shape = Shape { queries: n, keys: n, heads, kv_heads: heads, head_dim: hd };
+                    Ok(attention(Isa::detect(), view(0), view(1), view(2), shape, scale as f32, Mask::None))
                 })?;
                 Tensor::from_vec(o, (n, d), qkv.device())?
             } else {
