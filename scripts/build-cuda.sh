@@ -34,9 +34,13 @@ case "$cuda" in
   13) pins=("nvidia-cuda-nvcc>=13,<14" "nvidia-cuda-cccl>=13,<14" "nvidia-cuda-runtime>=13,<14"
     "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-cuda-nvrtc>=13,<14") ;;
   # cuRAND keeps its own numbering: 10.4.0 shipped with CUDA 13.0.
-  13.0) pins=("nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
+  # nvcc's own dependencies are pinned too: left open, pip pairs nvcc 13.0 with the newest
+  # NVVM and crt, whose PTX (.version 9.5 from 13.5's NVVM) 13.0's ptxas refuses.
+  13.0) pins=("nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" "nvidia-cuda-crt==13.0.*"
+    "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*"
     "nvidia-cublas==13.0.*" "nvidia-curand==10.4.0.*" "nvidia-cuda-nvrtc==13.0.*") ;;
-  13.[1-9]) pins=("nvidia-cuda-nvcc==$cuda.*" "nvidia-cuda-cccl==$cuda.*" "nvidia-cuda-runtime==$cuda.*"
+  13.[1-9]) pins=("nvidia-cuda-nvcc==$cuda.*" "nvidia-nvvm==$cuda.*" "nvidia-cuda-crt==$cuda.*"
+    "nvidia-cuda-cccl==$cuda.*" "nvidia-cuda-runtime==$cuda.*"
     "nvidia-cublas>=13,<14" "nvidia-curand>=10.4,<11" "nvidia-cuda-nvrtc==$cuda.*") ;;
   *) echo "MGM_CUDA=$cuda: use 13 (the newest 13.x) or a release 13.0 to 13.9" >&2; exit 2 ;;
 esac
@@ -46,14 +50,15 @@ mkdir -p "$prefix"
 start=$(date +%s)
 stamp() { echo "[build-cuda $(($(date +%s) - start)) s] $*"; }
 
-if [ ! -f "$venv/bin/nvcc-installed" ]; then
+# The marker holds the pins it was installed with: other pins (this script changed) reinstall.
+if [ ! -f "$venv/bin/nvcc-installed" ] || [ "$(cat "$venv/bin/nvcc-installed")" != "${pins[*]}" ]; then
   stamp "installing the CUDA wheels into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q --upgrade pip
   # The cu13 wheels: nvcc 13.x with its crt and nvvm, CCCL (nv/target), and the libraries the
   # engine links (candle's cudarc links cuBLAS, cuBLASLt, cuRAND, NVRTC and the runtime).
   "$venv/bin/pip" install -q "${pins[@]}" maturin
-  touch "$venv/bin/nvcc-installed"
+  echo "${pins[*]}" >"$venv/bin/nvcc-installed"
 fi
 cu="$("$venv/bin/python" -c 'import nvidia, os; print(os.path.join(nvidia.__path__[0], "cu13"))')"
 [ -x "$cu/bin/nvcc" ] || { echo "no nvcc under $cu: the nvidia-cuda-nvcc wheel changed layout" >&2; exit 1; }
