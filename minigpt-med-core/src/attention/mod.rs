@@ -123,7 +123,7 @@ pub(crate) fn attention(kernels: Isa, q: Heads, k: Heads, v: Heads, shape: Shape
                     .map(|(r, row)| {
                         let (visible, hidden) = row.split_at_mut(offset + r0 + r + 1);
                         hidden.fill(0.0);
-                        gemm::softmax_rows(kernels, visible, visible.len())[0]
+                        gemm::softmax_row(kernels, visible)
                     })
                     .collect(),
             };
@@ -151,14 +151,6 @@ mod tests {
 
     fn values(len: usize, seed: usize) -> Vec<f32> {
         (0..len).map(|i| ((((i + seed) * 2654435761) % 1000) as f32 / 500.0 - 1.0) * 1.5).collect()
-    }
-
-    fn kernel_sets() -> Vec<Isa> {
-        let mut kernels = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            kernels.push(Isa::detect());
-        }
-        kernels
     }
 
     /// The attention in f64, straight from the definition: query `i` of head `h` over the keys
@@ -194,7 +186,7 @@ mod tests {
         let shape = Shape { queries: n, keys: n, heads, kv_heads: heads, head_dim: hd };
         let qkv = &qkv;
         let at = |part: usize| move |h: usize, r: usize, c: usize| qkv[r * 3 * d + part * d + h * hd + c] as f64;
-        for kernels in kernel_sets() {
+        for kernels in Isa::available() {
             let view = |part: usize| Heads::interleaved(&qkv[part * d..], hd, 3 * d);
             let got = attention(kernels, view(0), view(1), view(2), shape, scale, Mask::None);
             for h in 0..heads {
@@ -224,7 +216,7 @@ mod tests {
             let qa = |h: usize, r: usize, c: usize| q[(h * n + r) * hd + c] as f64;
             let ka = |g: usize, r: usize, c: usize| k[(g * capacity + r) * hd + c] as f64;
             let va = |g: usize, r: usize, c: usize| v[(g * capacity + r) * hd + c] as f64;
-            for kernels in kernel_sets() {
+            for kernels in Isa::available() {
                 let got = attention(
                     kernels,
                     Heads::stacked(&q, n, hd),

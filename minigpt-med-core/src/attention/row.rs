@@ -78,12 +78,12 @@ pub(crate) fn attend(kernels: Isa, q: &[f32], k: Rows, v: Rows, scale: f32, scor
         // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C; the lengths were
         // checked above.
         (Isa::Avx2(_), Rows::F32(k), Rows::F32(v)) if hd % 8 == 0 => unsafe {
-            avx2::attend(q, k, v, scale, scores, out)
+            avx2::attend(kernels, q, k, v, scale, scores, out)
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         (Isa::Avx2(_), Rows::F16(k), Rows::F16(v)) if hd % 8 == 0 => unsafe {
-            avx2::attend(q, k, v, scale, scores, out)
+            avx2::attend(kernels, q, k, v, scale, scores, out)
         },
         _ => portable(kernels, q, k, v, scale, scores, out),
     }
@@ -95,8 +95,7 @@ fn portable(kernels: Isa, q: &[f32], k: Rows, v: Rows, scale: f32, scores: &mut 
     let hd = q.len();
     let mut buf = Vec::new();
     k.for_each(hd, &mut buf, |k| scores.push(q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale));
-    let len = scores.len();
-    let sum = gemm::softmax_rows(kernels, scores, len)[0];
+    let sum = gemm::softmax_row(kernels, scores);
     out.fill(0.0);
     let mut p = scores.iter();
     v.for_each(hd, &mut buf, |v| {
@@ -156,10 +155,12 @@ mod avx2 {
     /// `super::attend` for a `head_dim` that is a multiple of 8.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `out.len() == q.len()`, a multiple of 8, and `k`
+    /// The CPU must have AVX2, FMA and F16C (`kernels` is its `Isa::Avx2`); `out.len() ==
+    /// q.len()`, a multiple of 8, and `k`
     /// and `v` hold the same whole number (at least one) of `q.len()`-long rows.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn attend<T: Load8>(
+        kernels: Isa,
         q: &[f32],
         k: &[T],
         v: &[T],
@@ -191,7 +192,7 @@ mod avx2 {
                 let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
                 scores.push(hsum(sum) * scale);
             }
-            let inv = _mm256_set1_ps(1.0 / gemm::softmax_rows(Isa::detect(), scores, len)[0]);
+            let inv = _mm256_set1_ps(1.0 / gemm::softmax_row(kernels, scores));
             let op = out.as_mut_ptr();
             let mut c0 = 0;
             // 64 columns at a time: eight accumulators, one FMA chain each.

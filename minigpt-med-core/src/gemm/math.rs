@@ -54,20 +54,23 @@ pub(super) fn gelu_f64(x: f64) -> f64 {
 /// a softmax whose division is left to the caller (the attention divides its `cols`-long
 /// output rows instead of the `cols`-long probability rows).
 pub(crate) fn softmax_rows(kernels: Isa, s: &mut [f32], cols: usize) -> Vec<f32> {
-    s.chunks_exact_mut(cols.max(1))
-        .map(|row| match kernels {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
-            Isa::Avx2(_) => unsafe { super::avx2::exp_row(row) },
-            Isa::Portable => {
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                row.iter_mut().fold(0.0, |sum, v| {
-                    *v = exp(*v - max);
-                    sum + *v
-                })
-            }
-        })
-        .collect()
+    s.chunks_exact_mut(cols.max(1)).map(|row| softmax_row(kernels, row)).collect()
+}
+
+/// [`softmax_rows`] of one row: `row = exp(row - max(row))`, returning the sum.
+pub(crate) fn softmax_row(kernels: Isa, row: &mut [f32]) -> f32 {
+    match kernels {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
+        Isa::Avx2(_) => unsafe { super::avx2::exp_row(row) },
+        Isa::Portable => {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            row.iter_mut().fold(0.0, |sum, v| {
+                *v = exp(*v - max);
+                sum + *v
+            })
+        }
+    }
 }
 
 /// The exact GELU over a slice, in parallel chunks (the tests' way into the SIMD GELU alone).

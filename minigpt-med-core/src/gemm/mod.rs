@@ -29,7 +29,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use math::gelu;
-pub(crate) use math::softmax_rows;
+pub(crate) use math::{softmax_row, softmax_rows};
 
 use crate::cpu::{Isa, OutPtr, Pages, Zeroable};
 use crate::error::{Error, Result};
