@@ -3,6 +3,7 @@
 //! pays only for its own tokens. Every answer equals a fresh `generate` of the same task.
 
 use std::ops::Deref;
+use std::sync::Arc;
 use std::time::Instant;
 
 use candle_core::Tensor;
@@ -25,8 +26,8 @@ pub struct Study<M: Deref<Target = Model>> {
     image: ImageEmbeddings,
     /// The prompt's tokens before the image (`<s>[INST] <Img>`), the same for every question.
     before_image: Vec<u32>,
-    /// The cache after those tokens and the image tokens.
-    prefix: KvCache,
+    /// The cache after those tokens and the image tokens, shared by every question's fork.
+    prefix: Arc<KvCache>,
     /// Milliseconds spent encoding the image and running the prefix.
     prepare_ms: f64,
 }
@@ -39,7 +40,7 @@ impl<M: Deref<Target = Model>> Study<M> {
         let x = model.input_embeds_before(&image, &before_image)?;
         let mut prefix = model.llama().new_cache(x.dim(0)?)?;
         model.llama().forward(&x, &mut prefix)?;
-        Ok(Self { model, image, before_image, prefix, prepare_ms: t0.elapsed().as_secs_f64() * 1e3 })
+        Ok(Self { model, image, before_image, prefix: Arc::new(prefix), prepare_ms: t0.elapsed().as_secs_f64() * 1e3 })
     }
 
     /// The image's embeddings.
@@ -85,7 +86,7 @@ pub struct StudyRef<'a> {
     pub(crate) model: &'a Model,
     image: &'a ImageEmbeddings,
     before_image: &'a [u32],
-    prefix: &'a KvCache,
+    prefix: &'a Arc<KvCache>,
 }
 
 impl<'a> StudyRef<'a> {

@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use crate::cpu::{Isa, OutPtr};
 use crate::gemm::{self, Epilogue, Lhs, Out, PackedB, Precision};
 
-pub(crate) use row::Rows;
+pub(crate) use row::{Kv, Rows};
 
 /// Query rows per task: their scores (`ROWS x keys`) stay in L2.
 const ROWS: usize = 48;
@@ -51,6 +51,36 @@ impl<'a> Heads<'a> {
     fn head(&self, h: usize) -> &'a [f32] {
         &self.data[h * self.head_stride..]
     }
+
+    /// Row `i` of head `h`.
+    fn row(&self, h: usize, i: usize, head_dim: usize) -> &'a [f32] {
+        &self.data[h * self.head_stride + i * self.row_stride..][..head_dim]
+    }
+}
+
+/// Key or value rows of every head, in one piece or in two: a forked cache's shared prefix
+/// (its first `rows` rows of each head), then the rows of its own.
+#[derive(Clone, Copy)]
+pub(crate) struct Pieces<'a> {
+    pub(crate) prefix: Option<(Heads<'a>, usize)>,
+    pub(crate) rest: Heads<'a>,
+}
+
+impl<'a> Pieces<'a> {
+    /// Row `i` of head `h`.
+    fn row(&self, h: usize, i: usize, head_dim: usize) -> &'a [f32] {
+        match self.prefix {
+            Some((prefix, rows)) if i < rows => prefix.row(h, i, head_dim),
+            Some((_, rows)) => self.rest.row(h, i - rows, head_dim),
+            None => self.rest.row(h, i, head_dim),
+        }
+    }
+}
+
+impl<'a> From<Heads<'a>> for Pieces<'a> {
+    fn from(rest: Heads<'a>) -> Self {
+        Self { prefix: None, rest }
+    }
 }
 
 /// Which keys each query sees.
@@ -80,7 +110,16 @@ pub(crate) struct Shape {
 /// # Panics
 /// If a view is too short for `shape`, `kv_heads` does not divide `heads`, or a causal query
 /// would see past the last key (`offset + queries > keys`).
-pub(crate) fn attention(kernels: Isa, q: Heads, k: Heads, v: Heads, shape: Shape, scale: f32, mask: Mask) -> Vec<f32> {
+pub(crate) fn attention<'a>(
+    kernels: Isa,
+    q: Heads,
+    k: impl Into<Pieces<'a>>,
+    v: impl Into<Pieces<'a>>,
+    shape: Shape,
+    scale: f32,
+    mask: Mask,
+) -> Vec<f32> {
+    let (k, v) = (k.into(), v.into());
     let Shape { queries: n, keys, heads, kv_heads, head_dim } = shape;
     assert!(kv_heads > 0 && heads % kv_heads == 0, "attention: {heads} heads over {kv_heads} key/value heads");
     if let Mask::Causal { offset } = mask {
@@ -91,8 +130,8 @@ pub(crate) fn attention(kernels: Isa, q: Heads, k: Heads, v: Heads, shape: Shape
     let packed: Vec<(PackedB, PackedB)> = (0..kv_heads)
         .into_par_iter()
         .map(|h| {
-            let kp = PackedB::from_nk(k.head(h), keys, head_dim, k.row_stride, Precision::F32);
-            let vp = PackedB::from_kn(v.head(h), keys, head_dim, v.row_stride);
+            let kp = PackedB::from_nk_rows(keys, head_dim, Precision::F32, |j| k.row(h, j, head_dim));
+            let vp = PackedB::from_kn_rows(keys, head_dim, |p| v.row(h, p, head_dim));
             (kp, vp)
         })
         .collect();

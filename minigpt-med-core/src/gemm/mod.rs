@@ -110,10 +110,20 @@ impl PackedB {
     /// If `w` is shorter than `(n - 1) * ld + k`.
     pub fn from_nk(w: &[f32], n: usize, k: usize, ld: usize, precision: Precision) -> Self {
         assert!(n == 0 || w.len() >= (n - 1) * ld + k, "PackedB::from_nk: {} values for [{n}, {k}] / {ld}", w.len());
+        Self::from_nk_rows(n, k, precision, |j| &w[j * ld..][..k])
+    }
+
+    /// [`Self::from_nk`] with row `j` (`k` values) given by `row(j)`: keys held in pieces.
+    pub(crate) fn from_nk_rows<'a>(
+        n: usize,
+        k: usize,
+        precision: Precision,
+        row: impl Fn(usize) -> &'a [f32] + Sync,
+    ) -> Self {
         Self::build(n, k, precision, |j0, width, panel| {
             for c in 0..width {
-                for (row, &v) in panel.iter_mut().zip(&w[(j0 + c) * ld..][..k]) {
-                    row.0[c] = v;
+                for (r, &v) in panel.iter_mut().zip(&row(j0 + c)[..k]) {
+                    r.0[c] = v;
                 }
             }
         })
@@ -151,9 +161,14 @@ impl PackedB {
     /// If `b` is shorter than `(k - 1) * ld + n`.
     pub fn from_kn(b: &[f32], k: usize, n: usize, ld: usize) -> Self {
         assert!(k == 0 || b.len() >= (k - 1) * ld + n, "PackedB::from_kn: {} values for [{k}, {n}] / {ld}", b.len());
+        Self::from_kn_rows(k, n, |p| &b[p * ld..][..n])
+    }
+
+    /// [`Self::from_kn`] with row `p` (`n` values) given by `row(p)`: values held in pieces.
+    pub(crate) fn from_kn_rows<'a>(k: usize, n: usize, row: impl Fn(usize) -> &'a [f32] + Sync) -> Self {
         Self::build(n, k, Precision::F32, |j0, width, panel| {
-            for (p, row) in panel.iter_mut().enumerate() {
-                row.0[..width].copy_from_slice(&b[p * ld + j0..][..width]);
+            for (p, r) in panel.iter_mut().enumerate() {
+                r.0[..width].copy_from_slice(&row(p)[j0..][..width]);
             }
         })
     }
