@@ -133,18 +133,18 @@ impl MiniGptMedConfig {
         within(path, "lora.r", self.lora.r, 1 << 14)?;
         positive_eps(path, "vision.layer_norm_eps", v.layer_norm_eps)?;
         positive_eps(path, "vision.ln_vision_eps", v.ln_vision_eps)?;
-        if v.patch_size == 0 || v.image_size == 0 || v.image_size % v.patch_size != 0 {
+        if v.patch_size == 0 || v.image_size == 0 || !v.image_size.is_multiple_of(v.patch_size) {
             return bad(format!(
                 "vision.image_size {} must be a positive multiple of vision.patch_size {}",
                 v.image_size, v.patch_size
             ));
         }
-        if v.heads == 0 || v.width % v.heads != 0 {
+        if v.heads == 0 || !v.width.is_multiple_of(v.heads) {
             return bad(format!("vision.width {} is not divisible by vision.heads {}", v.width, v.heads));
         }
         let tokens = v.grid() * v.grid();
         let g = self.connector.tokens_per_group;
-        if g == 0 || tokens % g != 0 || v.grid() % g != 0 {
+        if g == 0 || !tokens.is_multiple_of(g) || !v.grid().is_multiple_of(g) {
             return bad(format!("connector.tokens_per_group {g} must divide the {} patches of a grid row", v.grid()));
         }
         if !(self.lora.alpha.is_finite()) {
@@ -290,16 +290,16 @@ impl LlamaConfig {
                 return bad(format!("{key} {id} is outside the vocabulary of {}", self.vocab_size));
             }
         }
-        if self.num_attention_heads == 0 || self.hidden_size % self.num_attention_heads != 0 {
+        if self.num_attention_heads == 0 || !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return bad(format!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return bad("the attention head width must be even for RoPE".into());
         }
-        if self.kv_heads() == 0 || self.num_attention_heads % self.kv_heads() != 0 {
+        if self.kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.kv_heads()) {
             return bad("num_attention_heads must be a multiple of num_key_value_heads".into());
         }
         Ok(())

@@ -391,7 +391,7 @@ mod tests {
                 s ^= s << 13;
                 s ^= s >> 7;
                 s ^= s << 17;
-                if s % 3 == 0 {
+                if s.is_multiple_of(3) {
                     bytes[(s >> 8) as usize % bytes.len()]
                 } else {
                     (s >> 16) as u32 % vocab

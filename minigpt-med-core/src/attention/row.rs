@@ -87,7 +87,7 @@ pub(crate) fn attend_group(
 ) {
     let m = own.len();
     assert!(
-        m > 0 && q.len() % m == 0 && q.len() > 0 && out.len() == q.len(),
+        m > 0 && q.len().is_multiple_of(m) && !q.is_empty() && out.len() == q.len(),
         "attention rows: q {}, out {}, {m} queries",
         q.len(),
         out.len()
@@ -103,7 +103,7 @@ pub(crate) fn attend_group(
     scores.clear();
     #[cfg(target_arch = "x86_64")]
     if let Isa::Avx2(_) = kernels {
-        if hd % 8 == 0 {
+        if hd.is_multiple_of(8) {
             if let Some((shared, own)) = same_dtype(shared, own, |r| if let Rows::F32(t) = r { Some(t) } else { None })
             {
                 // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C; the
@@ -313,8 +313,8 @@ mod avx2 {
             // Each shared key row is read once and stays in L1 for the group's queries.
             for j in 0..p {
                 let row = shared.0.as_ptr().add(j * hd);
-                for i in 0..m {
-                    *sp.add(at[i] + j) = dot(qp.add(i * hd), row, hd) * scale;
+                for (i, &at) in at[..m].iter().enumerate() {
+                    *sp.add(at + j) = dot(qp.add(i * hd), row, hd) * scale;
                 }
             }
             for (i, (k, _)) in own.iter().enumerate() {
@@ -330,8 +330,8 @@ mod avx2 {
             let sp = probs.as_ptr();
             for j0 in (0..p).step_by(CHUNK) {
                 let rows = CHUNK.min(p - j0);
-                for i in 0..m {
-                    let probs = std::slice::from_raw_parts(sp.add(at[i] + j0), rows);
+                for (i, &at) in at[..m].iter().enumerate() {
+                    let probs = std::slice::from_raw_parts(sp.add(at + j0), rows);
                     accumulate(probs, shared.1.as_ptr().add(j0 * hd), hd, op.add(i * hd));
                 }
             }

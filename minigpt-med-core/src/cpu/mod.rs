@@ -10,9 +10,27 @@ mod pages;
 pub use malloc::keep_freed_memory;
 pub(crate) use pages::{Pages, Zeroable};
 
-/// Proof that this CPU runs AVX2, FMA and F16C. Made only by [`Isa::detect`].
+/// Proof that this CPU runs AVX2, FMA and F16C, and whether the quantized kernels may use
+/// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512-VNNI and AVX512-VL: Ice Lake, Zen 4
+/// and later). Made only by [`Isa::detect`] and [`Isa::available`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Avx2(());
+pub struct Avx2 {
+    vnni: bool,
+}
+
+impl Avx2 {
+    /// Whether the CPU runs AVX512-VNNI and AVX512-VL (checked when the token was made).
+    pub fn vnni(self) -> bool {
+        self.vnni
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
 
 /// The instruction set the kernels run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,17 +47,21 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Self::Avx2(Avx2(()));
+            return Self::Avx2(Avx2 { vnni: has_vnni() });
         }
         Self::Portable
     }
 
     /// Every instruction set this CPU runs, [`Isa::Portable`] first (for tests and benches
-    /// that compare the kernels).
+    /// that compare the kernels): on a CPU with VNNI, AVX2 both without and with it.
     pub fn available() -> Vec<Self> {
         let mut all = vec![Self::Portable];
-        if Self::detect() != Self::Portable {
-            all.push(Self::detect());
+        #[cfg(target_arch = "x86_64")]
+        if let Self::Avx2(a) = Self::detect() {
+            if a.vnni {
+                all.push(Self::Avx2(Avx2 { vnni: false }));
+            }
+            all.push(Self::Avx2(a));
         }
         all
     }

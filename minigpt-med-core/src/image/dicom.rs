@@ -473,7 +473,7 @@ fn native_frame(all: &[u8], frame: usize, h: &Header, ybr422: bool) -> std::resu
     }
     let bytes = usize::from(h.bits_allocated / 8);
     let len = if ybr422 {
-        if h.cols % 2 != 0 || h.bits_allocated != 8 {
+        if !h.cols.is_multiple_of(2) || h.bits_allocated != 8 {
             return Err("YBR_FULL_422 needs an even width and 8-bit samples".into());
         }
         pixels * 2
@@ -715,7 +715,7 @@ fn rgb8(data: &[u8], h: &Header, native: bool) -> Vec<u8> {
 
 /// YBR_FULL_422 (Y0 Y1 Cb Cr per pixel pair) to one Y Cb Cr triple per pixel.
 fn expand_422(data: &[u8], cols: usize) -> Vec<u8> {
-    debug_assert!(cols % 2 == 0);
+    debug_assert!(cols.is_multiple_of(2));
     data.chunks_exact(4).flat_map(|q| [q[0], q[2], q[3], q[1], q[2], q[3]]).collect()
 }
 

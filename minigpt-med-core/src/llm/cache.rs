@@ -278,7 +278,7 @@ impl KvCache {
         let (hd, kv_heads) = (first.head_dim, first.kv_heads);
         if q.len() != caches.len() * heads * hd
             || kv_heads == 0
-            || heads % kv_heads != 0
+            || !heads.is_multiple_of(kv_heads)
             || caches.iter().any(|c| c.head_dim != hd || c.kv_heads != kv_heads)
         {
             return Err(Error::InvalidOption(format!(
@@ -315,8 +315,10 @@ impl KvCache {
             };
             views.push(CpuView { base, own });
         }
-        // Sequences forked from one prefix (at the same length) form a group.
-        let mut groups: Vec<(Option<(usize, usize)>, Vec<usize>)> = Vec::new();
+        // Sequences forked from one prefix (at the same length) form a group: (the prefix's
+        // address and length, the members).
+        type Group = (Option<(usize, usize)>, Vec<usize>);
+        let mut groups: Vec<Group> = Vec::new();
         for (b, c) in caches.iter().enumerate() {
             let key = c.base.as_ref().map(|base| (Arc::as_ptr(base) as usize, c.base_len));
             match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
@@ -365,7 +367,7 @@ impl KvCache {
     /// cache's held positions are widened once per call. `None` off the CPU.
     pub(crate) fn attend_causal(&self, layer: usize, q: &[f32], n: usize, heads: usize) -> Result<Option<Vec<f32>>> {
         let (hd, kv_heads, held) = (self.head_dim, self.kv_heads, self.len + n);
-        if q.len() != heads * n * hd || kv_heads == 0 || heads % kv_heads != 0 || held > self.capacity() {
+        if q.len() != heads * n * hd || kv_heads == 0 || !heads.is_multiple_of(kv_heads) || held > self.capacity() {
             return Err(Error::InvalidOption(format!(
                 "{} query values for {n} positions of {heads} heads of {hd} over {kv_heads} key/value heads",
                 q.len()

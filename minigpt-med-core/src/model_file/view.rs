@@ -69,11 +69,15 @@ impl GgufView {
     /// any file).
     fn check_rows(&self, name: &str, rows: usize) -> Result<()> {
         match self.permuted.get(name) {
-            Some(&heads) if heads == 0 || rows % heads != 0 || (rows / heads) % 2 != 0 => Err(Error::WeightsFormat {
-                path: self.file.path().to_owned(),
-                expected: "MiniGPT-Med model file".into(),
-                reason: format!("tensor {name} has {rows} rows, which do not split into {heads} heads of even width"),
-            }),
+            Some(&heads) if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) => {
+                Err(Error::WeightsFormat {
+                    path: self.file.path().to_owned(),
+                    expected: "MiniGPT-Med model file".into(),
+                    reason: format!(
+                        "tensor {name} has {rows} rows, which do not split into {heads} heads of even width"
+                    ),
+                })
+            }
             _ => Ok(()),
         }
     }

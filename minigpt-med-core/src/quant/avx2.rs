@@ -92,31 +92,60 @@ unsafe fn q8_block_dots<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m
     }
 }
 
-/// See `portable::q8_0_tile`, for `N` activation rows.
+/// [`block_dots`] with AVX-512 VNNI: `vpdpbusd` multiplies the unsigned nibbles by four
+/// signed activation bytes and adds the four products into each i32 lane in one instruction
+/// (the tile layout's lane `r` is row `r`'s four consecutive values), where AVX2 needs two
+/// `vpmaddubsw`, two 16-bit adds and a widening `vpmaddwd`. The sums are the same integers,
+/// so the results are bit for bit AVX2's. Low and high nibbles accumulate apart: two chains
+/// of four per row instead of one of eight.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q8_0_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
+/// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; as [`block_dots`] otherwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn block_dots_vnni<const N: usize>(nib: *const u8, y: [*const i8; N]) -> [__m256; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
-        let nb = y[0].1.len();
-        for (yq, yd, _) in y {
-            assert!(yq.len() == nb * BLOCK && yd.len() == nb);
-        }
-        assert!(w.len() == nb * layout::Q8_0_BYTES);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            let blk = w.as_ptr().add(b * layout::Q8_0_BYTES);
-            prefetch(blk, 5);
-            let dots = q8_block_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+        let low = _mm256_set1_epi8(0x0F);
+        let mut a = [_mm256_setzero_si256(); N];
+        let mut b = [_mm256_setzero_si256(); N];
+        for j in 0..4 {
+            let bytes = _mm256_loadu_si256(nib.add(32 * j) as *const __m256i);
+            let lo = _mm256_and_si256(bytes, low);
+            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), low);
             for i in 0..N {
-                let dy = _mm256_set1_ps(*y[i].1.get_unchecked(b));
-                acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), dots[i], acc[i]);
+                let yp = y[i].add(8 * j);
+                let ya = _mm256_set1_epi32((yp as *const i32).read_unaligned());
+                let yb = _mm256_set1_epi32((yp.add(4) as *const i32).read_unaligned());
+                a[i] = _mm256_dpbusd_epi32(a[i], lo, ya);
+                b[i] = _mm256_dpbusd_epi32(b[i], hi, yb);
             }
         }
-        lanes(acc)
+        std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_add_epi32(a[i], b[i])))
+    }
+}
+
+/// [`q8_block_dots`] with AVX-512 VNNI: `vpdpbusd` of |w| and y with w's sign, four products
+/// per lane in one instruction, in two chains (even and odd vectors). The same integers as
+/// AVX2's.
+///
+/// # Safety
+/// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; as [`q8_block_dots`] otherwise.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn q8_block_dots_vnni<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m256; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let mut s = [[_mm256_setzero_si256(); 2]; N];
+        for j in 0..BLOCK / 4 {
+            let x = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
+            let ax = _mm256_sign_epi8(x, x);
+            for i in 0..N {
+                let yv = _mm256_set1_epi32((y[i].add(4 * j) as *const i32).read_unaligned());
+                s[i][j % 2] = _mm256_dpbusd_epi32(s[i][j % 2], ax, _mm256_sign_epi8(yv, x));
+            }
+        }
+        std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_add_epi32(s[i][0], s[i][1])))
     }
 }
 
@@ -134,72 +163,118 @@ unsafe fn lanes<const N: usize>(acc: [__m256; N]) -> [[f32; TILE]; N] {
     out
 }
 
-/// See `portable::q4_0_tile`, for `N` activation rows (1 to decode, up to 4 in the prefill and
-/// batched decode). The offset of 8 comes off each block as `8 * ys` (the activation block's
-/// sum) before the weight scale multiplies.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4_0_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
-    unsafe {
-        let nb = y[0].1.len();
-        for (yq, yd, ys) in y {
-            assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
-        }
-        assert!(w.len() == nb * layout::Q4_0_BYTES);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            let blk = w.as_ptr().add(b * layout::Q4_0_BYTES);
-            prefetch(blk, 3);
-            let dots = block_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
-            let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            for i in 0..N {
-                let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
-                let t = _mm256_fmsub_ps(_mm256_set1_ps(dy), dots[i], _mm256_set1_ps(8.0 * ys));
-                acc[i] = _mm256_fmadd_ps(dw, t, acc[i]);
+/// Stamps out the Q8_0, Q4_0 and Q4_K tile kernels for one flavour of block dot products
+/// (AVX2's, or VNNI's), compiled for the CPU features that flavour needs.
+macro_rules! tile_kernels {
+    ($features:literal, $dots:ident, $q8_dots:ident, $q8_0:ident, $q4_0:ident, $q4k:ident) => {
+        /// See `portable::q8_0_tile`, for `N` activation rows.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C, and what `$features` names.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q8_0<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+            // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
+            unsafe {
+                let nb = y[0].1.len();
+                for (yq, yd, _) in y {
+                    assert!(yq.len() == nb * BLOCK && yd.len() == nb);
+                }
+                assert!(w.len() == nb * layout::Q8_0_BYTES);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    let blk = w.as_ptr().add(b * layout::Q8_0_BYTES);
+                    prefetch(blk, 5);
+                    let dots =
+                        $q8_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                    for i in 0..N {
+                        let dy = _mm256_set1_ps(*y[i].1.get_unchecked(b));
+                        acc[i] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dy), dots[i], acc[i]);
+                    }
+                }
+                lanes(acc)
             }
         }
-        lanes(acc)
-    }
+
+        /// See `portable::q4_0_tile`, for `N` activation rows (1 to decode, up to 4 in the prefill and
+        /// batched decode). The offset of 8 comes off each block as `8 * ys` (the activation block's
+        /// sum) before the weight scale multiplies.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C, and what `$features` names.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q4_0<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+            // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
+            unsafe {
+                let nb = y[0].1.len();
+                for (yq, yd, ys) in y {
+                    assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+                }
+                assert!(w.len() == nb * layout::Q4_0_BYTES);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    let blk = w.as_ptr().add(b * layout::Q4_0_BYTES);
+                    prefetch(blk, 3);
+                    let dots = $dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+                    let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                    for i in 0..N {
+                        let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                        let t = _mm256_fmsub_ps(_mm256_set1_ps(dy), dots[i], _mm256_set1_ps(8.0 * ys));
+                        acc[i] = _mm256_fmadd_ps(dw, t, acc[i]);
+                    }
+                }
+                lanes(acc)
+            }
+        }
+
+        /// See `portable::q4k_tile`, for `N` activation rows: each sub-block is a Q4_0 tile block whose
+        /// scales and mins (unpacked at load) widen once for all rows.
+        ///
+        /// # Safety
+        /// The CPU must have AVX2, FMA and F16C, and what `$features` names.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $q4k<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
+            // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
+            unsafe {
+                let nb = y[0].1.len();
+                for (yq, yd, ys) in y {
+                    assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+                }
+                assert!(w.len() == nb / 8 * layout::Q4K_BYTES);
+                let mut acc = [_mm256_setzero_ps(); N];
+                let widen =
+                    |p: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)));
+                for g in 0..nb / 8 {
+                    let blk = w.as_ptr().add(g * layout::Q4K_BYTES);
+                    let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
+                    let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(layout::Q4K_DMIN) as *const __m128i));
+                    for sub in 0..8 {
+                        // Eight sub-blocks cover the super-block's 1184 bytes (19 lines) ahead.
+                        prefetch(blk.add(148 * sub), 3);
+                        let b = 8 * g + sub;
+                        let sc = _mm256_mul_ps(widen(blk.add(layout::Q4K_SC + TILE * sub)), d);
+                        let mn = _mm256_mul_ps(widen(blk.add(layout::Q4K_MN + TILE * sub)), dmin);
+                        let nib = blk.add(layout::Q4K_QS + layout::NIBBLES * sub);
+                        let dots = $dots::<N>(nib, std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+                        for i in 0..N {
+                            let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                            acc[i] = _mm256_fmadd_ps(sc, _mm256_mul_ps(_mm256_set1_ps(dy), dots[i]), acc[i]);
+                            acc[i] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ys), acc[i]);
+                        }
+                    }
+                }
+                lanes(acc)
+            }
+        }
+    };
 }
 
-/// See `portable::q4k_tile`, for `N` activation rows: each sub-block is a Q4_0 tile block whose
-/// scales and mins (unpacked at load) widen once for all rows.
-///
-/// # Safety
-/// The CPU must have AVX2, FMA and F16C.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn q4k_tile<const N: usize>(w: &[u8], y: [ActRow; N]) -> [[f32; TILE]; N] {
-    // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C); the asserts bound every pointer below.
-    unsafe {
-        let nb = y[0].1.len();
-        for (yq, yd, ys) in y {
-            assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
-        }
-        assert!(w.len() == nb / 8 * layout::Q4K_BYTES);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let widen = |p: *const u8| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(p as *const __m128i)));
-        for g in 0..nb / 8 {
-            let blk = w.as_ptr().add(g * layout::Q4K_BYTES);
-            let d = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_loadu_si128(blk.add(layout::Q4K_DMIN) as *const __m128i));
-            for sub in 0..8 {
-                // Eight sub-blocks cover the super-block's 1184 bytes (19 lines) ahead.
-                prefetch(blk.add(148 * sub), 3);
-                let b = 8 * g + sub;
-                let sc = _mm256_mul_ps(widen(blk.add(layout::Q4K_SC + TILE * sub)), d);
-                let mn = _mm256_mul_ps(widen(blk.add(layout::Q4K_MN + TILE * sub)), dmin);
-                let nib = blk.add(layout::Q4K_QS + layout::NIBBLES * sub);
-                let dots = block_dots::<N>(nib, std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
-                for i in 0..N {
-                    let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
-                    acc[i] = _mm256_fmadd_ps(sc, _mm256_mul_ps(_mm256_set1_ps(dy), dots[i]), acc[i]);
-                    acc[i] = _mm256_fnmadd_ps(mn, _mm256_set1_ps(ys), acc[i]);
-                }
-            }
-        }
-        lanes(acc)
-    }
-}
+tile_kernels!("avx2,fma,f16c", block_dots, q8_block_dots, q8_0_tile, q4_0_tile, q4k_tile);
+tile_kernels!(
+    "avx2,fma,f16c,avx512f,avx512vl,avx512vnni",
+    block_dots_vnni,
+    q8_block_dots_vnni,
+    q8_0_tile_vnni,
+    q4_0_tile_vnni,
+    q4k_tile_vnni
+);

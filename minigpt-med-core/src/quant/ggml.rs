@@ -25,7 +25,7 @@ pub(crate) fn block_bytes(format: QuantFormat) -> usize {
 /// Bytes of a GGML row of `cols` values, or `None` when `cols` is not a whole number of blocks
 /// (GGML cannot store such a row in this format).
 pub fn ggml_row_bytes(format: QuantFormat, cols: usize) -> Option<usize> {
-    (cols > 0 && cols % format.block_size() == 0).then(|| cols / format.block_size() * block_bytes(format))
+    (cols > 0 && cols.is_multiple_of(format.block_size())).then(|| cols / format.block_size() * block_bytes(format))
 }
 
 fn read_f16(b: &[u8]) -> f16 {

@@ -107,7 +107,7 @@ impl QuantFormat {
     pub fn accepts(self, cols: usize) -> bool {
         match self {
             Self::Q8_0 | Self::Q4_0 => cols > 0,
-            Self::Q4K => cols > 0 && cols % QK_K == 0,
+            Self::Q4K => cols > 0 && cols.is_multiple_of(QK_K),
         }
     }
 }
@@ -425,8 +425,16 @@ impl QuantMatrix {
     fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> [[f32; TILE]; MAX_ROWS] {
         let mut out = [[0f32; TILE]; MAX_ROWS];
         match (kernels, self.tile(t)) {
-            // SAFETY (both arms): an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C;
-            // tiles and activation rows have the lengths the kernels check.
+            // SAFETY (every arm): an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C, and
+            // says `vnni()` only on CPUs with AVX512-VNNI and AVX512-VL; tiles and activation
+            // rows have the lengths the kernels check.
+            // The VNNI arms: the token says the CPU also runs AVX512-VNNI and AVX512-VL.
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2(a), Tile::Q4_0(w)) if a.vnni() => with_rows!(y, out, |y| unsafe { avx2::q4_0_tile_vnni(w, y) }),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2(a), Tile::Q4K(w)) if a.vnni() => with_rows!(y, out, |y| unsafe { avx2::q4k_tile_vnni(w, y) }),
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2(a), Tile::Q8_0(w)) if a.vnni() => with_rows!(y, out, |y| unsafe { avx2::q8_0_tile_vnni(w, y) }),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, |y| unsafe { avx2::q4_0_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
@@ -706,6 +714,31 @@ mod tests {
         assert!(QuantMatrix::matmul_many(&[&a, &b], &[0.0; 64], 1).is_err());
     }
 
+    /// On a CPU with AVX-512 VNNI, its kernels sum the same integers as AVX2's: every output,
+    /// every format, every number of activation rows per call, bit for bit.
+    #[test]
+    fn vnni_kernels_equal_avx2_bit_for_bit() {
+        let flavours: Vec<Isa> = Isa::available().into_iter().filter(|k| *k != Isa::Portable).collect();
+        if flavours.len() < 2 {
+            eprintln!("no AVX-512 VNNI on this CPU: nothing to compare");
+            return;
+        }
+        let (rows, cols) = (45, 768);
+        for format in [QuantFormat::Q8_0, QuantFormat::Q4_0, QuantFormat::Q4K] {
+            let q = QuantMatrix::quantize(&random(rows * cols, 21), rows, cols, format).unwrap();
+            for m in 1..=9 {
+                // Activations spanning the whole 8-bit range, so the i32 sums are large.
+                let x: Vec<f32> = random(m * cols, 30 + m as u64).iter().map(|v| v * 40.0).collect();
+                let outs: Vec<Vec<f32>> = flavours.iter().map(|&k| q.matmul_with(k, &x, m).unwrap()).collect();
+                assert!(outs[0].iter().any(|&v| v != 0.0));
+                for (k, out) in flavours.iter().zip(&outs).skip(1) {
+                    let same = outs[0].iter().zip(out).all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{format:?} m {m}: {k:?} differs from {:?}", flavours[0]);
+                }
+            }
+        }
+    }
+
     /// Quantizing fp16 rows (a checkpoint's own dtype) gives the same matrix as quantizing
     /// their f32 values.
     #[test]
@@ -753,10 +786,7 @@ mod tests {
     /// step (`amax / 254` of the activation's block) times `|w|`, summed over the row.
     #[test]
     fn kernels_agree_with_dequantized_product() {
-        let mut kernels = vec![Isa::Portable];
-        if Isa::detect() != Isa::Portable {
-            kernels.push(Isa::detect());
-        }
+        let kernels = Isa::available();
         // Odd shapes on purpose: rows not a multiple of 4 or of a chunk; columns padded, or
         // not a multiple of 256 (the kernels' tail).
         for (rows, cols, m) in [
