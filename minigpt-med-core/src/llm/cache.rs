@@ -479,14 +479,7 @@ mod tests {
     /// `kv` written piece by piece into a cache of `dtype` that starts small (so it grows) and
     /// is forked, then `last` appended as the new position that `q` attends from.
     fn attend(dtype: KvDType, kv: &[(Tensor, Tensor)], last: &(Tensor, Tensor), q: &[f32], heads: usize) -> Vec<f32> {
-        let (kv_heads, _, hd) = kv[0].0.dims3().unwrap();
-        let mut c = KvCache::new(1, kv_heads, hd, 2, dtype, &Device::Cpu).unwrap();
-        for (k, v) in kv {
-            c.reserve(k.dim(1).unwrap()).unwrap();
-            c.write(0, k, v).unwrap();
-            c.advance(k.dim(1).unwrap());
-        }
-        let c = Arc::new(c);
+        let c = Arc::new(filled(dtype, kv));
         let mut c = c.fork(c.len() + 1).unwrap();
         assert_eq!(c.layers[0].0.dtype(), dtype.dtype());
         c.write(0, &last.0, &last.1).unwrap();
@@ -541,7 +534,8 @@ mod tests {
         assert!(moved > 1e-5 && moved < 1e-2, "f16 rounding moved attention by {moved}");
     }
 
-    /// Writes `kv` (one layer) piece by piece into a new cache of `dtype`.
+    /// Writes `kv` (one layer) piece by piece into a new cache of `dtype` that starts with room
+    /// for one position, so it grows.
     fn filled(dtype: KvDType, kv: &[(Tensor, Tensor)]) -> KvCache {
         let (kv_heads, _, hd) = kv[0].0.dims3().unwrap();
         let mut c = KvCache::new(1, kv_heads, hd, 1, dtype, &Device::Cpu).unwrap();
