@@ -1,6 +1,7 @@
 //! AVX2 + FMA + F16C kernels (x86-64 since Haswell / Zen 1), chosen at run time.
 //!
-//! Every kernel takes a tile of eight weight rows against up to four activation rows (see
+//! Every kernel takes a tile of eight weight rows against up to four activation rows (eight
+//! with VNNI, whose AVX-512 registers hold twice as many accumulators; see
 //! `layout`, [`block_dots`] and [`q8_block_dots`]): one accumulator per activation row, lane `r`
 //! for weight row `r`, so a block costs one conversion and one or two FMAs per activation row
 //! for all eight weight rows, and each weight vector loaded serves every activation row.
@@ -96,8 +97,9 @@ unsafe fn q8_block_dots<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m
 /// signed activation bytes and adds the four products into each i32 lane in one instruction
 /// (the tile layout's lane `r` is row `r`'s four consecutive values), where AVX2 needs two
 /// `vpmaddubsw`, two 16-bit adds and a widening `vpmaddwd`. The sums are the same integers,
-/// so the results are bit for bit AVX2's. Low and high nibbles accumulate apart: two chains
-/// of four per row instead of one of eight.
+/// so the results are bit for bit AVX2's. Up to four rows, low and high nibbles accumulate
+/// apart (two chains of four per row instead of one of eight, to hide the latency); with more
+/// rows the rows' own chains are enough, and one chain per row leaves registers for eight.
 ///
 /// # Safety
 /// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; as [`block_dots`] otherwise.
@@ -117,17 +119,21 @@ unsafe fn block_dots_vnni<const N: usize>(nib: *const u8, y: [*const i8; N]) -> 
                 let yp = y[i].add(8 * j);
                 let ya = _mm256_set1_epi32((yp as *const i32).read_unaligned());
                 let yb = _mm256_set1_epi32((yp.add(4) as *const i32).read_unaligned());
-                a[i] = _mm256_dpbusd_epi32(a[i], lo, ya);
-                b[i] = _mm256_dpbusd_epi32(b[i], hi, yb);
+                if N > 4 {
+                    a[i] = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(a[i], lo, ya), hi, yb);
+                } else {
+                    a[i] = _mm256_dpbusd_epi32(a[i], lo, ya);
+                    b[i] = _mm256_dpbusd_epi32(b[i], hi, yb);
+                }
             }
         }
-        std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_add_epi32(a[i], b[i])))
+        std::array::from_fn(|i| _mm256_cvtepi32_ps(if N > 4 { a[i] } else { _mm256_add_epi32(a[i], b[i]) }))
     }
 }
 
 /// [`q8_block_dots`] with AVX-512 VNNI: `vpdpbusd` of |w| and y with w's sign, four products
-/// per lane in one instruction, in two chains (even and odd vectors). The same integers as
-/// AVX2's.
+/// per lane in one instruction, in two chains (even and odd vectors) up to four rows, one
+/// beyond (as [`block_dots_vnni`]). The same integers as AVX2's.
 ///
 /// # Safety
 /// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; as [`q8_block_dots`] otherwise.
@@ -142,7 +148,8 @@ unsafe fn q8_block_dots_vnni<const N: usize>(q: *const u8, y: [*const i8; N]) ->
             let ax = _mm256_sign_epi8(x, x);
             for i in 0..N {
                 let yv = _mm256_set1_epi32((y[i].add(4 * j) as *const i32).read_unaligned());
-                s[i][j % 2] = _mm256_dpbusd_epi32(s[i][j % 2], ax, _mm256_sign_epi8(yv, x));
+                let chain = if N > 4 { 0 } else { j % 2 };
+                s[i][chain] = _mm256_dpbusd_epi32(s[i][chain], ax, _mm256_sign_epi8(yv, x));
             }
         }
         std::array::from_fn(|i| _mm256_cvtepi32_ps(_mm256_add_epi32(s[i][0], s[i][1])))
@@ -196,8 +203,8 @@ macro_rules! tile_kernels {
             }
         }
 
-        /// See `portable::q4_0_tile`, for `N` activation rows (1 to decode, up to 4 in the prefill and
-        /// batched decode). The offset of 8 comes off each block as `8 * ys` (the activation block's
+        /// See `portable::q4_0_tile`, for `N` activation rows (1 to decode, up to 4 (8 with VNNI) in the
+        /// prefill and batched decode). The offset of 8 comes off each block as `8 * ys` (the activation block's
         /// sum) before the weight scale multiplies.
         ///
         /// # Safety
