@@ -203,6 +203,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     let bandwidth = read_bandwidth(minigpt_med::threads());
     let step_gb = model.info().llm_step_bytes as f64 / 1e9;
     let (decode_gbps, bound) = (dec_best * step_gb, bandwidth / step_gb);
+    // The encode's ceiling, also measured here: the f32 FMA peak of the same threads.
+    let fma = minigpt_med::cpu::fma_peak(minigpt_med::threads(), 200);
+    let encode_gflops = model.info().config.vision.encode_flops() / (enc_min / 1e3) / 1e9;
     if a.json {
         println!(
             "{}",
@@ -219,6 +222,8 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                 "decode_tokens": a.decode_tokens,
                 "decode_tokens_per_s": {"best": dec_best, "median": dec_med},
                 "memory_read_gbps": bandwidth,
+                "encode_gflops": encode_gflops,
+                "fma_peak_gflops": fma_json(fma),
                 "decode_read_gbps": decode_gbps,
                 "decode_bound_tokens_per_s": bound,
                 "llm_weight_bytes": weights,
@@ -236,7 +241,10 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         println!("model            {what}");
         println!("threads          {}", minigpt_med::threads());
         println!("load             {load_ms:.0} ms");
-        println!("image encode     min {enc_min:.0} ms, median {enc_med:.0} ms");
+        println!(
+            "image encode     min {enc_min:.0} ms, median {enc_med:.0} ms ({encode_gflops:.0} GFLOP/s{})",
+            of_peak(encode_gflops, fma)
+        );
         println!("prefill          best {pre_best:.2} tok/s, median {pre_med:.2} tok/s ({prompt_len} tokens)");
         println!("decode           best {dec_best:.2} tok/s, median {dec_med:.2} tok/s ({} tokens)", a.decode_tokens);
         println!(
@@ -276,6 +284,19 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
         }
     }
     Ok(())
+}
+
+/// [`minigpt_med::cpu::FmaPeak`] as JSON: `{"avx2": GFLOP/s, "avx512": GFLOP/s or null}`, or
+/// null on a CPU without FMA.
+fn fma_json(p: Option<minigpt_med::cpu::FmaPeak>) -> serde_json::Value {
+    p.map_or(serde_json::Value::Null, |p| json!({"avx2": p.avx2_gflops, "avx512": p.avx512_gflops}))
+}
+
+/// `", N % of the f32 FMA peak of P GFLOP/s"` for a rate, or nothing without a measured peak.
+fn of_peak(gflops: f64, p: Option<minigpt_med::cpu::FmaPeak>) -> String {
+    p.map_or(String::new(), |p| {
+        format!(", {:.0} % of the f32 FMA peak of {:.0}", 100.0 * gflops / p.best_gflops(), p.best_gflops())
+    })
 }
 
 /// The machine's memory read bandwidth in GB/s, the ceiling of decode (which reads every
@@ -520,14 +541,17 @@ fn bench_kernels(a: &BenchArgs) -> Result<(), minigpt_med::Error> {
             time(&mut || xt.to_dtype(dtype)?.matmul(&wt.t()?)?.to_dtype(DType::F32).map(drop).map_err(Into::into))?;
         rows_out.push(kernel_row((name, rows, cols, m), &format!("{precision:?}"), t_ours, t_theirs, ours.bytes()));
     }
+    let fma = minigpt_med::cpu::fma_peak(minigpt_med::threads(), 200);
     if a.json {
         let bandwidth = read_bandwidth(minigpt_med::threads());
         println!(
             "{}",
-            json!({"threads": minigpt_med::threads(), "repeats": a.repeats, "memory_read_gbps": bandwidth, "kernels": rows_out})
+            json!({"threads": minigpt_med::threads(), "repeats": a.repeats, "memory_read_gbps": bandwidth,
+                   "fma_peak_gflops": fma_json(fma), "kernels": rows_out})
         );
     } else {
-        println!("threads {}, best of {}", minigpt_med::threads(), a.repeats);
+        let peak = fma.map_or(String::new(), |p| format!("; f32 FMA peak {:.0} GFLOP/s", p.best_gflops()));
+        println!("threads {}, best of {}{peak}", minigpt_med::threads(), a.repeats);
         println!(
             "{:<14} {:>6} {:>4} {:>10} {:>10} {:>12} {:>12} {:>9}",
             "matrix", "format", "m", "ours ms", "candle ms", "ours GFLOP/s", "candle GFLOP/s", "ours GB/s"

@@ -189,6 +189,13 @@ fn bench_smoke_test_on_the_tiny_model() {
     assert!(ms("total_ms") >= parts * 0.999, "{e}");
     // The machine's read bandwidth is stated beside decode's.
     assert!(v["memory_read_gbps"].as_f64().unwrap() > 0.1);
+    // And the encode's rate beside the f32 FMA peak measured in the same run, which no real
+    // encode exceeds.
+    let encode = v["encode_gflops"].as_f64().unwrap();
+    assert!(encode > 0.0, "{v}");
+    if let Some(peak) = v["fma_peak_gflops"]["avx2"].as_f64() {
+        assert!(peak > encode, "{v}");
+    }
     for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v[k]["best"].as_f64().unwrap() >= v[k]["median"].as_f64().unwrap(), "{k}");
     }

@@ -1,5 +1,6 @@
 //! What every CPU kernel module builds on: the instruction set the kernels may use, known only
-//! by asking the CPU, the output pointer parallel tasks share, and how memory is held.
+//! by asking the CPU, the output pointer parallel tasks share, how memory is held, and the
+//! arithmetic ceiling the kernels are measured against.
 //!
 //! [`Isa::Avx2`] carries an [`Avx2`] token that only [`Isa::detect`] can make, so holding one
 //! proves the CPU runs AVX2, FMA and F16C: a kernel that matches it may call the AVX2 code
@@ -7,8 +8,10 @@
 
 mod malloc;
 mod pages;
+mod peak;
 pub use malloc::keep_freed_memory;
 pub(crate) use pages::{Pages, Zeroable};
+pub use peak::{fma_peak, FmaPeak};
 
 /// Proof that this CPU runs AVX2, FMA and F16C, and whether the quantized kernels may use
 /// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512-VNNI and AVX512-VL: Ice Lake, Zen 4
