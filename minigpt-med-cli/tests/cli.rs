@@ -196,6 +196,13 @@ fn bench_smoke_test_on_the_tiny_model() {
     if let Some(peak) = v["fma_peak_gflops"]["avx2"].as_f64() {
         assert!(peak > encode, "{v}");
     }
+    // The fastest encode's split by section: every section ran, and they fit inside it.
+    let split = &v["encode_split"];
+    let parts: Vec<f64> =
+        ["gemm_ms", "attention_ms", "other_ms", "connector_ms"].iter().map(|k| split[k].as_f64().unwrap()).collect();
+    assert!(parts.iter().all(|&ms| ms > 0.0), "{split}");
+    assert!(parts.iter().sum::<f64>() <= v["encode_ms"]["min"].as_f64().unwrap(), "{v}");
+    assert!(split["gemm_gflops"].as_f64().unwrap() > 0.0 && split["attention_gflops"].as_f64().unwrap() > 0.0);
     for k in ["prefill_tokens_per_s", "decode_tokens_per_s"] {
         assert!(v[k]["best"].as_f64().unwrap() >= v[k]["median"].as_f64().unwrap(), "{k}");
     }

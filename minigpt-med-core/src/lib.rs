@@ -71,6 +71,7 @@ pub use prompt::{Exchange, Prompt, TextCodec};
 pub use study::{Study, StudyRef};
 pub use task::{format_grid_box, Region, Task, TaskKind};
 pub use vision::interpolate_pos_embed;
+pub use vision::EncodeSplit;
 
 /// GGUF files: the reader and writer behind converted model files, for inspecting them.
 pub mod gguf {

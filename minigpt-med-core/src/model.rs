@@ -22,7 +22,7 @@ use crate::options::GenerateOptions;
 use crate::prompt::{Exchange, Prompt, TextCodec};
 use crate::study::{Prepared, Study};
 use crate::task::Task;
-use crate::vision::{Connector, EvaVit};
+use crate::vision::{Connector, EncodeSplit, EvaVit};
 use crate::weights::{LlamaLayout, PthFile, TensorSource};
 
 /// The original files of a model, opened and checked against each other: configs, tokenizer,
@@ -320,6 +320,20 @@ impl Model {
         let features = self.connector.normalize(&vit_tokens)?;
         let image_embeds = self.connector.project(&features)?;
         Ok(EncodeStages { view, vit_tokens, features, image_embeds })
+    }
+
+    /// Encodes `image` once, timing each section ([`EncodeSplit`]): where the encode's time
+    /// goes (the products with weights, the attention, the rest of the ViT, the connector).
+    /// The embeddings are those of [`Self::encode_image`]; `bench` reports the split.
+    pub fn encode_split(&self, image: &Image) -> Result<(ImageEmbeddings, EncodeSplit)> {
+        let size = self.cfg.vision.image_size;
+        let pixels = image.model_view(size).tensor(&self.device)?;
+        let mut split = EncodeSplit::default();
+        let vit_tokens = self.vit.forward_timed(&pixels, Some(&mut split))?;
+        let t = std::time::Instant::now();
+        let embeds = self.connector.project(&self.connector.normalize(&vit_tokens)?)?;
+        split.connector_ms = t.elapsed().as_secs_f64() * 1e3;
+        Ok((ImageEmbeddings { embeds, width: image.width(), height: image.height() }, split))
     }
 
     /// The side of the square image the model sees (448).

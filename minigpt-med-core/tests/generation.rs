@@ -228,3 +228,27 @@ fn an_answer_stops_where_the_context_ends_and_is_kept() {
     assert!(matches!(err, minigpt_med::Error::ContextOverflow { .. }), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The timed encode gives the same embeddings as the plain one, and books time to every
+/// section it runs through; the sections fit inside the encode's own wall time.
+#[test]
+fn the_encode_split_times_the_same_encode() {
+    let model = model();
+    let image = ct();
+    let plain = model.encode_image(&image).unwrap();
+    let t = std::time::Instant::now();
+    let (timed, split) = model.encode_split(&image).unwrap();
+    let wall_ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(max_diff(&plain.embeds, &timed.embeds), 0.0);
+    assert_eq!((timed.width, timed.height), (plain.width, plain.height));
+    for (name, ms) in [
+        ("gemm", split.gemm_ms),
+        ("attention", split.attention_ms),
+        ("other", split.other_ms),
+        ("connector", split.connector_ms),
+    ] {
+        assert!(ms > 0.0, "{name}: {ms} ms in {split:?}");
+    }
+    let sum = split.gemm_ms + split.attention_ms + split.other_ms + split.connector_ms;
+    assert!(sum <= wall_ms, "sections {sum} ms > the encode's {wall_ms} ms");
+}

@@ -17,6 +17,53 @@ use crate::gemm::Epilogue;
 use crate::nn::{with_f32_slice, LayerNorm, Linear, WeightDType};
 use crate::weights::TensorSource;
 
+/// Where one image's encode spends its time ([`crate::Model::encode_split`]), in
+/// milliseconds of wall time on the calling thread; the sections add up to the whole encode
+/// after the image is resized to the model's view.
+/// On a GPU the sections time the launches, not the kernels.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct EncodeSplit {
+    /// Products with a weight matrix: the patch embedding and every block's q/k/v, output,
+    /// fc1 (with its GELU) and fc2.
+    pub gemm_ms: f64,
+    /// The attention of every block (`softmax(q k^T) v`, all heads).
+    pub attention_ms: f64,
+    /// The rest of the ViT: patch gathering, cls and position rows, layer norms, residual adds.
+    pub other_ms: f64,
+    /// The connector after the ViT: its LayerNorm, the 4-token concatenation and the projection
+    /// into the LLM's width.
+    pub connector_ms: f64,
+}
+
+/// Which [`EncodeSplit`] bucket the time since the last lap goes to.
+#[derive(Clone, Copy)]
+enum Section {
+    Gemm,
+    Attention,
+    Other,
+}
+
+/// Adds the wall time between laps to an [`EncodeSplit`], when one is asked for.
+struct Laps<'a> {
+    split: Option<&'a mut EncodeSplit>,
+    last: std::time::Instant,
+}
+
+impl Laps<'_> {
+    /// Books the time since the previous lap to `section`.
+    fn lap(&mut self, section: Section) {
+        let Some(split) = self.split.as_deref_mut() else { return };
+        let now = std::time::Instant::now();
+        let ms = (now - self.last).as_secs_f64() * 1e3;
+        self.last = now;
+        match section {
+            Section::Gemm => split.gemm_ms += ms,
+            Section::Attention => split.attention_ms += ms,
+            Section::Other => split.other_ms += ms,
+        }
+    }
+}
+
 struct Block {
     norm1: LayerNorm,
     qkv: Linear,
@@ -209,19 +256,31 @@ impl EvaVit {
     /// `pixels: [3, size, size]` normalised f32 -> `[1 + grid^2, width]` tokens (cls first),
     /// before `ln_vision`.
     pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        self.forward_timed(pixels, None)
+    }
+
+    /// [`Self::forward`], adding each section's wall time to `split` when given.
+    pub(crate) fn forward_timed(&self, pixels: &Tensor, split: Option<&mut EncodeSplit>) -> Result<Tensor> {
+        use Section::{Attention, Gemm, Other};
+        let mut laps = Laps { split, last: std::time::Instant::now() };
         let (g, p, d) = (self.cfg.grid(), self.cfg.patch_size, self.cfg.width);
         // The stride-p conv is a matmul over flattened (c, ky, kx) patches in raster order.
         let patches =
             pixels.reshape((3, g, p, g, p))?.permute((1, 3, 0, 2, 4))?.contiguous()?.reshape((g * g, 3 * p * p))?;
+        laps.lap(Other);
         let x = self.patch.forward(&patches)?;
+        laps.lap(Gemm);
         let mut x = Tensor::cat(&[&self.cls, &x], 0)?.add(&self.pos)?;
+        laps.lap(Other);
         let heads = self.cfg.heads;
         let hd = d / heads;
         let scale = (hd as f64).powf(-0.5);
         let n = x.dim(0)?;
         for blk in &self.blocks {
             let h = blk.norm1.forward(&x)?;
+            laps.lap(Other);
             let qkv = blk.qkv.forward(&h)?;
+            laps.lap(Gemm);
             let o = if matches!(qkv.device(), Device::Cpu) {
                 let o = with_f32_slice(&qkv, |qkv| {
                     let view = |part: usize| Heads::interleaved(&qkv[part * d..], hd, 3 * d);
@@ -237,10 +296,16 @@ impl EvaVit {
                 let att = candle_nn::ops::softmax_last_dim(&q.matmul(&k.t()?)?)?;
                 att.matmul(&v)?.transpose(0, 1)?.reshape((n, d))?
             };
-            x = (x + blk.proj.forward(&o)?)?;
+            laps.lap(Attention);
+            let o = blk.proj.forward(&o)?;
+            laps.lap(Gemm);
+            x = (x + o)?;
             let h = blk.norm2.forward(&x)?;
+            laps.lap(Other);
             let h = blk.fc2.forward(&blk.fc1.forward_act(&h, Epilogue::Gelu)?)?;
+            laps.lap(Gemm);
             x = (x + h)?;
+            laps.lap(Other);
         }
         Ok(x)
     }
