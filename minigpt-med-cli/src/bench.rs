@@ -212,9 +212,9 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
     // The encode's ceiling, also measured here: the f32 FMA peak of the same threads.
     let fma = minigpt_med::cpu::fma_peak(minigpt_med::threads(), 200);
     let vision = &model.info().config.vision;
-    let encode_gflops = vision.encode_flops() / (enc_min / 1e3) / 1e9;
-    let split = split.1;
     let rate = |flops: f64, ms: f64| if ms > 0.0 { flops / (ms / 1e3) / 1e9 } else { 0.0 };
+    let encode_gflops = rate(vision.encode_flops(), enc_min);
+    let split = split.1;
     let (gemm_gflops, attention_gflops) =
         (rate(vision.encode_gemm_flops(), split.gemm_ms), rate(vision.encode_attention_flops(), split.attention_ms));
     if a.json {

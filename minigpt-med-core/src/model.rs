@@ -311,14 +311,23 @@ impl Model {
 
     /// [`Model::encode_stages`] from an already resized image (`view.size` must be the model's).
     pub fn encode_view_stages(&self, view: ModelView) -> Result<EncodeStages> {
+        self.encode_view_timed(view, None)
+    }
+
+    /// [`Model::encode_view_stages`], adding each section's wall time to `split` when given.
+    fn encode_view_timed(&self, view: ModelView, mut split: Option<&mut EncodeSplit>) -> Result<EncodeStages> {
         let size = self.cfg.vision.image_size;
         if view.size != size || view.chw.len() != 3 * size * size {
             return Err(Error::image(None, format!("the model takes {size}x{size} RGB views, got side {}", view.size)));
         }
         let pixels = view.tensor(&self.device)?;
-        let vit_tokens = self.vit.forward(&pixels)?;
+        let vit_tokens = self.vit.forward_timed(&pixels, split.as_deref_mut())?;
+        let t = std::time::Instant::now();
         let features = self.connector.normalize(&vit_tokens)?;
         let image_embeds = self.connector.project(&features)?;
+        if let Some(split) = split {
+            split.connector_ms += t.elapsed().as_secs_f64() * 1e3;
+        }
         Ok(EncodeStages { view, vit_tokens, features, image_embeds })
     }
 
@@ -326,14 +335,9 @@ impl Model {
     /// goes (the products with weights, the attention, the rest of the ViT, the connector).
     /// The embeddings are those of [`Self::encode_image`]; `bench` reports the split.
     pub fn encode_split(&self, image: &Image) -> Result<(ImageEmbeddings, EncodeSplit)> {
-        let size = self.cfg.vision.image_size;
-        let pixels = image.model_view(size).tensor(&self.device)?;
         let mut split = EncodeSplit::default();
-        let vit_tokens = self.vit.forward_timed(&pixels, Some(&mut split))?;
-        let t = std::time::Instant::now();
-        let embeds = self.connector.project(&self.connector.normalize(&vit_tokens)?)?;
-        split.connector_ms = t.elapsed().as_secs_f64() * 1e3;
-        Ok((ImageEmbeddings { embeds, width: image.width(), height: image.height() }, split))
+        let stages = self.encode_view_timed(image.model_view(self.cfg.vision.image_size), Some(&mut split))?;
+        Ok((ImageEmbeddings { embeds: stages.image_embeds, width: image.width(), height: image.height() }, split))
     }
 
     /// The side of the square image the model sees (448).

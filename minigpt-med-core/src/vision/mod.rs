@@ -254,12 +254,7 @@ impl EvaVit {
     }
 
     /// `pixels: [3, size, size]` normalised f32 -> `[1 + grid^2, width]` tokens (cls first),
-    /// before `ln_vision`.
-    pub(crate) fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
-        self.forward_timed(pixels, None)
-    }
-
-    /// [`Self::forward`], adding each section's wall time to `split` when given.
+    /// before `ln_vision`; each section's wall time is added to `split` when one is given.
     pub(crate) fn forward_timed(&self, pixels: &Tensor, split: Option<&mut EncodeSplit>) -> Result<Tensor> {
         use Section::{Attention, Gemm, Other};
         let mut laps = Laps { split, last: std::time::Instant::now() };
