@@ -85,13 +85,19 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn chains(n: usize) -> f32 {
         let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-6));
-        let mut acc: [__m256; CHAINS] = std::array::from_fn(|i| _mm256_set1_ps(i as f32));
+        let mut acc = [_mm256_setzero_ps(); CHAINS];
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm256_set1_ps(i as f32);
+        }
         for _ in 0..n {
             for v in acc.iter_mut() {
                 *v = _mm256_fmadd_ps(*v, a, b);
             }
         }
-        let s = acc.iter().fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+        let mut s = _mm256_setzero_ps();
+        for v in acc {
+            s = _mm256_add_ps(s, v);
+        }
         _mm256_cvtss_f32(s)
     }
 }
@@ -108,13 +114,19 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn chains(n: usize) -> f32 {
         let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-6));
-        let mut acc: [__m512; CHAINS] = std::array::from_fn(|i| _mm512_set1_ps(i as f32));
+        let mut acc = [_mm512_setzero_ps(); CHAINS];
+        for (i, a) in acc.iter_mut().enumerate() {
+            *a = _mm512_set1_ps(i as f32);
+        }
         for _ in 0..n {
             for v in acc.iter_mut() {
                 *v = _mm512_fmadd_ps(*v, a, b);
             }
         }
-        let s = acc.iter().fold(_mm512_setzero_ps(), |s, &v| _mm512_add_ps(s, v));
+        let mut s = _mm512_setzero_ps();
+        for v in acc {
+            s = _mm512_add_ps(s, v);
+        }
         _mm512_reduce_add_ps(s)
     }
 }

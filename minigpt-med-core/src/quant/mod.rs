@@ -63,15 +63,17 @@ pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 pub const BLOCK: usize = 32;
 
 /// Runs `$call` with `$y` (1 to `$max` activation rows, `$max` 4 or 8) bound as an array of
-/// its own length, writing the results into `$out`: const row counts, so each kernel keeps its
-/// accumulators in registers (eight rows only fit in AVX-512's 32 vector registers).
+/// its own length, its results stored into `$o`, the first rows of `$out`: const row counts, so each kernel keeps its accumulators in registers (eight rows only fit
+/// in AVX-512's 32 vector registers).
 #[cfg(target_arch = "x86_64")]
 macro_rules! with_rows {
-    ($y:expr, $out:expr, $max:tt, |$a:ident| $call:expr) => {{
+    ($y:expr, $out:expr, $max:tt, |$a:ident, $o:ident| $call:expr) => {{
         macro_rules! call {
             ($n:literal) => {{
                 let $a: [ActRow; $n] = std::array::from_fn(|k| $y[k]);
-                $out[..$n].copy_from_slice(&$call);
+                if let Some($o) = $out.first_chunk_mut::<$n>() {
+                    *$o = $call;
+                }
             }};
         }
         with_rows!(@arms $y.len(), $max, call)
@@ -392,7 +394,7 @@ impl QuantMatrix {
         }
         // Equal column counts mean equal stored widths (Q4_K needs whole super-blocks, which are
         // whole 32-blocks too), so one quantization of the activations serves every matrix.
-        let act = first.quantize_rows(x, m);
+        let act = first.quantize_rows(kernels, x, m);
         // Decode (m = 1) is bound by reading the weights: small chunks (32 rows) keep both cores
         // busy to the end. Prefill is bound by arithmetic: a chunk's 16 rows stay in cache
         // across all m.
@@ -423,11 +425,16 @@ impl QuantMatrix {
         };
         // Activation rows per kernel call: each weight vector loaded serves all of them.
         let per_call = rows_per_call(kernels, m);
+        let empty: ActRow<'_> = (&[], &[], &[]);
+        let (mut y, mut dots) = ([empty; MAX_ROWS], [[0f32; TILE]; MAX_ROWS]);
         for i in (0..m).step_by(per_call) {
-            let y: Vec<ActRow> = (i..(i + per_call).min(m)).map(row).collect();
+            let n = per_call.min(m - i);
+            for (k, y) in y[..n].iter_mut().enumerate() {
+                *y = row(i + k);
+            }
             for t in tiles.clone() {
-                let dots = self.tile_dots(kernels, t, &y);
-                for (k, dots) in dots.iter().take(y.len()).enumerate() {
+                self.tile_dots(kernels, t, &y[..n], &mut dots);
+                for (k, dots) in dots[..n].iter().enumerate() {
                     // SAFETY: row `i + k`, columns `8 t..8 t + 8` (clipped to `rows`) lie inside
                     // `out` and belong to this caller only, per the contract.
                     unsafe { store(out, (i + k) * rows + TILE * t, dots, (rows - TILE * t).min(TILE)) };
@@ -436,10 +443,9 @@ impl QuantMatrix {
         }
     }
 
-    /// The outputs of tile `t` (its eight lanes) for each activation row
-    /// of `y` (at most [`MAX_ROWS`]).
-    fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> [[f32; TILE]; MAX_ROWS] {
-        let mut out = [[0f32; TILE]; MAX_ROWS];
+    /// The outputs of tile `t` (its eight lanes) for each activation row of `y` (at most
+    /// [`MAX_ROWS`]), into the first `y.len()` rows of `out`.
+    fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow], out: &mut [[f32; TILE]; MAX_ROWS]) {
         match (kernels, self.tile(t)) {
             // SAFETY (every arm): an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C, and
             // says `vnni()` only on CPUs with AVX512-VNNI and AVX512-VL; tiles and activation
@@ -447,20 +453,22 @@ impl QuantMatrix {
             // The VNNI arms: the token says the CPU also runs AVX512-VNNI and AVX512-VL.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q4_0(w)) if a.vnni() => {
-                with_rows!(y, out, 8, |y| unsafe { avx2::q4_0_tile_vnni(w, y) })
+                with_rows!(y, out, 8, |y, o| unsafe { avx2::q4_0_tile_vnni(w, y) })
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(a), Tile::Q4K(w)) if a.vnni() => with_rows!(y, out, 8, |y| unsafe { avx2::q4k_tile_vnni(w, y) }),
+            (Isa::Avx2(a), Tile::Q4K(w)) if a.vnni() => {
+                with_rows!(y, out, 8, |y, o| unsafe { avx2::q4k_tile_vnni(w, y) })
+            }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q8_0(w)) if a.vnni() => {
-                with_rows!(y, out, 8, |y| unsafe { avx2::q8_0_tile_vnni(w, y) })
+                with_rows!(y, out, 8, |y, o| unsafe { avx2::q8_0_tile_vnni(w, y) })
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q4_0_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q4_0_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q4k_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q4k_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q8_0(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q8_0_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q8_0(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q8_0_tile(w, y) }),
             (_, tile) => {
                 for (o, &y) in out.iter_mut().zip(y) {
                     *o = match tile {
@@ -471,21 +479,21 @@ impl QuantMatrix {
                 }
             }
         }
-        out
     }
 
-    /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`).
-    fn quantize_rows(&self, x: &[f32], m: usize) -> Q8Rows {
+    /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`), on
+    /// `kernels` (the same numbers on each).
+    fn quantize_rows(&self, kernels: Isa, x: &[f32], m: usize) -> Q8Rows {
         let (cols, kp) = (self.cols, self.kp);
         let nb = kp / BLOCK;
         let mut qs = vec![0i8; m * kp];
         let mut d = vec![0f32; m * nb];
         let mut ys = vec![0f32; m * nb];
-        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], x: &[f32]| {
-            for (b, ((q, d), ys)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
-                *d = quantize_q8_block(padded_block(x, b), q);
-                *ys = *d * q.iter().map(|&v| v as i32).sum::<i32>() as f32;
-            }
+        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], x: &[f32]| match kernels {
+            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys) },
+            _ => quantize_q8_row(x, qs, d, ys),
         };
         if m == 1 {
             work(&mut qs, &mut d, &mut ys, x);
@@ -538,6 +546,21 @@ unsafe fn store(ptr: OutPtr, at: usize, vals: &[f32; TILE], n: usize) {
         // SAFETY: inside the buffer and this worker's alone, per the contract.
         unsafe { *ptr.0.add(at + j) = v };
     }
+}
+
+/// One activation row `x` to 8-bit blocks: `qs: [nb * 32]`, scales `d: [nb]` and block sums
+/// `ys: [nb]` (see [`Q8Rows`]); blocks past `x`'s end are zeros.
+fn quantize_q8_row(x: &[f32], qs: &mut [i8], d: &mut [f32], ys: &mut [f32]) {
+    for (b, ((q, d), ys)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
+        (*d, *ys) = quantize_act_block(x, b, q);
+    }
+}
+
+/// Block `b` of the activation row `x` (zero-padded) to 8 bits in `q`: its scale and
+/// `scale * sum(q)`.
+fn quantize_act_block(x: &[f32], b: usize, q: &mut [i8]) -> (f32, f32) {
+    let d = quantize_q8_block(padded_block(x, b), q);
+    (d, d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
 }
 
 /// Block `b` of a row, zero-padded past the row's end.
@@ -775,6 +798,54 @@ mod tests {
                     assert!(same, "{format:?} m {m}: {k:?} differs from {:?}", flavours[0]);
                 }
             }
+        }
+    }
+
+    /// The activations quantize to the same bits on every instruction set: ordinary rows, and
+    /// the blocks where the vector path must agree with the scalar one on an edge (exact
+    /// halves, NaN and infinities, a subnormal maximum, an all-zero block, -0, a partial last
+    /// block and padding blocks).
+    #[test]
+    fn activations_quantize_to_the_same_bits_on_every_isa() {
+        let mut special = vec![0f32; 8 * BLOCK];
+        // Block 0: maximum 127, so the scale is 1 and these values are exact halves.
+        let halves = [127.0, 0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997, -0.0];
+        special[..halves.len()].copy_from_slice(&halves);
+        // Block 1: a NaN among ordinary values; block 2: an infinity; block 3: a subnormal
+        // maximum (no finite reciprocal scale); block 4: zeros; block 5: both infinities;
+        // block 6: values near f32's largest.
+        special[BLOCK] = f32::NAN;
+        special[BLOCK + 1..2 * BLOCK].iter_mut().enumerate().for_each(|(i, v)| *v = i as f32 * 0.3 - 4.0);
+        special[2 * BLOCK + 3] = f32::INFINITY;
+        special[2 * BLOCK + 4] = 7.0;
+        special[3 * BLOCK] = -8e-40;
+        special[3 * BLOCK + 1] = 3e-40;
+        special[5 * BLOCK] = f32::INFINITY;
+        special[5 * BLOCK + 1] = f32::NEG_INFINITY;
+        special[6 * BLOCK] = 3.0e38;
+        special[6 * BLOCK + 1] = -1.0e38;
+        special[7 * BLOCK..].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 16.0) / 32.0);
+        let same =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits() || x.is_nan() && y.is_nan());
+        for cols in [8 * BLOCK, 8 * BLOCK - 5, 3 * BLOCK + 1, 17, 4096] {
+            let m = 3;
+            let mut x: Vec<f32> = random(m * cols, cols as u64).iter().map(|v| v * 9.0).collect();
+            x[..cols.min(special.len())].copy_from_slice(&special[..cols.min(special.len())]);
+            let q = QuantMatrix::quantize(&random(8 * cols, 5), 8, cols, QuantFormat::Q8_0).unwrap();
+            let scalar = q.quantize_rows(Isa::Portable, &x, m);
+            assert!(scalar.qs.contains(&127) && scalar.qs.iter().any(|&v| v < 0));
+            for kernels in Isa::available() {
+                let fast = q.quantize_rows(kernels, &x, m);
+                assert_eq!(fast.qs, scalar.qs, "{kernels:?}, {cols} columns: quants");
+                assert!(same(&fast.d, &scalar.d), "{kernels:?}, {cols} columns: scales");
+                assert!(same(&fast.ys, &scalar.ys), "{kernels:?}, {cols} columns: block sums");
+            }
+        }
+        // The exact halves round away from zero, as llama.cpp's `roundf` does.
+        let q = QuantMatrix::quantize(&random(8 * BLOCK, 5), 8, BLOCK, QuantFormat::Q8_0).unwrap();
+        for kernels in Isa::available() {
+            let rows = q.quantize_rows(kernels, &special[..BLOCK], 1);
+            assert_eq!(&rows.qs[..12], &[127, 1, -1, 2, -2, 3, -3, 127, -127, 0, 0, 0], "{kernels:?}");
         }
     }
 
