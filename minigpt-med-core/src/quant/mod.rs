@@ -63,8 +63,9 @@ pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 pub const BLOCK: usize = 32;
 
 /// Runs `$call` with `$y` (1 to `$max` activation rows, `$max` 4 or 8) bound as an array of
-/// its own length, its results stored into `$o`, the first rows of `$out`: const row counts, so each kernel keeps its accumulators in registers (eight rows only fit
-/// in AVX-512's 32 vector registers).
+/// its own length, its results stored into `$o`, the first rows of `$out`: const row counts,
+/// so each kernel keeps its accumulators in registers (eight rows only fit in AVX-512's 32
+/// vector registers).
 #[cfg(target_arch = "x86_64")]
 macro_rules! with_rows {
     ($y:expr, $out:expr, $max:tt, |$a:ident, $o:ident| $call:expr) => {{
