@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 cargo test --workspace --locked
 # The engine library those tests built: no SIMD intrinsic of ours compiled out of line.
-bash scripts/check-intrinsics.sh "$(ls -t "${CARGO_TARGET_DIR:-target}"/debug/deps/libminigpt_med-*.rlib | head -n 1)"
+bash scripts/check-intrinsics.sh debug
 cargo run --quiet --locked -p minigpt-med-core --example quickstart >/dev/null
 echo "example quickstart: ok"
 

@@ -346,9 +346,6 @@ unsafe fn q8_block(x: &[f32], q: &mut [i8]) -> Option<(f32, f32)> {
     // checked the CPU.
     unsafe {
         let p = x.as_ptr();
-        // Plain loops, not `array::from_fn`: its closure is compiled without the caller's
-        // target features, so the intrinsics inside became calls (the whole prefill measured
-        // ~20 % slower that way).
         let mut v = [_mm256_setzero_ps(); 4];
         for (i, v) in v.iter_mut().enumerate() {
             *v = _mm256_loadu_ps(p.add(8 * i));

@@ -63,18 +63,15 @@ pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
 pub const BLOCK: usize = 32;
 
 /// Runs `$call` with `$y` (1 to `$max` activation rows, `$max` 4 or 8) bound as an array of
-/// its own length, its results stored into `$o`, the first rows of `$out`: const row counts,
-/// so each kernel keeps its accumulators in registers (eight rows only fit in AVX-512's 32
-/// vector registers).
+/// its own length, writing the results into `$out`: const row counts, so each kernel keeps its
+/// accumulators in registers (eight rows only fit in AVX-512's 32 vector registers).
 #[cfg(target_arch = "x86_64")]
 macro_rules! with_rows {
-    ($y:expr, $out:expr, $max:tt, |$a:ident, $o:ident| $call:expr) => {{
+    ($y:expr, $out:expr, $max:tt, |$a:ident| $call:expr) => {{
         macro_rules! call {
             ($n:literal) => {{
                 let $a: [ActRow; $n] = std::array::from_fn(|k| $y[k]);
-                if let Some($o) = $out.first_chunk_mut::<$n>() {
-                    *$o = $call;
-                }
+                $out[..$n].copy_from_slice(&$call);
             }};
         }
         with_rows!(@arms $y.len(), $max, call)
@@ -426,16 +423,11 @@ impl QuantMatrix {
         };
         // Activation rows per kernel call: each weight vector loaded serves all of them.
         let per_call = rows_per_call(kernels, m);
-        let empty: ActRow<'_> = (&[], &[], &[]);
-        let (mut y, mut dots) = ([empty; MAX_ROWS], [[0f32; TILE]; MAX_ROWS]);
         for i in (0..m).step_by(per_call) {
-            let n = per_call.min(m - i);
-            for (k, y) in y[..n].iter_mut().enumerate() {
-                *y = row(i + k);
-            }
+            let y: Vec<ActRow> = (i..(i + per_call).min(m)).map(row).collect();
             for t in tiles.clone() {
-                self.tile_dots(kernels, t, &y[..n], &mut dots);
-                for (k, dots) in dots[..n].iter().enumerate() {
+                let dots = self.tile_dots(kernels, t, &y);
+                for (k, dots) in dots.iter().take(y.len()).enumerate() {
                     // SAFETY: row `i + k`, columns `8 t..8 t + 8` (clipped to `rows`) lie inside
                     // `out` and belong to this caller only, per the contract.
                     unsafe { store(out, (i + k) * rows + TILE * t, dots, (rows - TILE * t).min(TILE)) };
@@ -444,9 +436,10 @@ impl QuantMatrix {
         }
     }
 
-    /// The outputs of tile `t` (its eight lanes) for each activation row of `y` (at most
-    /// [`MAX_ROWS`]), into the first `y.len()` rows of `out`.
-    fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow], out: &mut [[f32; TILE]; MAX_ROWS]) {
+    /// The outputs of tile `t` (its eight lanes) for each activation row
+    /// of `y` (at most [`MAX_ROWS`]).
+    fn tile_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> [[f32; TILE]; MAX_ROWS] {
+        let mut out = [[0f32; TILE]; MAX_ROWS];
         match (kernels, self.tile(t)) {
             // SAFETY (every arm): an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C, and
             // says `vnni()` only on CPUs with AVX512-VNNI and AVX512-VL; tiles and activation
@@ -454,22 +447,20 @@ impl QuantMatrix {
             // The VNNI arms: the token says the CPU also runs AVX512-VNNI and AVX512-VL.
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q4_0(w)) if a.vnni() => {
-                with_rows!(y, out, 8, |y, o| unsafe { avx2::q4_0_tile_vnni(w, y) })
+                with_rows!(y, out, 8, |y| unsafe { avx2::q4_0_tile_vnni(w, y) })
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(a), Tile::Q4K(w)) if a.vnni() => {
-                with_rows!(y, out, 8, |y, o| unsafe { avx2::q4k_tile_vnni(w, y) })
-            }
+            (Isa::Avx2(a), Tile::Q4K(w)) if a.vnni() => with_rows!(y, out, 8, |y| unsafe { avx2::q4k_tile_vnni(w, y) }),
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q8_0(w)) if a.vnni() => {
-                with_rows!(y, out, 8, |y, o| unsafe { avx2::q8_0_tile_vnni(w, y) })
+                with_rows!(y, out, 8, |y| unsafe { avx2::q8_0_tile_vnni(w, y) })
             }
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q4_0_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q4_0(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q4_0_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q4k_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q4K(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q4k_tile(w, y) }),
             #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(_), Tile::Q8_0(w)) => with_rows!(y, out, 4, |y, o| unsafe { avx2::q8_0_tile(w, y) }),
+            (Isa::Avx2(_), Tile::Q8_0(w)) => with_rows!(y, out, 4, |y| unsafe { avx2::q8_0_tile(w, y) }),
             (_, tile) => {
                 for (o, &y) in out.iter_mut().zip(y) {
                     *o = match tile {
@@ -480,6 +471,7 @@ impl QuantMatrix {
                 }
             }
         }
+        out
     }
 
     /// Quantizes `x: [m, cols]` to 8-bit blocks over `kp` columns (zeros past `cols`), on
