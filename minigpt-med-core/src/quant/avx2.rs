@@ -5,6 +5,9 @@
 //! `layout`, [`block_dots`] and [`q8_block_dots`]): one accumulator per activation row, lane `r`
 //! for weight row `r`, so a block costs one conversion and one or two FMAs per activation row
 //! for all eight weight rows, and each weight vector loaded serves every activation row.
+//! With VNNI, Q4_0 and Q4_K products of more than one activation row take two tiles per call
+//! in 512-bit registers ([`q4_0_pair_vnni`], [`q4k_pair_vnni`]): the 256-bit kernels are bound
+//! by loading one broadcast per `vpdpbusd`, and a broadcast then serves sixteen weight rows.
 
 use std::arch::x86_64::*;
 
@@ -305,6 +308,181 @@ tile_kernels!(
     q4_0_tile_vnni,
     q4k_tile_vnni
 );
+
+/// [`block_dots_vnni`] for two tiles at once, in 512-bit registers: the nibbles of one block of
+/// each (`nib0`, `nib1`: [`layout::NIBBLES`] bytes) against `N` activation rows (`y[i]` at
+/// their 32 quants of the block), as i32 with lanes `0..8` for `nib0`'s rows and `8..16` for
+/// `nib1`'s. Each vector holds four values of sixteen rows, so one activation broadcast (a
+/// dword, folded into `vpdpbusd` as an embedded broadcast) serves sixteen rows where the
+/// 256-bit kernels serve eight: those kernels are bound by loads (two vector loads per cycle,
+/// one per broadcast), and this halves the loads per product. The sums are the same integers.
+///
+/// # Safety
+/// The CPU must have AVX2, AVX512F, AVX512-VL and AVX512-VNNI; the pointers must cover one
+/// block of nibbles each and 32 quants per activation row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pair_block_dots_vnni<const N: usize>(nib0: *const u8, nib1: *const u8, y: [*const i8; N]) -> [__m512i; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let low = _mm512_set1_epi32(0x0F0F_0F0F);
+        let mut s = [_mm512_setzero_si512(); N];
+        let mut t = [_mm512_setzero_si512(); N];
+        for j in 0..4 {
+            let v0 = _mm256_loadu_si256(nib0.add(32 * j) as *const __m256i);
+            let v1 = _mm256_loadu_si256(nib1.add(32 * j) as *const __m256i);
+            let bytes = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1);
+            let lo = _mm512_and_si512(bytes, low);
+            // A 32-bit shift: the mask drops what crosses in from the byte above.
+            let hi = _mm512_and_si512(_mm512_srli_epi32::<4>(bytes), low);
+            for i in 0..N {
+                let yp = y[i].add(8 * j);
+                let ya = _mm512_set1_epi32((yp as *const i32).read_unaligned());
+                let yb = _mm512_set1_epi32((yp.add(4) as *const i32).read_unaligned());
+                if N > 4 {
+                    s[i] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[i], lo, ya), hi, yb);
+                } else {
+                    s[i] = _mm512_dpbusd_epi32(s[i], lo, ya);
+                    t[i] = _mm512_dpbusd_epi32(t[i], hi, yb);
+                }
+            }
+        }
+        if N <= 4 {
+            for (s, t) in s.iter_mut().zip(t) {
+                *s = _mm512_add_epi32(*s, t);
+            }
+        }
+        s
+    }
+}
+
+/// Sixteen f16 values, eight at `p0` and eight at `p1`, widened to f32 in that order.
+///
+/// # Safety
+/// As [`pair_block_dots_vnni`]; `p0` and `p1` valid for 16 bytes each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pair_halves(p0: *const u8, p1: *const u8) -> __m512 {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (a, b) = (_mm_loadu_si128(p0 as *const __m128i), _mm_loadu_si128(p1 as *const __m128i));
+        _mm512_cvtph_ps(_mm256_inserti128_si256::<1>(_mm256_castsi128_si256(a), b))
+    }
+}
+
+/// Sixteen bytes, eight at `p0` and eight at `p1`, widened to f32 in that order.
+///
+/// # Safety
+/// As [`pair_block_dots_vnni`]; `p0` and `p1` valid for 8 bytes each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pair_bytes(p0: *const u8, p1: *const u8) -> __m512 {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let b = _mm_unpacklo_epi64(_mm_loadl_epi64(p0 as *const __m128i), _mm_loadl_epi64(p1 as *const __m128i));
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b))
+    }
+}
+
+/// The accumulators' sixteen lanes per activation row.
+///
+/// # Safety
+/// As [`pair_block_dots_vnni`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pair_lanes<const N: usize>(acc: [__m512; N]) -> [[f32; 2 * TILE]; N] {
+    let mut out = [[0f32; 2 * TILE]; N];
+    for (o, a) in out.iter_mut().zip(acc) {
+        // SAFETY: `o` holds sixteen f32s; the caller checked the CPU.
+        unsafe { _mm512_storeu_ps(o.as_mut_ptr(), a) };
+    }
+    out
+}
+
+/// Two Q4_0 tiles (sixteen weight rows, `w0` then `w1`) against `N` activation rows (see
+/// [`pair_block_dots_vnni`]): lanes `0..8` of each result are `w0`'s rows, `8..16` `w1`'s. Each
+/// lane runs the integer sums and f32 operations of [`q4_0_tile_vnni`], so the results are its
+/// results bit for bit.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX512F, AVX512-VL and AVX512-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub(super) unsafe fn q4_0_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [ActRow; N]) -> [[f32; 2 * TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract; the asserts bound every
+    // pointer below (block `b` of each tile, the activations' block `b`).
+    unsafe {
+        let nb = y[0].1.len();
+        for (yq, yd, ys) in y {
+            assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+        }
+        assert!(w0.len() == nb * layout::Q4_0_BYTES && w1.len() == w0.len());
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let (b0, b1) = (w0.as_ptr().add(b * layout::Q4_0_BYTES), w1.as_ptr().add(b * layout::Q4_0_BYTES));
+            prefetch(b0, 3);
+            prefetch(b1, 3);
+            let mut yp = [std::ptr::null(); N];
+            for (p, y) in yp.iter_mut().zip(&y) {
+                *p = y.0.as_ptr().add(b * BLOCK);
+            }
+            let dots = pair_block_dots_vnni::<N>(b0.add(2 * TILE), b1.add(2 * TILE), yp);
+            let dw = pair_halves(b0, b1);
+            for i in 0..N {
+                let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                let u = _mm512_fmsub_ps(_mm512_set1_ps(dy), _mm512_cvtepi32_ps(dots[i]), _mm512_set1_ps(8.0 * ys));
+                acc[i] = _mm512_fmadd_ps(dw, u, acc[i]);
+            }
+        }
+        pair_lanes(acc)
+    }
+}
+
+/// Two Q4_K tiles against `N` activation rows, as [`q4_0_pair_vnni`] for [`q4k_tile_vnni`]:
+/// each lane runs that kernel's integer sums and f32 operations, bit for bit its results.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX512F, AVX512-VL and AVX512-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub(super) unsafe fn q4k_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [ActRow; N]) -> [[f32; 2 * TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract; the asserts bound every
+    // pointer below (super-block `g` of each tile, the activations' blocks `8 g..8 g + 8`).
+    unsafe {
+        let nb = y[0].1.len();
+        for (yq, yd, ys) in y {
+            assert!(nb.is_multiple_of(8) && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
+        }
+        assert!(w0.len() == nb / 8 * layout::Q4K_BYTES && w1.len() == w0.len());
+        let mut acc = [_mm512_setzero_ps(); N];
+        for g in 0..nb / 8 {
+            let (b0, b1) = (w0.as_ptr().add(g * layout::Q4K_BYTES), w1.as_ptr().add(g * layout::Q4K_BYTES));
+            let d = pair_halves(b0, b1);
+            let dmin = pair_halves(b0.add(layout::Q4K_DMIN), b1.add(layout::Q4K_DMIN));
+            for sub in 0..8 {
+                // Eight sub-blocks cover the super-block's 1184 bytes (19 lines) ahead.
+                prefetch(b0.add(148 * sub), 3);
+                prefetch(b1.add(148 * sub), 3);
+                let b = 8 * g + sub;
+                let at = layout::Q4K_SC + TILE * sub;
+                let sc = _mm512_mul_ps(pair_bytes(b0.add(at), b1.add(at)), d);
+                let at = layout::Q4K_MN + TILE * sub;
+                let mn = _mm512_mul_ps(pair_bytes(b0.add(at), b1.add(at)), dmin);
+                let at = layout::Q4K_QS + layout::NIBBLES * sub;
+                let mut yp = [std::ptr::null(); N];
+                for (p, y) in yp.iter_mut().zip(&y) {
+                    *p = y.0.as_ptr().add(b * BLOCK);
+                }
+                let dots = pair_block_dots_vnni::<N>(b0.add(at), b1.add(at), yp);
+                for i in 0..N {
+                    let (dy, ys) = (*y[i].1.get_unchecked(b), *y[i].2.get_unchecked(b));
+                    let dots = _mm512_cvtepi32_ps(dots[i]);
+                    acc[i] = _mm512_fmadd_ps(sc, _mm512_mul_ps(_mm512_set1_ps(dy), dots), acc[i]);
+                    acc[i] = _mm512_fnmadd_ps(mn, _mm512_set1_ps(ys), acc[i]);
+                }
+            }
+        }
+        pair_lanes(acc)
+    }
+}
 
 /// One activation row quantized to 8-bit blocks as [`super::quantize_q8_block`] does it, eight
 /// values per instruction: every whole block of `x` into `qs`, `d` and `ys` (see `Q8Rows`);
