@@ -336,25 +336,36 @@ impl Llama {
         let positions = Tensor::new(positions.as_slice(), &self.device)?;
         let (cos, sin) = (self.cos.index_select(&positions, 0)?, self.sin.index_select(&positions, 0)?);
         let (heads, kv_heads, hd) = (self.cfg.num_attention_heads, self.cfg.kv_heads(), self.cfg.head_dim());
-        // `[B, nh * hd]` -> `[nh, B, hd]`.
-        let split =
-            |t: Tensor, nh: usize| -> Result<Tensor> { Ok(t.reshape((1, b, nh, hd))?.transpose(1, 2)?.contiguous()?) };
         let cpu = matches!(self.device, Device::Cpu);
+        // The B rows' angles `[B, hd / 2]`, for the CPU's in-place RoPE.
+        let angles = if cpu {
+            Some((with_f32_slice(&cos, |c| Ok(c.to_vec()))?, with_f32_slice(&sin, |s| Ok(s.to_vec()))?))
+        } else {
+            None
+        };
         let eps = self.cfg.rms_norm_eps as f32;
         let mut x = x.clone();
         for (li, layer) in self.layers.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &layer.input_norm, eps)?;
             let [q, k, v] = Linear::forward_many([&layer.q, &layer.k, &layer.v], &h)?;
-            let att = if cpu {
-                let q = candle_nn::rotary_emb::rope(&split(q, heads)?, &cos, &sin)?.squeeze(0)?;
-                let k = candle_nn::rotary_emb::rope(&split(k, kv_heads)?, &cos, &sin)?.squeeze(0)?;
-                let v = split(v, kv_heads)?.squeeze(0)?;
-                for (i, cache) in caches.iter_mut().enumerate() {
-                    let row = |t: &Tensor| -> Result<Tensor> { Ok(t.narrow(1, i, 1)?.contiguous()?) };
-                    cache.write(li, &row(&k)?, &row(&v)?)?;
-                }
-                // `[heads, B, hd]` -> `[B, heads * hd]`: every sequence's heads in one pass.
-                let q = q.transpose(0, 1)?.flatten_all()?.to_vec1::<f32>()?;
+            let att = if let Some((cos, sin)) = &angles {
+                // RoPE on the rows as the products left them (`[B, heads * hd]`), in place: a
+                // decode step's tensors are small, and candle's reshapes, transposes and
+                // per-sequence copies around them took ~4 % of a B = 8 step.
+                let mut q = with_f32_slice(&q, |q| Ok(q.to_vec()))?;
+                let mut k = with_f32_slice(&k, |k| Ok(k.to_vec()))?;
+                rope_rows(&mut q, hd, cos, sin)?;
+                rope_rows(&mut k, hd, cos, sin)?;
+                let width = kv_heads * hd;
+                with_f32_slice(&v, |v| {
+                    for (i, cache) in caches.iter_mut().enumerate() {
+                        // Row `i` is `[kv_heads, 1, hd]` as it lies: heads one after the other.
+                        let row =
+                            |t: &[f32]| Tensor::from_slice(&t[i * width..][..width], (kv_heads, 1, hd), &self.device);
+                        cache.write(li, &row(&k)?, &row(v)?)?;
+                    }
+                    Ok(())
+                })?;
                 let shared: Vec<&KvCache> = caches.iter().map(|c| &**c).collect();
                 // A CPU model's caches are CPU tensors; `None` would mean a cache from another
                 // device, refused rather than attended wrongly.
@@ -451,6 +462,39 @@ impl Llama {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         Ok(probs.matmul(&v.contiguous()?)?.transpose(0, 1)?.reshape((n, heads * hd))?)
     }
+}
+
+/// RoPE of a decode step's rows in place: row `r` of `x: [B, n * hd]` (`n` heads side by side)
+/// at the position whose angles are row `r` of `cos, sin: [B, hd / 2]`, in the rotate-half form
+/// with candle's `rope` arithmetic (`x1 c - x2 s`, `x1 s + x2 c`, unfused), so the same bits as
+/// a prefill's RoPE at that position.
+fn rope_rows(x: &mut [f32], hd: usize, cos: &[f32], sin: &[f32]) -> Result<()> {
+    let half = hd / 2;
+    let rows = cos.len().checked_div(half).unwrap_or(0);
+    if !hd.is_multiple_of(2)
+        || rows == 0
+        || cos.len() != rows * half
+        || sin.len() != cos.len()
+        || !x.len().is_multiple_of(rows * hd)
+    {
+        return Err(Error::InvalidOption(format!(
+            "RoPE of {} values over {rows} rows of {hd}-wide heads ({} angles)",
+            x.len(),
+            cos.len()
+        )));
+    }
+    for (r, row) in x.chunks_exact_mut(x.len() / rows).enumerate() {
+        let (c, s) = (&cos[r * half..][..half], &sin[r * half..][..half]);
+        for head in row.chunks_exact_mut(hd) {
+            let (x1, x2) = head.split_at_mut(half);
+            for i in 0..half {
+                let (a, b) = (x1[i], x2[i]);
+                x1[i] = a * c[i] - b * s[i];
+                x2[i] = a * s[i] + b * c[i];
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `[n, pos + n]` additive mask: query `i` (at position `pos + i`) sees keys `0..=pos + i`.
@@ -554,6 +598,44 @@ mod tests {
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// A decode step's in-place RoPE gives candle's `rope` bits, row by row at each row's own
+    /// position, for several heads; odd widths and mismatched angles are refused.
+    #[test]
+    fn rope_rows_equal_candles_rope() {
+        let (b, heads, hd, max_pos) = (3, 2, 8, 40);
+        let cfg = LlamaConfig {
+            hidden_size: heads * hd,
+            num_attention_heads: heads,
+            max_position_embeddings: max_pos,
+            ..LlamaConfig::llama2_7b()
+        };
+        let (cos_t, sin_t) = rope_tables(&cfg, &Device::Cpu).unwrap();
+        let positions = Tensor::new(&[5u32, 0, 37], &Device::Cpu).unwrap();
+        let (cos, sin) = (cos_t.index_select(&positions, 0).unwrap(), sin_t.index_select(&positions, 0).unwrap());
+        let x: Vec<f32> = (0..b * heads * hd).map(|i| ((i * 37 % 23) as f32 - 11.0) * 0.37).collect();
+        let xt = Tensor::from_vec(x.clone(), (1, b, heads, hd), &Device::Cpu)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap();
+        let theirs = candle_nn::rotary_emb::rope(&xt, &cos, &sin).unwrap();
+        let theirs: Vec<f32> = theirs.transpose(1, 2).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+        let (c, s) = (
+            cos.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            sin.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        );
+        let mut ours = x.clone();
+        rope_rows(&mut ours, hd, &c, &s).unwrap();
+        assert_ne!(ours, x);
+        assert_eq!(
+            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            theirs.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert!(rope_rows(&mut ours.clone(), hd + 1, &c, &s).is_err());
+        assert!(rope_rows(&mut ours.clone(), hd, &c, &s[1..]).is_err());
     }
 
     #[test]
