@@ -214,64 +214,42 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
     }
 
-    /// `q . row` over `hd` columns (a multiple of 8), in four chains.
+    /// `qs[i] . row` over `hd` columns (a multiple of 8) for each of `Q` queries, each in four
+    /// chains combined the same way for every `Q`: the row's vectors (and, for f16 rows, their
+    /// widening) are loaded once for all the queries, and each sum is bit for bit the one
+    /// query's alone.
     ///
     /// # Safety
-    /// The CPU must have AVX2, FMA and F16C; `q` and `row` valid for `hd` reads.
+    /// The CPU must have AVX2, FMA and F16C; each of `qs` and `row` valid for `hd` reads.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot<T: Load8>(q: *const f32, row: *const T, hd: usize) -> f32 {
-        // SAFETY: columns step by 8 below `hd`, inside both rows by the contract.
+    unsafe fn dots<const Q: usize, T: Load8>(qs: [*const f32; Q], row: *const T, hd: usize) -> [f32; Q] {
+        // SAFETY: columns step by 8 below `hd`, inside every row by the contract.
         unsafe {
-            let mut acc = [_mm256_setzero_ps(); 4];
-            let mut c = 0;
-            while c + 32 <= hd {
-                for (i, a) in acc.iter_mut().enumerate() {
-                    let at = c + 8 * i;
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(at)), T::load8(row.add(at)), *a);
-                }
-                c += 32;
-            }
-            while c < hd {
-                acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), T::load8(row.add(c)), acc[0]);
-                c += 8;
-            }
-            hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])))
-        }
-    }
-
-    /// [`dot`] of two queries against one row: the row's vectors are loaded once for both, and
-    /// each sum is [`dot`]'s, bit for bit (the same four chains, combined the same way).
-    ///
-    /// # Safety
-    /// As [`dot`], for `q0` and `q1`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn dot2<T: Load8>(q0: *const f32, q1: *const f32, row: *const T, hd: usize) -> (f32, f32) {
-        // SAFETY: columns step by 8 below `hd`, inside all three rows by the contract.
-        unsafe {
-            let mut a = [_mm256_setzero_ps(); 4];
-            let mut b = [_mm256_setzero_ps(); 4];
+            let mut acc = [[_mm256_setzero_ps(); 4]; Q];
             let mut c = 0;
             while c + 32 <= hd {
                 for i in 0..4 {
                     let at = c + 8 * i;
                     let r = T::load8(row.add(at));
-                    a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q0.add(at)), r, a[i]);
-                    b[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q1.add(at)), r, b[i]);
+                    for (a, q) in acc.iter_mut().zip(qs) {
+                        a[i] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(at)), r, a[i]);
+                    }
                 }
                 c += 32;
             }
             while c < hd {
                 let r = T::load8(row.add(c));
-                a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q0.add(c)), r, a[0]);
-                b[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q1.add(c)), r, b[0]);
+                for (a, q) in acc.iter_mut().zip(qs) {
+                    a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(q.add(c)), r, a[0]);
+                }
                 c += 8;
             }
-            (
-                hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]))),
-                hsum(_mm256_add_ps(_mm256_add_ps(b[0], b[1]), _mm256_add_ps(b[2], b[3]))),
-            )
+            let mut sums = [0.0; Q];
+            for (s, a) in sums.iter_mut().zip(&acc) {
+                *s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+            }
+            sums
         }
     }
 
@@ -381,11 +359,12 @@ mod avx2 {
                 prefetch_row::<_MM_HINT_T1, T>(shared.1.as_ptr(), j, hd);
                 for i in (0..m).step_by(2) {
                     if i + 1 < m {
-                        let (s0, s1) = dot2(qp.add(i * hd), qp.add((i + 1) * hd), row, hd);
+                        let [s0, s1] = dots([qp.add(i * hd), qp.add((i + 1) * hd)], row, hd);
                         *sp.add(at[i] + j) = s0 * scale;
                         *sp.add(at[i + 1] + j) = s1 * scale;
                     } else {
-                        *sp.add(at[i] + j) = dot(qp.add(i * hd), row, hd) * scale;
+                        let [s] = dots([qp.add(i * hd)], row, hd);
+                        *sp.add(at[i] + j) = s * scale;
                     }
                 }
             }
@@ -393,7 +372,8 @@ mod avx2 {
                 for j in 0..k.len() / hd {
                     prefetch_row::<_MM_HINT_T0, T>(k.as_ptr(), j + OWN_AHEAD, hd);
                     prefetch_row::<_MM_HINT_T1, T>(v.as_ptr(), j, hd);
-                    *sp.add(at[i] + p + j) = dot(qp.add(i * hd), k.as_ptr().add(j * hd), hd) * scale;
+                    let [s] = dots([qp.add(i * hd)], k.as_ptr().add(j * hd), hd);
+                    *sp.add(at[i] + p + j) = s * scale;
                 }
             }
             for (i, sum) in sums.iter_mut().enumerate() {

@@ -429,24 +429,14 @@ impl QuantMatrix {
             while t < tiles.end {
                 // One row (decode) reads memory at full speed from one stream per job; two
                 // tiles' streams measured slower there (81 against 111 GFLOP/s).
-                if m > 1 && t + 1 < tiles.end {
-                    if let Some(dots) = self.pair_dots(kernels, t, &y) {
-                        for (k, dots) in dots.iter().take(y.len()).enumerate() {
-                            // SAFETY: row `i + k`, columns `8 t..8 t + 16` (clipped to `rows`)
-                            // lie inside `out` and belong to this caller only, per the contract.
-                            unsafe { store(out, (i + k) * rows + TILE * t, dots, (rows - TILE * t).min(2 * TILE)) };
-                        }
-                        t += 2;
-                        continue;
-                    }
-                }
-                let dots = self.tile_dots(kernels, t, &y);
-                for (k, dots) in dots.iter().take(y.len()).enumerate() {
-                    // SAFETY: row `i + k`, columns `8 t..8 t + 8` (clipped to `rows`) lie inside
-                    // `out` and belong to this caller only, per the contract.
-                    unsafe { store(out, (i + k) * rows + TILE * t, dots, (rows - TILE * t).min(TILE)) };
-                }
-                t += 1;
+                let pair = if m > 1 && t + 1 < tiles.end { self.pair_dots(kernels, t, &y) } else { None };
+                // SAFETY (both arms): rows `i..i + y.len()`, the columns of tiles from `t` on
+                // (clipped to `rows`), lie inside `out` and belong to this caller only, per the
+                // contract.
+                t += match pair {
+                    Some(dots) => unsafe { store_tiles(out, rows, i, t, &dots[..y.len()]) },
+                    None => unsafe { store_tiles(out, rows, i, t, &self.tile_dots(kernels, t, &y)[..y.len()]) },
+                };
             }
         }
     }
@@ -566,15 +556,21 @@ fn rows_per_call(kernels: Isa, m: usize) -> usize {
 /// two passes of eight rows over the weights.
 const SMALL_M: usize = 16;
 
-/// Writes `vals[..n]` at `ptr + at`.
+/// Writes `dots[k]`, the outputs of the `W / TILE` tiles from `t` on for activation row
+/// `i + k`, into `out: [m, rows]` (clipped to `rows`), and returns how many tiles that was.
 ///
 /// # Safety
 /// The elements written must be inside the output buffer and written by no other worker.
-unsafe fn store<const W: usize>(ptr: OutPtr, at: usize, vals: &[f32; W], n: usize) {
-    for (j, &v) in vals.iter().take(n).enumerate() {
-        // SAFETY: inside the buffer and this worker's alone, per the contract.
-        unsafe { *ptr.0.add(at + j) = v };
+unsafe fn store_tiles<const W: usize>(out: OutPtr, rows: usize, i: usize, t: usize, dots: &[[f32; W]]) -> usize {
+    let n = (rows - TILE * t).min(W);
+    for (k, dots) in dots.iter().enumerate() {
+        let at = (i + k) * rows + TILE * t;
+        for (j, &v) in dots.iter().take(n).enumerate() {
+            // SAFETY: inside the buffer and this worker's alone, per the contract.
+            unsafe { *out.0.add(at + j) = v };
+        }
     }
+    W / TILE
 }
 
 /// One activation row `x` to 8-bit blocks: `qs: [nb * 32]`, scales `d: [nb]` and block sums
