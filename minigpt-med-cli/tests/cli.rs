@@ -173,8 +173,10 @@ fn preprocess_reads_dicom_with_windows() {
 
 #[test]
 fn bench_smoke_test_on_the_tiny_model() {
-    let out =
-        bin().args(["bench", "--repeats", "2", "--decode-tokens", "4", "--end-to-end", "--json"]).output().unwrap();
+    let out = bin()
+        .args(["bench", "--repeats", "2", "--decode-tokens", "4", "--end-to-end", "--batch", "1,3", "--json"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["repeats"], 2);
@@ -210,6 +212,29 @@ fn bench_smoke_test_on_the_tiny_model() {
     assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
     // 8 + 256 + 34 positions: the tokenized prompt around the image.
     assert!(v["prompt_tokens"].as_u64().unwrap() > 256);
+    // Batched decode: `--repeats` runs per batch size, each between two prefills (one prefill
+    // between consecutive runs serves both), each run's rate set beside their mean.
+    let batch = v["batch"].as_array().unwrap();
+    assert_eq!(batch.iter().map(|b| b["batch_size"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 3]);
+    for b in batch {
+        let runs = b["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{b}");
+        let size = b["batch_size"].as_u64().unwrap();
+        let f = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+        for r in runs {
+            assert_eq!(r["sequences"].as_u64(), Some(size), "{r}");
+            // Each sequence's first token comes from its prompt; at most 3 more are decoded.
+            let tokens = r["tokens"].as_u64().unwrap();
+            assert!(tokens > 0 && tokens <= 3 * size, "{r}");
+            let beside = (f(r, "prefill_before_tokens_per_s") + f(r, "prefill_after_tokens_per_s")) / 2.0;
+            assert!(beside > 0.0 && (f(r, "vs_prefill") - f(r, "tokens_per_s") / beside).abs() < 1e-9, "{r}");
+        }
+        assert_eq!(f(&runs[0], "prefill_after_tokens_per_s"), f(&runs[1], "prefill_before_tokens_per_s"));
+        let rates: Vec<f64> = runs.iter().map(|r| f(r, "tokens_per_s")).collect();
+        assert_eq!(f(b, "tokens_per_s"), rates[0].max(rates[1]), "{b}");
+        let ratio = &b["vs_prefill"];
+        assert!(f(ratio, "min") <= f(ratio, "median") && f(ratio, "median") <= f(ratio, "max"), "{b}");
+    }
     let bad = bin().args(["bench", "--synthetic", "13b"]).output().unwrap();
     assert_eq!(bad.status.code(), Some(1));
 }
