@@ -258,6 +258,29 @@ impl KvCache {
         Ok(())
     }
 
+    /// Writes one position of `layer` at the current end: `k, v: [kv_heads * head_dim]` (f32,
+    /// heads one after the other, as a decode step's products leave a row), rounded to the
+    /// cache's dtype as [`Self::write`] rounds them (`f16::from_f32`, candle's conversion). One
+    /// pass into the buffers, where `write` would make a tensor of each row, convert it and copy
+    /// it in: a batched step does this for every sequence and layer.
+    pub(crate) fn write_row(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let width = self.kv_heads * self.head_dim;
+        if k.len() != width || v.len() != width {
+            return Err(Error::InvalidOption(format!(
+                "a key/value row of {} and {} values for {} heads of {}",
+                k.len(),
+                v.len(),
+                self.kv_heads,
+                self.head_dim
+            )));
+        }
+        let (kc, vc) = &self.layers[layer];
+        let at = (self.own_len(), self.own_capacity, self.head_dim);
+        kc.inplace_op1(&PutRow { row: k, at })?;
+        vc.inplace_op1(&PutRow { row: v, at })?;
+        Ok(())
+    }
+
     /// Attention of one new position (just appended to `layer`, not yet advanced) over the
     /// whole cache: `q: [heads, 1, head_dim]` -> `[1, heads * head_dim]`. It reads each cached
     /// key and value once, straight from the buffers, where the general path would copy the
@@ -448,6 +471,46 @@ impl KvCache {
     }
 }
 
+/// The in-place write of [`KvCache::write_row`]: `row` (head `h` at `h * head_dim`) into a
+/// contiguous `[kv_heads, capacity, head_dim]` buffer at position `at.0` (`at`: position,
+/// capacity, head_dim).
+struct PutRow<'a> {
+    row: &'a [f32],
+    at: (usize, usize, usize),
+}
+
+impl candle_core::InplaceOp1 for PutRow<'_> {
+    fn name(&self) -> &'static str {
+        "kv-put-row"
+    }
+
+    fn cpu_fwd(&self, storage: &mut candle_core::CpuStorage, layout: &candle_core::Layout) -> candle_core::Result<()> {
+        let (pos, cap, hd) = self.at;
+        let heads = self.row.len() / hd;
+        let start = layout.start_offset();
+        if !layout.is_contiguous() || layout.shape().dims() != [heads, cap, hd] || pos >= cap {
+            return Err(candle_core::Error::Msg(format!(
+                "a KV buffer of shape {:?} for a row of {heads} heads of {hd} at position {pos}",
+                layout.shape()
+            )));
+        }
+        fn put<T>(buf: &mut [T], start: usize, (pos, cap, hd): (usize, usize, usize), row: &[f32], f: fn(f32) -> T) {
+            for (h, src) in row.chunks_exact(hd).enumerate() {
+                let dst = &mut buf[start + (h * cap + pos) * hd..][..hd];
+                for (d, &x) in dst.iter_mut().zip(src) {
+                    *d = f(x);
+                }
+            }
+        }
+        match storage {
+            candle_core::CpuStorage::F32(buf) => put(buf, start, self.at, self.row, |x| x),
+            candle_core::CpuStorage::F16(buf) => put(buf, start, self.at, self.row, f16::from_f32),
+            _ => return Err(candle_core::Error::Msg("a KV buffer neither f32 nor f16".into())),
+        }
+        Ok(())
+    }
+}
+
 /// A cache whose buffers disagree with its dtype or its prefix's: a bug, reported not panicked.
 fn mixed() -> Error {
     Error::InvalidOption("a KV cache's buffers do not match its dtype or its prefix's".into())
@@ -605,6 +668,43 @@ mod tests {
             assert_eq!((fork.len(), fork.shared_len()), (30, 30));
             fork.truncate(0);
             assert!(fork.base.is_none());
+        }
+    }
+
+    /// A row written by `write_row` (one pass from the products' slice) lands as `write` puts
+    /// the same row given as a tensor (candle's conversion and copy): every buffer value the
+    /// same bits, in both dtypes, on a fork whose own buffers start at another capacity; a row
+    /// of the wrong width is refused.
+    #[test]
+    fn a_row_written_in_place_equals_the_tensor_write() {
+        let (kv_heads, hd) = (3, 16);
+        let dev = &Device::Cpu;
+        let r = |n| Tensor::randn(0f32, 1.0, (kv_heads, n, hd), dev).unwrap();
+        for dtype in [KvDType::F32, KvDType::F16] {
+            let prefix = Arc::new(filled(dtype, &[(r(5), r(5))]));
+            let (mut a, mut b) = (prefix.fork(9).unwrap(), prefix.fork(9).unwrap());
+            for _ in 0..4 {
+                let (k, v) = (r(1), r(1));
+                let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for c in [&mut a, &mut b] {
+                    c.reserve(1).unwrap();
+                }
+                a.write(0, &k, &v).unwrap();
+                b.write_row(0, &flat(&k), &flat(&v)).unwrap();
+                a.advance(1);
+                b.advance(1);
+            }
+            for i in 0..2 {
+                let bits = |c: &KvCache| {
+                    let t = if i == 0 { &c.layers[0].0 } else { &c.layers[0].1 };
+                    t.to_dtype(DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                };
+                let (x, y) = (bits(&a), bits(&b));
+                assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{dtype:?}");
+                // The rows were written: not still the zeros of a fresh buffer.
+                assert!(y[..4 * hd].iter().any(|&v| v != 0.0));
+            }
+            assert!(b.write_row(0, &[0.0; 3], &[0.0; 3]).is_err());
         }
     }
 }

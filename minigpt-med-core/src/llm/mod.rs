@@ -359,10 +359,8 @@ impl Llama {
                 let width = kv_heads * hd;
                 with_f32_slice(&v, |v| {
                     for (i, cache) in caches.iter_mut().enumerate() {
-                        // Row `i` is `[kv_heads, 1, hd]` as it lies: heads one after the other.
-                        let row =
-                            |t: &[f32]| Tensor::from_slice(&t[i * width..][..width], (kv_heads, 1, hd), &self.device);
-                        cache.write(li, &row(&k)?, &row(v)?)?;
+                        // Row `i` holds the heads one after the other, as the cache takes it.
+                        cache.write_row(li, &k[i * width..][..width], &v[i * width..][..width])?;
                     }
                     Ok(())
                 })?;
