@@ -86,7 +86,7 @@ unsafe fn block_dots<const N: usize>(nib: *const u8, y: [*const i8; N]) -> [__m2
 /// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
 /// pointers cover one tile block and `N` activation blocks.
 #[inline(always)]
-unsafe fn q8_block_dots<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m256; N] {
+unsafe fn q8_block_dots<const N: usize>(q: *const u8, y: [*const i8; N], _sums: [i32; N]) -> [__m256; N] {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
         let ones = _mm256_set1_epi16(1);
@@ -150,25 +150,32 @@ unsafe fn block_dots_vnni<const N: usize>(nib: *const u8, y: [*const i8; N]) -> 
     }
 }
 
-/// [`q8_block_dots`] with AVX-512 VNNI: `vpdpbusd` of |w| and y with w's sign, four products
-/// per lane in one instruction, in two chains (even and odd vectors) up to four rows, one
-/// beyond (as [`block_dots_vnni`]). The same integers as AVX2's.
+/// [`q8_block_dots`] with AVX-512 VNNI: `vpdpbusd` wants one unsigned operand, and `w + 128`
+/// (the sign bit flipped, once per weight vector for all rows) is one, so each row takes one
+/// instruction per vector where moving w's sign onto y took a `vpsignb` per row as well. The
+/// sums start at `-128 * sum(y)` (`sums`: each row's integer block sum), which takes the
+/// offset off exactly: the same integers as AVX2's. Two chains (even and odd vectors) up to
+/// four rows, one beyond (as [`block_dots_vnni`]).
 ///
 /// # Safety
 /// The CPU must have AVX2, AVX512-VNNI and AVX512-VL; as [`q8_block_dots`] otherwise.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
-unsafe fn q8_block_dots_vnni<const N: usize>(q: *const u8, y: [*const i8; N]) -> [__m256; N] {
+unsafe fn q8_block_dots_vnni<const N: usize>(q: *const u8, y: [*const i8; N], sums: [i32; N]) -> [__m256; N] {
     // SAFETY: the caller upholds this function's `# Safety` contract.
     unsafe {
+        let flip = _mm256_set1_epi8(i8::MIN);
         let mut s = [[_mm256_setzero_si256(); 2]; N];
+        for (s, &sum) in s.iter_mut().zip(&sums) {
+            // |sum| <= 32 * 128: the product fits an i32.
+            s[0] = _mm256_set1_epi32(-128 * sum);
+        }
         for j in 0..BLOCK / 4 {
-            let x = _mm256_loadu_si256(q.add(32 * j) as *const __m256i);
-            let ax = _mm256_sign_epi8(x, x);
+            let u = _mm256_xor_si256(_mm256_loadu_si256(q.add(32 * j) as *const __m256i), flip);
             for i in 0..N {
                 let yv = _mm256_set1_epi32((y[i].add(4 * j) as *const i32).read_unaligned());
                 let chain = if N > 4 { 0 } else { j % 2 };
-                s[i][chain] = _mm256_dpbusd_epi32(s[i][chain], ax, _mm256_sign_epi8(yv, x));
+                s[i][chain] = _mm256_dpbusd_epi32(s[i][chain], u, yv);
             }
         }
         let mut out = [_mm256_setzero_ps(); N];
@@ -206,16 +213,19 @@ macro_rules! tile_kernels {
             // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
             unsafe {
                 let nb = y[0].1.len();
-                for (yq, yd, _) in y {
-                    assert!(yq.len() == nb * BLOCK && yd.len() == nb);
+                for (yq, yd, _, sums) in y {
+                    assert!(yq.len() == nb * BLOCK && yd.len() == nb && sums.len() == nb);
                 }
                 assert!(w.len() == nb * layout::Q8_0_BYTES);
                 let mut acc = [_mm256_setzero_ps(); N];
                 for b in 0..nb {
                     let blk = w.as_ptr().add(b * layout::Q8_0_BYTES);
                     prefetch(blk, 5);
-                    let dots =
-                        $q8_dots::<N>(blk.add(2 * TILE), std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)));
+                    let dots = $q8_dots::<N>(
+                        blk.add(2 * TILE),
+                        std::array::from_fn(|i| y[i].0.as_ptr().add(b * BLOCK)),
+                        std::array::from_fn(|i| *y[i].3.get_unchecked(b)),
+                    );
                     let dw = _mm256_cvtph_ps(_mm_loadu_si128(blk as *const __m128i));
                     for i in 0..N {
                         let dy = _mm256_set1_ps(*y[i].1.get_unchecked(b));
@@ -237,7 +247,7 @@ macro_rules! tile_kernels {
             // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
             unsafe {
                 let nb = y[0].1.len();
-                for (yq, yd, ys) in y {
+                for (yq, yd, ys, _) in y {
                     assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
                 }
                 assert!(w.len() == nb * layout::Q4_0_BYTES);
@@ -267,7 +277,7 @@ macro_rules! tile_kernels {
             // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has what `$features` names); the asserts bound every pointer below.
             unsafe {
                 let nb = y[0].1.len();
-                for (yq, yd, ys) in y {
+                for (yq, yd, ys, _) in y {
                     assert!(nb % 8 == 0 && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
                 }
                 assert!(w.len() == nb / 8 * layout::Q4K_BYTES);
@@ -356,6 +366,47 @@ unsafe fn pair_block_dots_vnni<const N: usize>(nib0: *const u8, nib1: *const u8,
     }
 }
 
+/// [`q8_block_dots_vnni`] for two tiles at once, in 512-bit registers: one Q8_0 tile block of
+/// each (`q0`, `q1`: [`TILE`] * [`BLOCK`] quants) against `N` activation rows, as i32 with
+/// lanes `0..8` for `q0`'s rows and `8..16` for `q1`'s (see [`pair_block_dots_vnni`]). The
+/// same integers as the one-tile kernel's.
+///
+/// # Safety
+/// As [`pair_block_dots_vnni`]; the pointers cover one tile block each and 32 quants per
+/// activation row.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+unsafe fn pair_q8_block_dots_vnni<const N: usize>(
+    q0: *const u8,
+    q1: *const u8,
+    y: [*const i8; N],
+    sums: [i32; N],
+) -> [__m512i; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let flip = _mm512_set1_epi8(i8::MIN);
+        let mut s = [[_mm512_setzero_si512(); 2]; N];
+        for (s, &sum) in s.iter_mut().zip(&sums) {
+            s[0] = _mm512_set1_epi32(-128 * sum);
+        }
+        for j in 0..BLOCK / 4 {
+            let v0 = _mm256_loadu_si256(q0.add(32 * j) as *const __m256i);
+            let v1 = _mm256_loadu_si256(q1.add(32 * j) as *const __m256i);
+            let u = _mm512_xor_si512(_mm512_inserti64x4::<1>(_mm512_castsi256_si512(v0), v1), flip);
+            for i in 0..N {
+                let yv = _mm512_set1_epi32((y[i].add(4 * j) as *const i32).read_unaligned());
+                let chain = if N > 4 { 0 } else { j % 2 };
+                s[i][chain] = _mm512_dpbusd_epi32(s[i][chain], u, yv);
+            }
+        }
+        let mut out = [_mm512_setzero_si512(); N];
+        for (o, s) in out.iter_mut().zip(s) {
+            *o = _mm512_add_epi32(s[0], s[1]);
+        }
+        out
+    }
+}
+
 /// Sixteen f16 values, eight at `p0` and eight at `p1`, widened to f32 in that order.
 ///
 /// # Safety
@@ -412,7 +463,7 @@ pub(super) unsafe fn q4_0_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [Ac
     // pointer below (block `b` of each tile, the activations' block `b`).
     unsafe {
         let nb = y[0].1.len();
-        for (yq, yd, ys) in y {
+        for (yq, yd, ys, _) in y {
             assert!(yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
         }
         assert!(w0.len() == nb * layout::Q4_0_BYTES && w1.len() == w0.len());
@@ -437,6 +488,43 @@ pub(super) unsafe fn q4_0_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [Ac
     }
 }
 
+/// Two Q8_0 tiles against `N` activation rows, as [`q4_0_pair_vnni`] for [`q8_0_tile_vnni`]:
+/// each lane runs that kernel's integer sums and f32 operations, bit for bit its results.
+///
+/// # Safety
+/// The CPU must have AVX2, FMA, F16C, AVX512F, AVX512-VL and AVX512-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+pub(super) unsafe fn q8_0_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [ActRow; N]) -> [[f32; 2 * TILE]; N] {
+    // SAFETY: the caller upholds this function's `# Safety` contract; the asserts bound every
+    // pointer below (block `b` of each tile, the activations' block `b`).
+    unsafe {
+        let nb = y[0].1.len();
+        for (yq, yd, _, sums) in y {
+            assert!(yq.len() == nb * BLOCK && yd.len() == nb && sums.len() == nb);
+        }
+        assert!(w0.len() == nb * layout::Q8_0_BYTES && w1.len() == w0.len());
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let (b0, b1) = (w0.as_ptr().add(b * layout::Q8_0_BYTES), w1.as_ptr().add(b * layout::Q8_0_BYTES));
+            prefetch(b0, 5);
+            prefetch(b1, 5);
+            let mut yp = [std::ptr::null(); N];
+            let mut sums = [0; N];
+            for ((p, s), y) in yp.iter_mut().zip(&mut sums).zip(&y) {
+                *p = y.0.as_ptr().add(b * BLOCK);
+                *s = *y.3.get_unchecked(b);
+            }
+            let dots = pair_q8_block_dots_vnni::<N>(b0.add(2 * TILE), b1.add(2 * TILE), yp, sums);
+            let dw = pair_halves(b0, b1);
+            for i in 0..N {
+                let dy = _mm512_set1_ps(*y[i].1.get_unchecked(b));
+                acc[i] = _mm512_fmadd_ps(_mm512_mul_ps(dw, dy), _mm512_cvtepi32_ps(dots[i]), acc[i]);
+            }
+        }
+        pair_lanes(acc)
+    }
+}
+
 /// Two Q4_K tiles against `N` activation rows, as [`q4_0_pair_vnni`] for [`q4k_tile_vnni`]:
 /// each lane runs that kernel's integer sums and f32 operations, bit for bit its results.
 ///
@@ -448,7 +536,7 @@ pub(super) unsafe fn q4k_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [Act
     // pointer below (super-block `g` of each tile, the activations' blocks `8 g..8 g + 8`).
     unsafe {
         let nb = y[0].1.len();
-        for (yq, yd, ys) in y {
+        for (yq, yd, ys, _) in y {
             assert!(nb.is_multiple_of(8) && yq.len() == nb * BLOCK && yd.len() == nb && ys.len() == nb);
         }
         assert!(w0.len() == nb / 8 * layout::Q4K_BYTES && w1.len() == w0.len());
@@ -485,7 +573,7 @@ pub(super) unsafe fn q4k_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [Act
 }
 
 /// One activation row quantized to 8-bit blocks as [`super::quantize_q8_block`] does it, eight
-/// values per instruction: every whole block of `x` into `qs`, `d` and `ys` (see `Q8Rows`);
+/// values per instruction: every whole block of `x` into `qs`, `d`, `ys` and `sums` (see `Q8Rows`);
 /// blocks past `x`'s end, a partial last one, and a block whose scale has no finite reciprocal
 /// (a subnormal maximum) take the scalar path. The result is the scalar's bit for bit: the
 /// maximum ignores NaN as `f32::max` does, `v * (1 / d)` is the same product, a NaN product
@@ -496,30 +584,33 @@ pub(super) unsafe fn q4k_pair_vnni<const N: usize>(w0: &[u8], w1: &[u8], y: [Act
 /// # Safety
 /// The CPU must have AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn quantize_q8_row(x: &[f32], qs: &mut [i8], d: &mut [f32], ys: &mut [f32]) {
+pub(super) unsafe fn quantize_q8_row(x: &[f32], qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32]) {
     let whole = x.len() / BLOCK;
-    for (b, ((q, d), ys)) in qs.chunks_exact_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
+    for (b, (((q, d), ys), sum)) in
+        qs.chunks_exact_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).zip(sums.iter_mut()).enumerate()
+    {
         let quantized = if b < whole {
             // SAFETY: block `b` is whole inside `x`, and `q` holds `BLOCK` values.
             unsafe { q8_block(&x[b * BLOCK..][..BLOCK], q) }
         } else {
             None
         };
-        (*d, *ys) = match quantized {
+        (*d, *sum) = match quantized {
             Some(done) => done,
             None => super::quantize_act_block(x, b, q),
         };
+        *ys = *d * *sum as f32;
     }
 }
 
-/// One whole block of [`quantize_q8_row`]: the scale and `scale * sum(q)`, or `None` (and `q`
+/// One whole block of [`quantize_q8_row`]: the scale and `sum(q)`, or `None` (and `q`
 /// untouched) when `1 / scale` is not finite.
 ///
 /// # Safety
 /// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; `x` and
 /// `q` hold [`BLOCK`] values.
 #[inline(always)]
-unsafe fn q8_block(x: &[f32], q: &mut [i8]) -> Option<(f32, f32)> {
+unsafe fn q8_block(x: &[f32], q: &mut [i8]) -> Option<(f32, i32)> {
     // SAFETY: `x` and `q` hold `BLOCK` (32) values: four vectors of eight each; the caller
     // checked the CPU.
     unsafe {
@@ -564,6 +655,6 @@ unsafe fn q8_block(x: &[f32], q: &mut [i8]) -> Option<(f32, f32)> {
         let s4 = _mm_add_epi32(_mm256_castsi256_si128(quads), _mm256_extracti128_si256::<1>(quads));
         let s2 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01_00_11_10>(s4));
         let sum = _mm_cvtsi128_si32(_mm_add_epi32(s2, _mm_shuffle_epi32::<0b10_11_00_01>(s2)));
-        Some((d, d * sum as f32))
+        Some((d, sum))
     }
 }

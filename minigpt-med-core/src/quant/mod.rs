@@ -56,8 +56,9 @@ fn q4k_fields(block: &BlockQ4K) -> layout::Q4KBlock {
     layout::Q4KBlock { d: raw.d, dmin: raw.dmin, scales: raw.scales, qs: raw.qs }
 }
 
-/// One activation row: quants `[kp]`, block scales `[kp / 32]`, block sums `[kp / 32]`.
-pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32]);
+/// One activation row: quants `[kp]`, block scales `[kp / 32]`, block sums `[kp / 32]`
+/// (`scale * sum(quants)`), and the integer sums of each block's quants `[kp / 32]`.
+pub(super) type ActRow<'a> = (&'a [i8], &'a [f32], &'a [f32], &'a [i32]);
 
 /// Values per Q8_0 / Q4_0 block.
 pub const BLOCK: usize = 32;
@@ -155,12 +156,15 @@ impl std::fmt::Debug for QuantMatrix {
     }
 }
 
-/// Activations quantized to 8-bit blocks: `qs: [m, kp]`, `d: [m, kp / 32]`, and each block's
-/// sum `ys = d * sum(qs)` (`[m, kp / 32]`) for formats whose weights carry an offset.
+/// Activations quantized to 8-bit blocks: `qs: [m, kp]`, `d: [m, kp / 32]`, each block's
+/// sum `ys = d * sum(qs)` (`[m, kp / 32]`) for formats whose weights carry an offset, and the
+/// integer `sums = sum(qs)` (`[m, kp / 32]`) for kernels that give the weights one (the VNNI
+/// Q8_0 kernels multiply `w + 128`, unsigned, and take `128 * sum` off).
 struct Q8Rows {
     qs: Vec<i8>,
     d: Vec<f32>,
     ys: Vec<f32>,
+    sums: Vec<i32>,
 }
 
 impl QuantMatrix {
@@ -419,7 +423,8 @@ impl QuantMatrix {
     unsafe fn run_tiles(&self, kernels: Isa, act: &Q8Rows, m: usize, tiles: std::ops::Range<usize>, out: OutPtr) {
         let (kp, nb, rows) = (self.kp, self.kp / BLOCK, self.rows);
         let row = |i: usize| -> ActRow<'_> {
-            (&act.qs[i * kp..(i + 1) * kp], &act.d[i * nb..(i + 1) * nb], &act.ys[i * nb..(i + 1) * nb])
+            let blocks = i * nb..(i + 1) * nb;
+            (&act.qs[i * kp..(i + 1) * kp], &act.d[blocks.clone()], &act.ys[blocks.clone()], &act.sums[blocks])
         };
         // Activation rows per kernel call: each weight vector loaded serves all of them.
         let per_call = rows_per_call(kernels, m);
@@ -480,7 +485,7 @@ impl QuantMatrix {
     }
 
     /// The outputs of tiles `t` and `t + 1` together (sixteen lanes) for each activation row of
-    /// `y`, where a kernel takes two tiles at once (Q4_0 and Q4_K with AVX-512 VNNI: one
+    /// `y`, where a kernel takes two tiles at once (every format with AVX-512 VNNI: one
     /// activation broadcast then serves sixteen weight rows); `None` elsewhere.
     fn pair_dots(&self, kernels: Isa, t: usize, y: &[ActRow]) -> Option<[[f32; 2 * TILE]; MAX_ROWS]> {
         let mut out = [[0f32; 2 * TILE]; MAX_ROWS];
@@ -490,6 +495,10 @@ impl QuantMatrix {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q4_0(w0), Tile::Q4_0(w1)) if a.vnni() => {
                 with_rows!(y, out, 8, |y| unsafe { avx2::q4_0_pair_vnni(w0, w1, y) })
+            }
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2(a), Tile::Q8_0(w0), Tile::Q8_0(w1)) if a.vnni() => {
+                with_rows!(y, out, 8, |y| unsafe { avx2::q8_0_pair_vnni(w0, w1, y) })
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(a), Tile::Q4K(w0), Tile::Q4K(w1)) if a.vnni() => {
@@ -508,22 +517,24 @@ impl QuantMatrix {
         let mut qs = vec![0i8; m * kp];
         let mut d = vec![0f32; m * nb];
         let mut ys = vec![0f32; m * nb];
-        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], x: &[f32]| match kernels {
+        let mut sums = vec![0i32; m * nb];
+        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32], x: &[f32]| match kernels {
             // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys) },
-            _ => quantize_q8_row(x, qs, d, ys),
+            Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys, sums) },
+            _ => quantize_q8_row(x, qs, d, ys, sums),
         };
         if m == 1 {
-            work(&mut qs, &mut d, &mut ys, x);
+            work(&mut qs, &mut d, &mut ys, &mut sums, x);
         } else {
             qs.par_chunks_mut(kp)
                 .zip(d.par_chunks_mut(nb))
                 .zip(ys.par_chunks_mut(nb))
+                .zip(sums.par_chunks_mut(nb))
                 .zip(x.par_chunks(cols))
-                .for_each(|(((qs, d), ys), x)| work(qs, d, ys, x));
+                .for_each(|((((qs, d), ys), sums), x)| work(qs, d, ys, sums, x));
         }
-        Q8Rows { qs, d, ys }
+        Q8Rows { qs, d, ys, sums }
     }
 }
 
@@ -573,19 +584,21 @@ unsafe fn store_tiles<const W: usize>(out: OutPtr, rows: usize, i: usize, t: usi
     W / TILE
 }
 
-/// One activation row `x` to 8-bit blocks: `qs: [nb * 32]`, scales `d: [nb]` and block sums
-/// `ys: [nb]` (see [`Q8Rows`]); blocks past `x`'s end are zeros.
-fn quantize_q8_row(x: &[f32], qs: &mut [i8], d: &mut [f32], ys: &mut [f32]) {
-    for (b, ((q, d), ys)) in qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).enumerate() {
-        (*d, *ys) = quantize_act_block(x, b, q);
+/// One activation row `x` to 8-bit blocks: `qs: [nb * 32]`, scales `d: [nb]`, block sums
+/// `ys: [nb]` and integer sums `sums: [nb]` (see [`Q8Rows`]); blocks past `x`'s end are zeros.
+fn quantize_q8_row(x: &[f32], qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32]) {
+    for (b, (((q, d), ys), sum)) in
+        qs.chunks_mut(BLOCK).zip(d.iter_mut()).zip(ys.iter_mut()).zip(sums.iter_mut()).enumerate()
+    {
+        (*d, *sum) = quantize_act_block(x, b, q);
+        *ys = *d * *sum as f32;
     }
 }
 
-/// Block `b` of the activation row `x` (zero-padded) to 8 bits in `q`: its scale and
-/// `scale * sum(q)`.
-fn quantize_act_block(x: &[f32], b: usize, q: &mut [i8]) -> (f32, f32) {
+/// Block `b` of the activation row `x` (zero-padded) to 8 bits in `q`: its scale and `sum(q)`.
+fn quantize_act_block(x: &[f32], b: usize, q: &mut [i8]) -> (f32, i32) {
     let d = quantize_q8_block(padded_block(x, b), q);
-    (d, d * q.iter().map(|&v| v as i32).sum::<i32>() as f32)
+    (d, q.iter().map(|&v| v as i32).sum::<i32>())
 }
 
 /// Block `b` of a row, zero-padded past the row's end.
@@ -867,6 +880,9 @@ mod tests {
                 assert_eq!(fast.qs, scalar.qs, "{kernels:?}, {cols} columns: quants");
                 assert!(same(&fast.d, &scalar.d), "{kernels:?}, {cols} columns: scales");
                 assert!(same(&fast.ys, &scalar.ys), "{kernels:?}, {cols} columns: block sums");
+                // Each block's integer sum is its quants' sum.
+                let sums: Vec<i32> = fast.qs.chunks(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect();
+                assert_eq!(fast.sums, sums, "{kernels:?}, {cols} columns: integer sums");
             }
         }
         // The exact halves round away from zero, as llama.cpp's `roundf` does.

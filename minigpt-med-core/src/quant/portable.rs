@@ -5,7 +5,7 @@
 use super::{layout, ActRow, BLOCK, TILE};
 
 /// A Q8_0 tile (see `layout`): its eight outputs.
-pub(super) fn q8_0_tile(w: &[u8], (yq, yd, _): ActRow) -> [f32; TILE] {
+pub(super) fn q8_0_tile(w: &[u8], (yq, yd, _, _): ActRow) -> [f32; TILE] {
     let mut acc = [0f32; TILE];
     for (b, (&dy, y)) in yd.iter().zip(yq.chunks_exact(BLOCK)).enumerate() {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -18,7 +18,7 @@ pub(super) fn q8_0_tile(w: &[u8], (yq, yd, _): ActRow) -> [f32; TILE] {
 }
 
 /// A Q4_0 tile (see `layout`): its eight outputs.
-pub(super) fn q4_0_tile(w: &[u8], (yq, yd, _): ActRow) -> [f32; TILE] {
+pub(super) fn q4_0_tile(w: &[u8], (yq, yd, _, _): ActRow) -> [f32; TILE] {
     let mut acc = [0f32; TILE];
     for (b, (&dy, y)) in yd.iter().zip(yq.chunks_exact(BLOCK)).enumerate() {
         for (r, acc) in acc.iter_mut().enumerate() {
@@ -32,7 +32,7 @@ pub(super) fn q4_0_tile(w: &[u8], (yq, yd, _): ActRow) -> [f32; TILE] {
 
 /// A Q4_K tile: `sum_b sc_b * dy_b * sum(q * y) - mn_b * ys_b` over the 32-value sub-blocks
 /// `b`, with their scales `sc` and mins `mn`.
-pub(super) fn q4k_tile(w: &[u8], (yq, yd, ys): ActRow) -> [f32; TILE] {
+pub(super) fn q4k_tile(w: &[u8], (yq, yd, ys, _): ActRow) -> [f32; TILE] {
     let mut acc = [0f32; TILE];
     for (b, (&dy, y)) in yd.iter().zip(yq.chunks_exact(BLOCK)).enumerate() {
         let (blk, sub) = (&w[b / 8 * layout::Q4K_BYTES..], b % 8);
