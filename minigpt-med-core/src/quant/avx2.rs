@@ -5,9 +5,10 @@
 //! `layout`, [`block_dots`] and [`q8_block_dots`]): one accumulator per activation row, lane `r`
 //! for weight row `r`, so a block costs one conversion and one or two FMAs per activation row
 //! for all eight weight rows, and each weight vector loaded serves every activation row.
-//! With VNNI, Q4_0 and Q4_K products of more than one activation row take two tiles per call
-//! in 512-bit registers ([`q4_0_pair_vnni`], [`q4k_pair_vnni`]): the 256-bit kernels are bound
-//! by loading one broadcast per `vpdpbusd`, and a broadcast then serves sixteen weight rows.
+//! With VNNI, products of more than one activation row take two tiles per call in 512-bit
+//! registers ([`q4_0_pair_vnni`], [`q8_0_pair_vnni`], [`q4k_pair_vnni`]): the 256-bit kernels
+//! are bound by loading one broadcast per `vpdpbusd`, and a broadcast then serves sixteen
+//! weight rows.
 
 use std::arch::x86_64::*;
 
