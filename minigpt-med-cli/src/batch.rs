@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use clap::Args;
 use minigpt_med::batch::{resume, BatchRecord, BatchResult};
 use minigpt_med::{Error, Image, Request, TaskKind};
+
+use crate::progress::Progress;
 
 #[derive(Args)]
 pub struct BatchArgs {
@@ -139,7 +140,7 @@ pub fn batch(a: BatchArgs) -> Result<(), Error> {
             None => groups.push((records[i].clone(), vec![i])),
         }
     }
-    let start = Instant::now();
+    let progress = Progress::stderr("batch").with_rate("records");
     let mut finished = 0usize;
     let batch_size = a.batch_size.max(1);
     let mut write = |line: BatchResult| -> Result<(), Error> {
@@ -149,7 +150,7 @@ pub fn batch(a: BatchArgs) -> Result<(), Error> {
             .and_then(|()| out.flush())
             .map_err(|e| Error::InvalidOption(format!("--out {}: {e}", a.out.display())))?;
         finished += 1;
-        progress(finished, todo.len(), start);
+        progress.show(finished, todo.len());
         Ok(())
     };
     // Whole groups at a time, about `batch_size` records, decoding together: the studies of a
@@ -210,18 +211,5 @@ pub fn batch(a: BatchArgs) -> Result<(), Error> {
             return Err(e);
         }
     }
-    eprintln!();
     Ok(())
-}
-
-/// `done/total`, the rate and the time left, redrawn on stderr.
-fn progress(done: usize, total: usize, start: Instant) {
-    let secs = start.elapsed().as_secs_f64();
-    let rate = done as f64 / secs.max(1e-9);
-    let eta = (total - done) as f64 / rate.max(1e-9);
-    eprint!(
-        "\rbatch {done}/{total} ({:.0}%) {rate:.2} records/s, ETA {:.0} s   ",
-        done as f64 * 100.0 / total as f64,
-        eta
-    );
 }

@@ -9,6 +9,8 @@ use minigpt_med::{
 };
 use serde_json::json;
 
+use crate::progress::Progress;
+
 #[derive(Args)]
 pub struct BenchArgs {
     /// Random weights of the real MiniGPT-Med shapes built in memory (`7b`), instead of files.
@@ -123,13 +125,10 @@ pub fn bench(a: BenchArgs) -> Result<(), minigpt_med::Error> {
                     let c = minigpt_med::ConvertOptions {
                         llm_dtype: o.llm_dtype,
                         vit_dtype: o.vit_dtype,
-                        progress: Some(std::sync::Arc::new(|p: minigpt_med::LoadProgress| {
-                            eprint!("\rwriting {}/{} tensors", p.done, p.total);
-                            true
-                        })),
+                        progress: Some(Progress::stderr("writing").callback()),
                     };
                     let s = minigpt_med::convert_synthetic(&cfg, &LlamaConfig::llama2_7b(), &tokenizer, &c, file)?;
-                    eprintln!("\nwrote {} ({:.2} GB) in {:.1} s", file.display(), s.bytes as f64 / 1e9, s.seconds);
+                    eprintln!("wrote {} ({:.2} GB) in {:.1} s", file.display(), s.bytes as f64 / 1e9, s.seconds);
                     (Model::open(file, &o)?, format!("{what}, from the model file {}", file.display()))
                 }
                 None => (Model::synthetic(cfg, LlamaConfig::llama2_7b(), &tokenizer, &o)?, what),

@@ -3,18 +3,20 @@
 mod batch;
 mod bench;
 mod demo;
+mod progress;
 mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use minigpt_med::{
-    ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, KvDType, LoadOptions, LoadProgress, Model,
-    ModelFiles, Preset, Region, Task, TaskKind, WeightDType, Window, WindowPreset,
+    ColorMode, DecodeSettings, Device, GenerateOptions, Image, ImageOptions, KvDType, LoadOptions, Model, ModelFiles,
+    Preset, Region, Task, TaskKind, WeightDType, Window, WindowPreset,
 };
 use serde_json::json;
+
+use crate::progress::Progress;
 
 #[derive(Parser)]
 #[command(
@@ -102,7 +104,7 @@ impl ModelArgs {
     }
 
     fn options(&self, quiet: bool) -> LoadOptions {
-        let progress = (!quiet).then(|| progress_bar("loading"));
+        let progress = (!quiet).then(|| Progress::stderr("loading").callback());
         LoadOptions {
             device: self.device,
             llm_dtype: self.llm_dtype,
@@ -119,17 +121,6 @@ impl ModelArgs {
             None => Model::load(&self.files(), &self.options(quiet)),
         }
     }
-}
-
-/// A progress callback drawing `what NN% (done/total)` on stderr.
-fn progress_bar(what: &'static str) -> minigpt_med::ProgressFn {
-    Arc::new(move |p: LoadProgress| {
-        eprint!("\r{what} {:>3}% ({}/{})", p.done * 100 / p.total.max(1), p.done, p.total);
-        if p.done == p.total {
-            eprintln!();
-        }
-        true
-    })
 }
 
 #[derive(Args)]
@@ -460,7 +451,7 @@ fn convert(a: ConvertArgs) -> Result<(), minigpt_med::Error> {
     let opts = minigpt_med::ConvertOptions {
         llm_dtype: a.llm_dtype,
         vit_dtype: a.vit_dtype,
-        progress: Some(progress_bar("converting")),
+        progress: Some(Progress::stderr("converting").callback()),
     };
     let s = minigpt_med::convert(&files, &opts, &a.out)?;
     if a.json {

@@ -256,7 +256,9 @@ fn convert_inspect_and_generate_from_the_model_file() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(summary["bytes"].as_u64(), Some(std::fs::metadata(&file).unwrap().len()));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("converting 100%"), "progress is shown");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.lines().any(|l| l.starts_with("converting 100% (")), "progress is shown: {log:?}");
+    assert!(!log.contains('\r'), "a log gets whole lines: {log:?}");
 
     let out = bin().args(["inspect", "--json"]).arg(&file).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -330,7 +332,13 @@ fn batch_answers_a_manifest_and_resumes_without_duplicates() {
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
     let log = run("3");
-    assert!(log.contains("batch 5/5 (100%)"), "progress: {log}");
+    // stderr is a pipe here, as in a cluster job's log: whole lines, one per record at five
+    // records (each enters a new tenth), no carriage returns piling them into one line.
+    assert!(!log.contains('\r'), "progress: {log:?}");
+    let shown: Vec<&str> = log.lines().filter(|l| l.starts_with("batch ")).collect();
+    assert_eq!(shown.len(), 5, "progress: {log}");
+    assert!(shown[0].starts_with("batch  20% (1/5), ") && shown[4].starts_with("batch 100% (5/5), "), "{log}");
+    assert!(shown.iter().all(|l| l.contains(" records/s, ETA ")), "{log}");
     let lines = batch_lines(&out);
     let by_id = |lines: &[serde_json::Value], id: &str| lines.iter().find(|l| l["id"] == id).cloned().unwrap();
     let ids = |v: &serde_json::Value| -> Vec<u64> {
