@@ -13,18 +13,25 @@ pub use malloc::keep_freed_memory;
 pub(crate) use pages::{Pages, Zeroable};
 pub use peak::{fma_peak, FmaPeak};
 
-/// Proof that this CPU runs AVX2, FMA and F16C, and whether the quantized kernels may use
-/// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (AVX512-VNNI and AVX512-VL: Ice Lake, Zen 4
-/// and later). Made only by [`Isa::detect`] and [`Isa::available`].
+/// Proof that this CPU runs AVX2, FMA and F16C, whether the quantized kernels may use
+/// AVX-512 VNNI's `vpdpbusd` (AVX512-VNNI and AVX512-VL: Ice Lake, Zen 4 and later), and
+/// whether the f32 GEMM may use 512-bit FMAs (AVX512F). Made only by [`Isa::detect`] and
+/// [`Isa::available`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Avx2 {
     vnni: bool,
+    avx512: bool,
 }
 
 impl Avx2 {
     /// Whether the CPU runs AVX512-VNNI and AVX512-VL (checked when the token was made).
     pub fn vnni(self) -> bool {
         self.vnni
+    }
+
+    /// Whether the CPU runs AVX512F (checked when the token was made).
+    pub fn avx512(self) -> bool {
+        self.avx512
     }
 }
 
@@ -50,19 +57,21 @@ impl Isa {
     pub fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
-            return Self::Avx2(Avx2 { vnni: has_vnni() });
+            return Self::Avx2(Avx2 { vnni: has_vnni(), avx512: is_x86_feature_detected!("avx512f") });
         }
         Self::Portable
     }
 
     /// Every instruction set this CPU runs, [`Isa::Portable`] first (for tests and benches
-    /// that compare the kernels): on a CPU with VNNI, AVX2 both without and with it.
+    /// that compare the kernels): on a CPU with AVX-512, AVX2 both without and with its
+    /// AVX-512 kernels.
     pub fn available() -> Vec<Self> {
         let mut all = vec![Self::Portable];
         #[cfg(target_arch = "x86_64")]
         if let Self::Avx2(a) = Self::detect() {
-            if a.vnni {
-                all.push(Self::Avx2(Avx2 { vnni: false }));
+            let plain = Avx2 { vnni: false, avx512: false };
+            if a != plain {
+                all.push(Self::Avx2(plain));
             }
             all.push(Self::Avx2(a));
         }

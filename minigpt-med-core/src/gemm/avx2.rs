@@ -191,7 +191,7 @@ unsafe fn exp8(x: __m256) -> __m256 {
 /// Only for inlining into an `avx2,fma,f16c` function, whose caller checked the CPU; the
 /// pointers and slices cover what the calling kernel's contract names.
 #[inline(always)]
-unsafe fn gelu8(x: __m256) -> __m256 {
+pub(super) unsafe fn gelu8(x: __m256) -> __m256 {
     // SAFETY: the caller upholds this function's `# Safety` contract (the CPU has AVX2, FMA and F16C; the pointers cover the ranges it names).
     unsafe {
         let sign = _mm256_set1_ps(-0.0);

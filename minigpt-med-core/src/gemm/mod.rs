@@ -22,6 +22,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
 mod math;
 
 use std::cell::RefCell;
@@ -501,15 +503,24 @@ pub(crate) unsafe fn gemm_to_depth(isa: Isa, a: Lhs, b: &PackedB, depth: usize, 
                     for j in cols.clone().step_by(NR) {
                         let bp = b.panel(j / NR, p0);
                         let next = if j + NR < cols.end { b.panel(j / NR + 1, p0) } else { std::ptr::null() };
-                        for i in (0..mc).step_by(MR) {
-                            let mut t = tile(&out, i0 + i, j, MR.min(mc - i), NR.min(cols.end - j), first, last);
+                        let nr = NR.min(cols.end - j);
+                        let mut i = 0;
+                        while i < mc {
+                            // Four tiles per call where the CPU has AVX-512 and they are whole.
+                            let wide = wide_tiles(isa) && nr == NR && mc - i >= WIDE_ROWS;
+                            let mr = if wide { WIDE_ROWS } else { MR.min(mc - i) };
+                            let mut t = tile(&out, i0 + i, j, mr, nr, first, last);
                             if !next.is_null() {
                                 let from = (i / MR * share).min(panel_bytes);
                                 t.next = next.add(from);
-                                t.next_lines = share.min(panel_bytes - from).div_ceil(64);
+                                t.next_lines = (mr.div_ceil(MR) * share).min(panel_bytes - from).div_ceil(64);
                             }
                             let ap = block.add(i * kc);
                             match (isa, half) {
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2(_), false) if wide => avx512::kernel(kc, ap, bp, &t),
+                                #[cfg(target_arch = "x86_64")]
+                                (Isa::Avx2(_), true) if wide => avx512::kernel_f16(kc, ap, bp, &t),
                                 #[cfg(target_arch = "x86_64")]
                                 (Isa::Avx2(_), false) => avx2::kernel(kc, ap, bp, &t),
                                 #[cfg(target_arch = "x86_64")]
@@ -517,11 +528,27 @@ pub(crate) unsafe fn gemm_to_depth(isa: Isa, a: Lhs, b: &PackedB, depth: usize, 
                                 (Isa::Portable, false) => kernel_portable::<false>(kc, ap, bp, &t),
                                 (Isa::Portable, true) => kernel_portable::<true>(kc, ap, bp, &t),
                             }
+                            i += mr;
                         }
                     }
                 }
             }
         })
+    }
+}
+
+/// Rows of C per AVX-512 kernel call (four tiles); a name for the portable build too.
+#[cfg(target_arch = "x86_64")]
+const WIDE_ROWS: usize = avx512::ROWS;
+#[cfg(not(target_arch = "x86_64"))]
+const WIDE_ROWS: usize = 4 * MR;
+
+/// Whether `isa` runs the f32 tiles four at a time in 512-bit registers.
+fn wide_tiles(isa: Isa) -> bool {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(a) => a.avx512(),
+        Isa::Portable => false,
     }
 }
 
@@ -728,6 +755,48 @@ mod tests {
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    /// The AVX-512 kernel (four tiles per call) gives the AVX2 tile's products bit for bit:
+    /// whole and edge row groups, edge columns, several k blocks (C accumulated), bias and GELU,
+    /// f32 and f16 weights, a scaled strided A and a packed one.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn avx512_tiles_equal_avx2_bit_for_bit() {
+        let Some(&wide) = Isa::available().iter().find(|&&i| wide_tiles(i)) else {
+            eprintln!("no AVX512F on this CPU: the AVX-512 GEMM kernel is not run here");
+            return;
+        };
+        let plain = Isa::available()[1];
+        assert!(matches!(plain, Isa::Avx2(a) if !a.avx512()));
+        for precision in [Precision::F32, Precision::F16] {
+            for &(m, n, k) in &[(24, 16, 256), (30, 40, 300), (97, 33, 517), (300, 50, 600), (48, 88, 88)] {
+                for epilogue in [Epilogue::Identity, Epilogue::Gelu] {
+                    let x = values(m * k, 11);
+                    let w = values(n * k, 12);
+                    let b = values(n, 13);
+                    let packed = PackedB::from_nk(&w, n, k, k, precision);
+                    let run = |isa| linear_with(isa, &x, m, &packed, Some(&b[..]), epilogue).unwrap();
+                    let (y0, y1) = (run(plain), run(wide));
+                    let differ = y0.iter().zip(&y1).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+                    assert_eq!(differ, 0, "{precision:?} [{m}x{k}]x[{k}x{n}] {epilogue:?}: {differ} elements differ");
+                    // The attention's path: A read by rows, scaled, into a strided C.
+                    let run_rows = |isa| {
+                        let mut c = vec![0f32; m * (n + 3)];
+                        let out = Out { ptr: OutPtr(c.as_mut_ptr()), ld: n + 3, bias: None, epilogue };
+                        let a = Lhs::Rows { data: &x, ld: k, rows: m, scale: 0.3 };
+                        // SAFETY: `c` holds `m` rows at stride `n + 3 >= n`; this thread is the only one.
+                        unsafe { gemm_on_thread(isa, a, &packed, 0..n, out) };
+                        c
+                    };
+                    let (c0, c1) = (run_rows(plain), run_rows(wide));
+                    assert!(
+                        c0.iter().zip(&c1).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "rows {precision:?} [{m}x{k}]x[{k}x{n}]"
+                    );
                 }
             }
         }
