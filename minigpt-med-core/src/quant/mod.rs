@@ -157,7 +157,10 @@ impl std::fmt::Debug for QuantMatrix {
 }
 
 /// Activations quantized to 8-bit blocks: `qs: [m, kp]`, `d: [m, kp / 32]`, each block's
-/// sum `ys = d * sum(qs)` (`[m, kp / 32]`) for formats whose weights carry an offset, and the
+/// sum `ys = d * sum(qs)` (`[m, kp / 32]`) for formats whose weights carry an offset (for
+/// Q4_0, whose offset is 8, `8 * ys`: the product is exact, so taking it here once per block
+/// and row gives the kernels' own results, and spares the eight-row kernels a multiply and a
+/// broadcast per row, block and weight tile), and the
 /// integer `sums = sum(qs)` (`[m, kp / 32]`) for kernels that give the weights one (the VNNI
 /// Q8_0 kernels multiply `w + 128`, unsigned, and take `128 * sum` off).
 struct Q8Rows {
@@ -434,7 +437,15 @@ impl QuantMatrix {
             while t < tiles.end {
                 // One row (decode) reads memory at full speed from one stream per job; two
                 // tiles' streams measured slower there (81 against 111 GFLOP/s).
-                let pair = if m > 1 && t + 1 < tiles.end { self.pair_dots(kernels, t, &y) } else { None };
+                let two = m > 1 && t + 1 < tiles.end;
+                // A pair reads two streams side by side; the second's first bytes are not
+                // covered by the stream before it (the first's are, by the previous pair's
+                // prefetches running past its end), so each pair started on them from memory.
+                #[cfg(target_arch = "x86_64")]
+                if two && i == 0 {
+                    avx2::prefetch_head(self.tile(t + 1).bytes());
+                }
+                let pair = if two { self.pair_dots(kernels, t, &y) } else { None };
                 // SAFETY (both arms): rows `i..i + y.len()`, the columns of tiles from `t` on
                 // (clipped to `rows`), lie inside `out` and belong to this caller only, per the
                 // contract.
@@ -524,6 +535,12 @@ impl QuantMatrix {
             Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys, sums) },
             _ => quantize_q8_row(x, qs, d, ys, sums),
         };
+        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32], x: &[f32]| {
+            work(qs, d, ys, sums, x);
+            if self.format() == QuantFormat::Q4_0 {
+                ys.iter_mut().for_each(|v| *v *= 8.0);
+            }
+        };
         if m == 1 {
             work(&mut qs, &mut d, &mut ys, &mut sums, x);
         } else {
@@ -544,6 +561,15 @@ pub(super) enum Tile<'a> {
     Q8_0(&'a [u8]),
     Q4_0(&'a [u8]),
     Q4K(&'a [u8]),
+}
+
+impl<'a> Tile<'a> {
+    /// The tile's stored bytes.
+    fn bytes(self) -> &'a [u8] {
+        match self {
+            Tile::Q8_0(b) | Tile::Q4_0(b) | Tile::Q4K(b) => b,
+        }
+    }
 }
 
 /// Most activation rows one kernel call takes.
