@@ -529,15 +529,15 @@ impl QuantMatrix {
         let mut d = vec![0f32; m * nb];
         let mut ys = vec![0f32; m * nb];
         let mut sums = vec![0i32; m * nb];
-        let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32], x: &[f32]| match kernels {
-            // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys, sums) },
-            _ => quantize_q8_row(x, qs, d, ys, sums),
-        };
+        let q4_0 = self.format() == QuantFormat::Q4_0;
         let work = |qs: &mut [i8], d: &mut [f32], ys: &mut [f32], sums: &mut [i32], x: &[f32]| {
-            work(qs, d, ys, sums, x);
-            if self.format() == QuantFormat::Q4_0 {
+            match kernels {
+                // SAFETY: an `Isa::Avx2` exists only on CPUs with AVX2, FMA and F16C.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2(_) => unsafe { avx2::quantize_q8_row(x, qs, d, ys, sums) },
+                _ => quantize_q8_row(x, qs, d, ys, sums),
+            }
+            if q4_0 {
                 ys.iter_mut().for_each(|v| *v *= 8.0);
             }
         };
